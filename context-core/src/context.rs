@@ -1,0 +1,335 @@
+//! Contexts: snapshots of all variable bindings that code can run inside.
+
+use std::any::Any;
+use std::fmt;
+
+use crate::current::{self, Entered, Frame};
+use crate::map::{self, Map};
+use crate::var::{ContextVar, DefaultKind, Key, downcast};
+
+/// A mapping from context variables to values: Python's `contextvars.Context`.
+///
+/// - [`Context::current()`] (or [`copy_context()`]) snapshots the current bindings in O(1),
+///   whatever their number (B17). [`Context::new()`] is empty (B18).
+/// - [`run`](Context::run) makes a context current for the length of a closure; what the
+///   closure sets stays in the context (B19). A future runs in one with
+///   [`FutureExt::with_context`](crate::FutureExt::with_context).
+/// - The mapping view ([`get`](Context::get), [`contains`](Context::contains),
+///   [`len`](Context::len), [`iter`](Context::iter), `Debug`) shows bindings, never
+///   defaults (B20).
+///
+/// Every `Context` value is its own context: a clone, [`Context::new()`] and
+/// [`Context::current()`] each make a new one, independent of the original both ways, and a
+/// [`Token`](crate::Token) made in one is refused by another (B14). Clones share the values
+/// (behind `Arc`), never copy them.
+///
+/// ```
+/// # use context_core::{Context, ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// let mut ctx = Context::new();
+/// ctx.run(|| {
+///     let _ = USER.set("ann");
+/// });
+/// assert_eq!(USER.get(), None); // the caller's context is untouched
+/// assert_eq!(ctx.get(&USER), Some(&"ann")); // the set stayed in `ctx`
+/// assert_eq!(ctx.run(|| USER.get()), Some("ann"));
+/// ```
+pub struct Context {
+    frame: Frame,
+}
+
+/// A snapshot of the current context: the same as [`Context::current()`], named after
+/// Python's `contextvars.copy_context()`.
+///
+/// ```
+/// # use context_core::{copy_context, ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// let _token = USER.set("ann");
+/// let snapshot = copy_context();
+/// let _later = USER.set("bob");
+/// assert_eq!(snapshot.get(&USER), Some(&"ann"));
+/// ```
+#[must_use]
+pub fn copy_context() -> Context {
+    Context::current()
+}
+
+impl Context {
+    /// An empty context: every variable reads as its default, or as unset.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// let _token = USER.set("ann");
+    /// assert_eq!(Context::new().run(|| USER.get()), None);
+    /// ```
+    #[must_use]
+    pub const fn new() -> Self {
+        Context { frame: Frame::EMPTY }
+    }
+
+    /// A snapshot of the current context, in O(1): later sets on either side are not seen by
+    /// the other (B17). In a tokio task that runs outside any context, an empty context
+    /// (B26).
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// let _token = USER.set("ann");
+    /// let mut snapshot = Context::current();
+    /// snapshot.run(|| { let _ = USER.set("bob"); });
+    /// assert_eq!(USER.get(), Some("ann"));
+    /// assert_eq!(snapshot.get(&USER), Some(&"bob"));
+    /// ```
+    #[must_use]
+    pub fn current() -> Self {
+        Context::from_map(current::snapshot())
+    }
+
+    fn from_map(map: Map) -> Self {
+        Context { frame: Frame { map, id: 0, depth: 0 } }
+    }
+
+    /// Runs `f` with this context current and returns what `f` returns (B19). What `f` sets
+    /// stays in this context; the caller's context is restored when `f` returns and when it
+    /// panics (the panic goes on).
+    ///
+    /// Taking `&mut self` makes entering a context that is already entered a compile error
+    /// (Python raises `RuntimeError` at run time).
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct COUNT {}
+    /// # impl Key for COUNT { type Value = u32; type Default = WithDefault; }
+    /// # static COUNT: ContextVar<COUNT> = ContextVar::with_default("count", || 0);
+    /// let mut ctx = Context::new();
+    /// for _ in 0..3 {
+    ///     ctx.run(|| { let _ = COUNT.set(COUNT.get() + 1); });
+    /// }
+    /// assert_eq!(ctx.get(&COUNT), Some(&3));
+    /// assert_eq!(COUNT.get(), 0);
+    /// ```
+    pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let _entered = Entered::new(&mut self.frame);
+        f()
+    }
+
+    /// Makes this context current until the returned guard drops. [`run`](Self::run) is the
+    /// closure form; a future wrapper is built on this.
+    pub(crate) fn enter(&mut self) -> Entered<'_> {
+        Entered::new(&mut self.frame)
+    }
+
+    /// This context with `var` bound to `value`: the one-expression way to build a context
+    /// with overrides without touching the caller's (B22).
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
+    /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
+    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = WithDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::with_default("user", || "guest");
+    /// let seen = Context::current()
+    ///     .with_value(&REQUEST_ID, 42)
+    ///     .with_value(&USER, "ann")
+    ///     .run(|| (REQUEST_ID.get(), USER.get()));
+    /// assert_eq!(seen, (Some(42), "ann"));
+    /// assert_eq!((REQUEST_ID.get(), USER.get()), (None, "guest"));
+    /// ```
+    #[must_use]
+    pub fn with_value<K: Key>(mut self, var: &'static ContextVar<K>, value: K::Value) -> Self {
+        let _replaced = self.frame.map.insert(var.leaf(value));
+        self
+    }
+
+    /// The value bound to `var` in this context; defaults are not bindings (B20).
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct RETRIES {}
+    /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
+    /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
+    /// assert_eq!(Context::new().get(&RETRIES), None);
+    /// assert_eq!(Context::new().with_value(&RETRIES, 5).get(&RETRIES), Some(&5));
+    /// ```
+    #[must_use]
+    pub fn get<K: Key, D: DefaultKind>(&self, var: &ContextVar<K, D>) -> Option<&K::Value> {
+        self.frame.map.get(var.key()).map(|leaf| downcast::<K::Value>(&*leaf.value))
+    }
+
+    /// Whether `var` is bound in this context.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// assert!(!Context::new().contains(&USER));
+    /// assert!(Context::new().with_value(&USER, "ann").contains(&USER));
+    /// ```
+    #[must_use]
+    pub fn contains<K: Key, D: DefaultKind>(&self, var: &ContextVar<K, D>) -> bool {
+        self.get(var).is_some()
+    }
+
+    /// How many variables are bound in this context.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// assert_eq!(Context::new().with_value(&USER, "ann").len(), 1);
+    /// ```
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.frame.map.len()
+    }
+
+    /// Whether no variable is bound in this context.
+    ///
+    /// ```
+    /// # use context_core::Context;
+    /// assert!(Context::new().is_empty());
+    /// ```
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bindings: each variable's name and its value, which formats with `Debug` where
+    /// the variable's type has it (else as the type's name) and can be downcast.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault;
+    /// #   fn fmt_value(v: &&'static str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// let ctx = Context::new().with_value(&USER, "ann");
+    /// let dump: Vec<String> = ctx.iter().map(|(name, value)| format!("{name}={value:?}")).collect();
+    /// assert_eq!(dump, ["user=\"ann\""]);
+    /// ```
+    #[must_use]
+    pub fn iter(&self) -> Iter<'_> {
+        Iter { leaves: self.frame.map.iter() }
+    }
+
+    /// A closure that runs `f` in a copy of this context (taken now) wherever and whenever it
+    /// is called: the way into a thread pool or any executor (B21). Like TC39's
+    /// `AsyncContext.Snapshot.wrap` and Node's `AsyncResource.bind`.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// let _token = USER.set("ann");
+    /// let job = Context::current().wrap(|| USER.get());
+    /// let seen = std::thread::spawn(job).join().unwrap();
+    /// assert_eq!(seen, Some("ann"));
+    /// ```
+    pub fn wrap<F: FnOnce() -> R, R>(&self, f: F) -> impl FnOnce() -> R + use<F, R> {
+        let mut ctx = self.clone();
+        move || ctx.run(f)
+    }
+
+    /// Like [`wrap`](Self::wrap) for a closure called many times: each call runs in a fresh
+    /// copy of this context, so nothing one call sets is seen by the next.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct HITS {}
+    /// # impl Key for HITS { type Value = u32; type Default = WithDefault; }
+    /// # static HITS: ContextVar<HITS> = ContextVar::with_default("hits", || 0);
+    /// let mut handler = Context::new().wrap_mut(|| {
+    ///     let hits = HITS.get() + 1;
+    ///     let _ = HITS.set(hits);
+    ///     hits
+    /// });
+    /// assert_eq!((handler(), handler()), (1, 1));
+    /// ```
+    pub fn wrap_mut<F: FnMut() -> R, R>(&self, mut f: F) -> impl FnMut() -> R + use<F, R> {
+        let ctx = self.clone();
+        move || ctx.clone().run(&mut f)
+    }
+}
+
+impl Clone for Context {
+    /// An independent copy (Python's `Context.copy()`): a new context with the same bindings.
+    fn clone(&self) -> Self {
+        Context { frame: self.frame.copy() }
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::new()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Context ")?;
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// An iterator over a context's bindings, from [`Context::iter`].
+pub struct Iter<'a> {
+    leaves: map::Iter<'a>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'static str, ValueRef<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.leaves.next().map(|leaf| (leaf.var.name(), ValueRef { leaf }))
+    }
+}
+
+impl fmt::Debug for Iter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter").finish_non_exhaustive()
+    }
+}
+
+/// A bound value as [`Context::iter`] shows it: it formats with `Debug` and can be downcast.
+#[derive(Clone, Copy)]
+pub struct ValueRef<'a> {
+    leaf: &'a map::Leaf,
+}
+
+impl<'a> ValueRef<'a> {
+    /// The value as a `T`, if it is one.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct PORT {}
+    /// # impl Key for PORT { type Value = u16; type Default = NoDefault; }
+    /// # static PORT: ContextVar<PORT> = ContextVar::new("port");
+    /// let ctx = Context::new().with_value(&PORT, 8080);
+    /// let (_, value) = ctx.iter().next().unwrap();
+    /// assert_eq!(value.downcast_ref::<u16>(), Some(&8080));
+    /// ```
+    #[must_use]
+    pub fn downcast_ref<T: Any>(&self) -> Option<&'a T> {
+        self.leaf.value.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for ValueRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.leaf.var.fmt_value(&*self.leaf.value, f)
+    }
+}

@@ -1,0 +1,151 @@
+//! The thread's current context: which bindings `get` and `set` see right now.
+//!
+//! Each thread keeps one [`Frame`]: the bindings of the context being run (by
+//! [`Context::run`](crate::Context::run) or a polled [`WithContext`](crate::WithContext)), or,
+//! when none is, the thread's own context. Entering a context swaps its frame with the
+//! thread's; leaving swaps them back. Both are moves: no reference counts change.
+//!
+//! The B26 rule lives here too: a tokio task that is polled while no context is entered must
+//! not see the thread's own context, which another task on the same worker could have left
+//! there. It reads an empty context instead, and cannot write.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::SetError;
+use crate::map::Map;
+
+/// What a context holds while it is not entered, and what the thread holds while it is.
+#[derive(Default)]
+pub(crate) struct Frame {
+    pub(crate) map: Map,
+    /// The context's identity for tokens and guards (B14); `0` until something needs it.
+    pub(crate) id: u64,
+    /// How many scope guards made in this context are still undone (see `ScopeGuard`).
+    pub(crate) depth: u32,
+}
+
+impl Frame {
+    pub(crate) const EMPTY: Frame = Frame { map: Map::EMPTY, id: 0, depth: 0 };
+
+    /// A frame with the same bindings and a new identity.
+    pub(crate) fn copy(&self) -> Frame {
+        Frame { map: self.map.clone(), id: 0, depth: 0 }
+    }
+
+    /// The context's identity, assigned on first use.
+    pub(crate) fn id(&mut self) -> u64 {
+        if self.id == 0 {
+            static NEXT: AtomicU64 = AtomicU64::new(1);
+            self.id = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        self.id
+    }
+}
+
+struct Current {
+    frame: Frame,
+    /// `false` while `frame` is the thread's own context.
+    entered: bool,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Current> = const {
+        RefCell::new(Current { frame: Frame::EMPTY, entered: false })
+    };
+}
+
+/// Whether code runs inside a tokio task (not `block_on`'s root future, not a plain thread).
+fn in_runtime_task() -> bool {
+    #[cfg(feature = "tokio")]
+    {
+        tokio::task::try_id().is_some()
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        false
+    }
+}
+
+impl Current {
+    /// The bindings that `get` may see, or `None` in a task outside any context.
+    fn visible(&self) -> Option<&Map> {
+        if self.entered || !in_runtime_task() { Some(&self.frame.map) } else { None }
+    }
+
+    /// The frame that `set` may write to, or `None` in a task outside any context.
+    fn visible_mut(&mut self) -> Option<&mut Frame> {
+        if self.entered || !in_runtime_task() { Some(&mut self.frame) } else { None }
+    }
+}
+
+const REENTERED: &str = "contextvars: the current context was changed while a value of it was \
+     being cloned (a `Clone` impl that sets a context variable); clone outside `get`, or use `with`";
+
+/// Runs `f` with the bindings visible here; `None` means "empty context".
+///
+/// `f` runs with the thread's state borrowed: it may read variables, not set them.
+pub(crate) fn read<R>(f: impl FnOnce(Option<&Map>) -> R) -> R {
+    let mut f = Some(f);
+    let result = CURRENT.try_with(|current| {
+        let current = current.try_borrow().expect(REENTERED);
+        f.take().expect("called once")(current.visible())
+    });
+    // Once the thread is being torn down, its context is gone.
+    result.unwrap_or_else(|_| f.take().expect("called once")(None))
+}
+
+/// Runs `f` on the frame that `set` writes to.
+///
+/// # Errors
+/// [`SetError`] where there is none: a tokio task polled outside any context, or a thread
+/// whose context is already torn down.
+pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Result<R, SetError> {
+    CURRENT
+        .try_with(|current| {
+            let mut current = current.try_borrow_mut().expect(REENTERED);
+            current.visible_mut().map(f).ok_or(SetError::NoContext { var })
+        })
+        .unwrap_or(Err(SetError::ThreadExiting { var }))
+}
+
+/// A copy of the visible bindings (empty in a task outside any context).
+pub(crate) fn snapshot() -> Map {
+    read(|map| map.cloned().unwrap_or_default())
+}
+
+/// While alive, `frame` is the thread's current context. Dropping it (on return, on early
+/// return, on panic) writes the context's new bindings back into `frame` and restores what
+/// was current before.
+pub(crate) struct Entered<'a> {
+    frame: &'a mut Frame,
+    /// What `Current::entered` was before; `None` if nothing was swapped (thread exiting).
+    outer_entered: Option<bool>,
+}
+
+impl<'a> Entered<'a> {
+    pub(crate) fn new(frame: &'a mut Frame) -> Self {
+        let outer_entered = CURRENT
+            .try_with(|current| {
+                let mut current = current.try_borrow_mut().expect(REENTERED);
+                std::mem::swap(&mut current.frame, frame);
+                std::mem::replace(&mut current.entered, true)
+            })
+            .ok();
+        Entered { frame, outer_entered }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if let Some(outer_entered) = self.outer_entered {
+            let frame = &mut *self.frame;
+            // If the thread state is gone by now, the bindings went with it.
+            let _ = CURRENT.try_with(|current| {
+                let mut current = current.try_borrow_mut().expect(REENTERED);
+                std::mem::swap(&mut current.frame, frame);
+                current.entered = outer_entered;
+            });
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Futures (and streams) that run in a context on every poll.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
+
+use crate::context::Context;
+
+pin_project! {
+    /// A future (or stream) that runs in its own [`Context`] on every poll (B24).
+    ///
+    /// Made by [`FutureExt::with_context`], [`FutureExt::in_current_context`],
+    /// [`ContextVar::scope`](crate::ContextVar::scope) and the spawn helpers. What the inner
+    /// future sets stays in the wrapper's context, across `.await`s and whichever thread
+    /// polls it (B23), and never reaches the code that polls it. The inner future is also
+    /// dropped inside the context, so its `Drop` sees the same values as its body.
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, FutureExt, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let ctx = Context::new().with_value(&USER, "ann");
+    /// let seen = async { USER.get() }.with_context(ctx).await;
+    /// assert_eq!(seen, Some("ann"));
+    /// assert_eq!(USER.get(), None);
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct WithContext<F> {
+        #[pin]
+        inner: Option<F>,
+        context: Context,
+    }
+
+    impl<F> PinnedDrop for WithContext<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let _entered = this.context.enter();
+                this.inner.set(None);
+            }
+        }
+    }
+}
+
+impl<F> WithContext<F> {
+    pub(crate) fn new(inner: F, context: Context) -> Self {
+        WithContext { inner: Some(inner), context }
+    }
+
+    /// The context the inner future runs in, with what it has set so far.
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Runs `f` on the inner future, pinned, with the context entered.
+    fn in_context<R>(self: Pin<&mut Self>, f: impl FnOnce(Pin<&mut F>) -> R) -> R {
+        let this = self.project();
+        let _entered = this.context.enter();
+        let inner = this.inner.as_pin_mut().expect("the inner future is only taken on drop");
+        f(inner)
+    }
+}
+
+impl<F: Future> Future for WithContext<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        self.in_context(|inner| inner.poll(cx))
+    }
+}
+
+#[cfg(feature = "stream")]
+impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
+        self.in_context(|inner| inner.poll_next(cx))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.as_ref().map_or((0, Some(0)), futures_core::Stream::size_hint)
+    }
+}
+
+impl<F: std::fmt::Debug> std::fmt::Debug for WithContext<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithContext")
+            .field("inner", &self.inner)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+/// Runs futures and streams in a context: `fut.with_context(ctx)`,
+/// `fut.in_current_context()` (B24, B29).
+///
+/// Implemented for every type, like `tracing::Instrument`; the wrapper is a `Future` when
+/// the inner type is one and a `Stream` when it is one (feature `stream`).
+///
+/// ```
+/// # use context_core::{ContextVar, FutureExt, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct TENANT {}
+/// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
+/// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// let _token = TENANT.set(7);
+/// // Plain `tokio::spawn`, carrying the spawner's context along.
+/// let seen = tokio::spawn(async { TENANT.get() }.in_current_context()).await.unwrap();
+/// assert_eq!(seen, Some(7));
+/// # });
+/// ```
+pub trait FutureExt: Sized {
+    /// Runs `self` in `context` on every poll; the inner future is dropped inside it too.
+    /// What it sets stays in `context` and never reaches the caller.
+    fn with_context(self, context: Context) -> WithContext<Self> {
+        WithContext::new(self, context)
+    }
+
+    /// Runs `self` in a snapshot of the current context, taken now, at the call, not at the
+    /// first poll: a future made here and spawned later still sees this context's values.
+    fn in_current_context(self) -> WithContext<Self> {
+        WithContext::new(self, Context::current())
+    }
+}
+
+impl<T> FutureExt for T {}

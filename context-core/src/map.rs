@@ -1,0 +1,331 @@
+//! The persistent map behind every [`Context`](crate::Context).
+//!
+//! A hash array mapped trie (the structure CPython's `contextvars` uses) keyed by the dense
+//! `u32` id each variable receives on first use. Because ids are handed out one after the
+//! other, their low bits are already evenly spread, so the trie indexes by the raw id five
+//! bits at a time and never hashes; because ids are unique, two keys always part within the
+//! seven levels that 32 bits allow, so there are no collision nodes.
+//!
+//! Nodes sit behind `Arc` and every write goes through [`Arc::make_mut`]:
+//! - a snapshot is one `Arc::clone` of the root, whatever the number of bindings (B17);
+//! - a write to a map nobody else shares mutates in place, with no copying at all;
+//! - a write to a shared map copies only the nodes on the path to the key (one node below
+//!   32 bindings, two below 1,024).
+//!
+//! Values are never copied: a binding holds an `Arc` of the value.
+//!
+//! Nothing here drops a value: every write hands the replaced value back to the caller, so
+//! that the caller can drop it after releasing the thread's state. A value's `Drop` may then
+//! read or set context variables freely.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::var::VarMeta;
+
+/// A value as the map stores it.
+pub(crate) type Value = Arc<dyn Any + Send + Sync>;
+
+const BITS: u32 = 5;
+const MASK: u32 = (1 << BITS) - 1;
+
+/// One variable's binding.
+#[derive(Clone)]
+pub(crate) struct Leaf {
+    pub(crate) key: u32,
+    pub(crate) var: &'static dyn VarMeta,
+    pub(crate) value: Value,
+}
+
+#[derive(Clone)]
+enum Slot {
+    Leaf(Leaf),
+    Branch(Arc<Branch>),
+}
+
+/// An inner node: `bitmap` says which of the 32 positions are occupied, `slots` holds the
+/// occupied ones in position order.
+#[derive(Clone)]
+struct Branch {
+    bitmap: u32,
+    slots: Vec<Slot>,
+}
+
+/// The bindings of one context.
+#[derive(Clone, Default)]
+pub(crate) struct Map {
+    root: Option<Arc<Branch>>,
+    len: usize,
+}
+
+fn position(key: u32, shift: u32) -> u32 {
+    1 << ((key >> shift) & MASK)
+}
+
+impl Branch {
+    fn index(&self, bit: u32) -> usize {
+        (self.bitmap & (bit - 1)).count_ones() as usize
+    }
+
+    fn slot(&self, key: u32, shift: u32) -> Option<&Slot> {
+        let bit = position(key, shift);
+        if self.bitmap & bit == 0 {
+            None
+        } else {
+            Some(&self.slots[self.index(bit)])
+        }
+    }
+
+    /// A branch holding two leaves whose keys agree on every level above `shift`.
+    fn pair(a: Leaf, b: Leaf, shift: u32) -> Branch {
+        let (bit_a, bit_b) = (position(a.key, shift), position(b.key, shift));
+        if bit_a == bit_b {
+            let child = Branch::pair(a, b, shift + BITS);
+            Branch { bitmap: bit_a, slots: vec![Slot::Branch(Arc::new(child))] }
+        } else if bit_a < bit_b {
+            Branch { bitmap: bit_a | bit_b, slots: vec![Slot::Leaf(a), Slot::Leaf(b)] }
+        } else {
+            Branch { bitmap: bit_a | bit_b, slots: vec![Slot::Leaf(b), Slot::Leaf(a)] }
+        }
+    }
+
+    /// Inserts or replaces; returns the replaced value.
+    fn insert(&mut self, leaf: Leaf, shift: u32) -> Option<Value> {
+        let bit = position(leaf.key, shift);
+        let index = self.index(bit);
+        if self.bitmap & bit == 0 {
+            self.bitmap |= bit;
+            self.slots.insert(index, Slot::Leaf(leaf));
+            return None;
+        }
+        match &mut self.slots[index] {
+            Slot::Branch(child) => Arc::make_mut(child).insert(leaf, shift + BITS),
+            Slot::Leaf(old) if old.key == leaf.key => {
+                Some(std::mem::replace(&mut old.value, leaf.value))
+            }
+            slot @ Slot::Leaf(_) => {
+                let Slot::Leaf(old) = &*slot else { unreachable!("matched as a leaf just above") };
+                let old = old.clone();
+                *slot = Slot::Branch(Arc::new(Branch::pair(old, leaf, shift + BITS)));
+                None
+            }
+        }
+    }
+
+    /// Removes `key`, which the caller has checked is present; returns its value.
+    /// Branches left with a single leaf fold into their parent, so the trie stays as shallow
+    /// as its keys allow.
+    fn remove(&mut self, key: u32, shift: u32) -> Value {
+        let bit = position(key, shift);
+        let index = self.index(bit);
+        let removed = match &mut self.slots[index] {
+            Slot::Leaf(_) => None,
+            Slot::Branch(child) => {
+                let child = Arc::make_mut(child);
+                let value = child.remove(key, shift + BITS);
+                if let [Slot::Leaf(_)] = child.slots.as_slice() {
+                    let last = child.slots.pop();
+                    self.slots[index] = last.expect("matched a one-element slice just above");
+                }
+                Some(value)
+            }
+        };
+        if let Some(value) = removed {
+            return value;
+        }
+        self.bitmap &= !bit;
+        match self.slots.remove(index) {
+            Slot::Leaf(leaf) => leaf.value,
+            Slot::Branch(_) => unreachable!("matched as a leaf just above"),
+        }
+    }
+
+    const EMPTY: Branch = Branch { bitmap: 0, slots: Vec::new() };
+}
+
+impl Map {
+    pub(crate) const EMPTY: Map = Map { root: None, len: 0 };
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn get(&self, key: u32) -> Option<&Leaf> {
+        let mut branch = self.root.as_deref()?;
+        let mut shift = 0;
+        loop {
+            match branch.slot(key, shift)? {
+                Slot::Leaf(leaf) => return (leaf.key == key).then_some(leaf),
+                Slot::Branch(child) => {
+                    branch = child;
+                    shift += BITS;
+                }
+            }
+        }
+    }
+
+    /// Binds `leaf.key`; returns the value it replaces, if any.
+    pub(crate) fn insert(&mut self, leaf: Leaf) -> Option<Value> {
+        let root = self.root.get_or_insert_with(|| Arc::new(Branch::EMPTY));
+        let old = Arc::make_mut(root).insert(leaf, 0);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Unbinds `key`; returns its value, if it was bound. A map that does not hold `key` is
+    /// left untouched (and unshared nodes are not copied).
+    pub(crate) fn remove(&mut self, key: u32) -> Option<Value> {
+        self.get(key)?;
+        let root = self.root.as_mut().expect("a map holding a key has a root");
+        let value = Arc::make_mut(root).remove(key, 0);
+        self.len -= 1;
+        if self.len == 0 {
+            self.root = None;
+        }
+        Some(value)
+    }
+
+    pub(crate) fn iter(&self) -> Iter<'_> {
+        Iter { stack: self.root.iter().map(|root| root.slots.iter()).collect() }
+    }
+
+    /// Whether `self` and `other` are the same snapshot (share a root).
+    #[cfg(test)]
+    pub(crate) fn same(&self, other: &Map) -> bool {
+        match (&self.root, &other.root) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// Depth-first walk over the leaves.
+pub(crate) struct Iter<'a> {
+    stack: Vec<std::slice::Iter<'a, Slot>>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a Leaf;
+
+    fn next(&mut self) -> Option<&'a Leaf> {
+        loop {
+            let top = self.stack.last_mut()?;
+            match top.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(Slot::Leaf(leaf)) => return Some(leaf),
+                Some(Slot::Branch(child)) => self.stack.push(child.slots.iter()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    struct Meta;
+    impl VarMeta for Meta {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn fmt_value(&self, _: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("?")
+        }
+    }
+    static META: Meta = Meta;
+
+    fn leaf(key: u32, value: u64) -> Leaf {
+        Leaf { key, var: &META, value: Arc::new(value) }
+    }
+
+    fn read(value: &Value) -> u64 {
+        *value.downcast_ref::<u64>().unwrap()
+    }
+
+    fn check(map: &Map, model: &BTreeMap<u32, u64>) {
+        assert_eq!(map.len(), model.len());
+        for (&k, &v) in model {
+            assert_eq!(map.get(k).map(|l| read(&l.value)), Some(v), "key {k}");
+        }
+        let mut seen: Vec<(u32, u64)> = map.iter().map(|l| (l.key, read(&l.value))).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, model.iter().map(|(&k, &v)| (k, v)).collect::<Vec<_>>());
+    }
+
+    /// A deterministic pseudo-random sequence, so failures replay.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn matches_a_btreemap_under_random_inserts_and_removes() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15;
+        for key_space in [3_u64, 40, 1_500, u64::from(u32::MAX)] {
+            let mut map = Map::EMPTY;
+            let mut model = BTreeMap::new();
+            let mut snapshots = Vec::new();
+            for step in 0..4_000_u64 {
+                let key = u32::try_from(xorshift(&mut rng) % key_space).unwrap();
+                if xorshift(&mut rng) % 3 == 0 {
+                    assert_eq!(map.remove(key).map(|v| read(&v)), model.remove(&key));
+                } else {
+                    let old = map.insert(leaf(key, step)).map(|v| read(&v));
+                    assert_eq!(old, model.insert(key, step));
+                }
+                if step % 97 == 0 {
+                    snapshots.push((map.clone(), model.clone()));
+                }
+            }
+            check(&map, &model);
+            // Writes after a snapshot never show through it.
+            for (snapshot, model) in &snapshots {
+                check(snapshot, model);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_that_share_low_bits_part_deep_in_the_trie() {
+        let mut map = Map::EMPTY;
+        let keys = [0, 1 << 30, 1 << 31, (1 << 31) | (1 << 30), u32::MAX, u32::MAX - 1];
+        for (i, &k) in keys.iter().enumerate() {
+            map.insert(leaf(k, i as u64));
+        }
+        let model: BTreeMap<u32, u64> = keys.iter().enumerate().map(|(i, &k)| (k, i as u64)).collect();
+        check(&map, &model);
+        for &k in &keys {
+            map.remove(k);
+        }
+        assert_eq!(map.len(), 0);
+        assert!(map.same(&Map::EMPTY), "an emptied map drops its root");
+    }
+
+    #[test]
+    fn removing_an_absent_key_does_not_copy_a_shared_map() {
+        let mut map = Map::EMPTY;
+        map.insert(leaf(1, 1));
+        let snapshot = map.clone();
+        assert!(map.remove(2).is_none());
+        assert!(map.same(&snapshot));
+    }
+
+    #[test]
+    fn values_are_shared_not_copied() {
+        let mut map = Map::EMPTY;
+        let value: Value = Arc::new(7_u64);
+        map.insert(Leaf { key: 3, var: &META, value: Arc::clone(&value) });
+        let copy = map.clone();
+        let stored = &copy.get(3).unwrap().value;
+        assert!(Arc::ptr_eq(stored, &value));
+    }
+}

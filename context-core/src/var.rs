@@ -1,0 +1,589 @@
+//! Context variables: a typed key into the current context, with an optional default.
+
+use std::any::{Any, type_name};
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::context::Context;
+use crate::current;
+use crate::error::{LookupError, ResetError, SetError};
+use crate::future::WithContext;
+use crate::guard::ScopeGuard;
+use crate::map::{Leaf, Value};
+use crate::token::Token;
+
+/// The identity and value type of one context variable.
+///
+/// `#[context_var]` implements it on a type it generates for each variable, named like the
+/// static, so that every variable has a type of its own: a [`Token`] of one variable cannot
+/// reset another, which the compiler checks (B13). Write it by hand only to declare a variable
+/// without the macro:
+///
+/// ```
+/// use context_core::{ContextVar, Key, NoDefault};
+///
+/// #[allow(non_camel_case_types)]
+/// pub struct REQUEST_ID {}
+///
+/// impl Key for REQUEST_ID {
+///     type Value = String;
+///     type Default = NoDefault;
+/// }
+///
+/// pub static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
+///
+/// assert_eq!(REQUEST_ID.get(), None);
+/// ```
+pub trait Key: 'static {
+    /// The variable's value type. It crosses tasks and threads, so it is `Send + Sync`.
+    type Value: Send + Sync + 'static;
+    /// [`NoDefault`] or [`WithDefault`]: whether `get` returns `Option<Value>` or `Value`.
+    type Default: DefaultKind;
+
+    /// Formats a value in [`Context`]'s `Debug` output and [`Context::iter`]. The default
+    /// writes the type's name; `#[context_var]` uses the value's `Debug` where it has one.
+    ///
+    /// # Errors
+    /// Those of the formatter.
+    fn fmt_value(value: &Self::Value, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let _ = value;
+        f.write_str(type_name::<Self::Value>())
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Whether a variable has a default: [`NoDefault`] or [`WithDefault`]. Sealed.
+pub trait DefaultKind: sealed::Sealed + 'static {
+    /// Where the variable keeps its default.
+    #[doc(hidden)]
+    type Slot<T: Send + Sync + 'static>: Send + Sync;
+    #[doc(hidden)]
+    fn default_ref<'a, T: Send + Sync + 'static>(
+        slot: &'a Self::Slot<T>,
+        var: &'static str,
+    ) -> Option<&'a T>;
+}
+
+/// A variable without a default: `get` returns `Option<T>`.
+#[derive(Debug)]
+pub enum NoDefault {}
+
+/// A variable with a default: `get` returns `T`.
+#[derive(Debug)]
+pub enum WithDefault {}
+
+impl sealed::Sealed for NoDefault {}
+impl sealed::Sealed for WithDefault {}
+
+impl DefaultKind for NoDefault {
+    type Slot<T: Send + Sync + 'static> = ();
+    fn default_ref<'a, T: Send + Sync + 'static>((): &'a (), _: &'static str) -> Option<&'a T> {
+        None
+    }
+}
+
+/// A default evaluated on first need, once per process (B3).
+#[doc(hidden)]
+pub struct Lazy<T> {
+    cell: OnceLock<T>,
+    init: fn() -> T,
+}
+
+thread_local! {
+    /// Defaults being evaluated on this thread, to catch an initializer that reads itself.
+    static INITIALIZING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<T> Lazy<T> {
+    #[track_caller]
+    fn force(&self, var: &'static str) -> &T {
+        if let Some(value) = self.cell.get() {
+            return value;
+        }
+        let me = std::ptr::from_ref(self).addr();
+        let reentered = INITIALIZING.with_borrow_mut(|stack| {
+            let reentered = stack.contains(&me);
+            if !reentered {
+                stack.push(me);
+            }
+            reentered
+        });
+        assert!(
+            !reentered,
+            "contextvars: the default of `{var}` reads `{var}` while it is being computed; \
+             a default must not depend on itself"
+        );
+        // Pops the marker however the initializer ends. If it panics, the panic reaches this
+        // caller, nothing is stored, and the next read runs the initializer again.
+        struct Pop(usize);
+        impl Drop for Pop {
+            fn drop(&mut self) {
+                let _ = INITIALIZING.try_with(|s| s.borrow_mut().retain(|&p| p != self.0));
+            }
+        }
+        let _pop = Pop(me);
+        self.cell.get_or_init(self.init)
+    }
+}
+
+impl DefaultKind for WithDefault {
+    type Slot<T: Send + Sync + 'static> = Lazy<T>;
+    fn default_ref<'a, T: Send + Sync + 'static>(slot: &'a Lazy<T>, var: &'static str) -> Option<&'a T> {
+        Some(slot.force(var))
+    }
+}
+
+/// What the map needs to know about a variable without knowing its type: its name, and how
+/// to format its values.
+pub(crate) trait VarMeta: Sync {
+    fn name(&self) -> &'static str;
+    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
+    -> fmt::Result;
+}
+
+/// A context variable: a typed key whose value depends on the current context.
+///
+/// Declare one with `#[context_var]` on a `static` (the macro crate); this is the type it
+/// expands to. `K` is the variable's own [`Key`] type, `D` says whether it has a default and
+/// follows from `K`.
+///
+/// The methods split by default: for a variable with a default, `get` returns `T` and `with`
+/// lends `&T`; for one without, `Option<T>` and `Option<&T>`.
+///
+/// Values are stored behind an `Arc` and never cloned by the library: `set` moves the value
+/// in, `get` clones it out (use [`with`](Self::with) to borrow instead).
+pub struct ContextVar<K: Key, D: DefaultKind = <K as Key>::Default> {
+    name: &'static str,
+    /// Dense id used as the map key; `0` until first use.
+    key: AtomicU32,
+    default: D::Slot<K::Value>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
+    /// A variable without a default, named `name` in errors, `Debug` output and logs.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct TENANT {}
+    /// # impl Key for TENANT { type Value = u64; type Default = NoDefault; }
+    /// static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
+    /// assert_eq!(TENANT.name(), "tenant");
+    /// ```
+    #[must_use]
+    pub const fn new(name: &'static str) -> Self {
+        ContextVar { name, key: AtomicU32::new(0), default: (), _key: PhantomData }
+    }
+
+    /// The value in the current context, or `None` where it is not set (B5).
+    ///
+    /// ```
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = String; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// assert_eq!(USER.get(), None);
+    /// let _token = USER.set("ann".to_string());
+    /// assert_eq!(USER.get().as_deref(), Some("ann"));
+    /// ```
+    #[must_use]
+    pub fn get(&self) -> Option<K::Value>
+    where
+        K::Value: Clone,
+    {
+        self.lookup()
+    }
+
+    /// Lends the value to `f` without cloning it: `Some(&value)` where it is set, else `None`
+    /// (B8). `f` may read and set context variables.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct BODY {}
+    /// # impl Key for BODY { type Value = Vec<u8>; type Default = NoDefault; }
+    /// # static BODY: ContextVar<BODY> = ContextVar::new("body");
+    /// let _token = BODY.set(vec![0; 1 << 20]);
+    /// let len = BODY.with(|body| body.map_or(0, Vec::len));
+    /// assert_eq!(len, 1 << 20);
+    /// ```
+    pub fn with<R>(&self, f: impl FnOnce(Option<&K::Value>) -> R) -> R {
+        let value = self.lookup_shared();
+        f(value.as_deref().map(downcast::<K::Value>))
+    }
+}
+
+impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
+    /// A variable whose default is `init()`, evaluated on first need, at most once per
+    /// process (B3). The default is not a binding: no context lists it.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = String; type Default = WithDefault; }
+    /// static USER: ContextVar<USER> = ContextVar::with_default("user", || "guest".to_string());
+    /// assert_eq!(USER.get(), "guest");
+    /// ```
+    #[must_use]
+    pub const fn with_default(name: &'static str, init: fn() -> K::Value) -> Self {
+        ContextVar {
+            name,
+            key: AtomicU32::new(0),
+            default: Lazy { cell: OnceLock::new(), init },
+            _key: PhantomData,
+        }
+    }
+
+    /// The value in the current context, else the default (B5).
+    ///
+    /// # Panics
+    /// If the default's initializer panics (the panic is passed on; the next read runs the
+    /// initializer again), or if the initializer reads this variable itself.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct RETRIES {}
+    /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
+    /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
+    /// assert_eq!(RETRIES.get(), 3);
+    /// let _token = RETRIES.set(5);
+    /// assert_eq!(RETRIES.get(), 5);
+    /// ```
+    #[must_use]
+    #[track_caller]
+    pub fn get(&self) -> K::Value
+    where
+        K::Value: Clone,
+    {
+        self.lookup().unwrap_or_else(|| self.default_value().clone())
+    }
+
+    /// Lends the value (or the default) to `f` without cloning it (B8). `f` may read and set
+    /// context variables.
+    ///
+    /// # Panics
+    /// As [`get`](Self::get), if the default's initializer panics.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct GREETING {}
+    /// # impl Key for GREETING { type Value = String; type Default = WithDefault; }
+    /// # static GREETING: ContextVar<GREETING> = ContextVar::with_default("greeting", || "hello".into());
+    /// assert_eq!(GREETING.with(|g| g.len()), 5);
+    /// ```
+    #[track_caller]
+    pub fn with<R>(&self, f: impl FnOnce(&K::Value) -> R) -> R {
+        match self.lookup_shared() {
+            Some(value) => f(downcast::<K::Value>(&*value)),
+            None => f(self.default_value()),
+        }
+    }
+
+    /// The default, evaluating it if this is the first need.
+    ///
+    /// # Panics
+    /// As [`get`](Self::get), if the default's initializer panics.
+    #[must_use]
+    #[track_caller]
+    pub fn default_value(&self) -> &K::Value {
+        self.default.force(self.name)
+    }
+}
+
+impl<K: Key> ContextVar<K> {
+    /// The variable's name: the static's identifier, or the `name = "…"` it was declared with.
+    /// Two variables may share a name; they are still different variables (B2).
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn lookup(&self) -> Option<K::Value>
+    where
+        K::Value: Clone,
+    {
+        let key = self.key();
+        current::read(|map| {
+            map.and_then(|map| map.get(key)).map(|leaf| downcast::<K::Value>(&*leaf.value).clone())
+        })
+    }
+
+    /// The bound value, shared, so that the caller can use it with the thread state released.
+    fn lookup_shared(&self) -> Option<Value> {
+        let key = self.key();
+        current::read(|map| map.and_then(|map| map.get(key)).map(|leaf| Arc::clone(&leaf.value)))
+    }
+
+    fn default_ref(&self) -> Option<&K::Value> {
+        K::Default::default_ref(&self.default, self.name)
+    }
+
+    /// The value in the current context, else the default, else [`LookupError`] (B6), which
+    /// names the variable.
+    ///
+    /// # Errors
+    /// [`LookupError`] where the variable is not set and has no default.
+    ///
+    /// # Panics
+    /// If the default's initializer panics.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct TRACE_ID {}
+    /// # impl Key for TRACE_ID { type Value = u128; type Default = NoDefault; }
+    /// # static TRACE_ID: ContextVar<TRACE_ID> = ContextVar::new("trace_id");
+    /// let err = TRACE_ID.try_get().unwrap_err();
+    /// assert_eq!(err.var(), "trace_id");
+    /// let _token = TRACE_ID.set(7);
+    /// assert_eq!(TRACE_ID.try_get(), Ok(7));
+    /// ```
+    #[track_caller]
+    pub fn try_get(&self) -> Result<K::Value, LookupError>
+    where
+        K::Value: Clone,
+    {
+        self.lookup()
+            .or_else(|| self.default_ref().cloned())
+            .ok_or(LookupError { var: self.name })
+    }
+
+    /// The value if it is set in the current context, else `fallback`, which wins over the
+    /// variable's own default, as in Python's `var.get(default)` (B7).
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct RETRIES {}
+    /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
+    /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
+    /// assert_eq!(RETRIES.get_or(10), 10);
+    /// let _token = RETRIES.set(5);
+    /// assert_eq!(RETRIES.get_or(10), 5);
+    /// ```
+    #[must_use]
+    pub fn get_or(&self, fallback: K::Value) -> K::Value
+    where
+        K::Value: Clone,
+    {
+        self.lookup().unwrap_or(fallback)
+    }
+
+    /// Whether the variable is bound in the current context (its default does not count).
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        let key = self.key();
+        current::read(|map| map.is_some_and(|map| map.get(key).is_some()))
+    }
+
+    /// Binds `value` in the current context until reset or until that context ends (B9).
+    /// The value is moved in, never cloned. The returned [`Token`] restores the previous
+    /// state with [`reset`](Self::reset).
+    ///
+    /// # Panics
+    /// In a tokio task that runs outside any context (see the crate docs, B26): setting there
+    /// would leak the value to the next task on the worker thread. The message names the fix;
+    /// [`try_set`](Self::try_set) returns the error instead.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = String; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// let token = USER.set("ann".to_string());
+    /// assert_eq!(USER.get().as_deref(), Some("ann"));
+    /// USER.reset(token).unwrap();
+    /// assert_eq!(USER.get(), None);
+    /// ```
+    #[track_caller]
+    pub fn set(&'static self, value: K::Value) -> Token<K> {
+        match self.try_set(value) {
+            Ok(token) => token,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// [`set`](Self::set), returning an error where `set` would panic.
+    ///
+    /// # Errors
+    /// [`SetError::NoContext`] in a tokio task that runs outside any context;
+    /// [`SetError::ThreadExiting`] while the thread's locals are being destroyed.
+    pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
+        let leaf = self.leaf(value);
+        let (context, old) = current::write(self.name, |frame| (frame.id(), frame.map.insert(leaf)))?;
+        let old = old.map(|old| old.downcast::<K::Value>().unwrap_or_else(|_| wrong_type::<K>()));
+        Ok(Token::new(self, context, old))
+    }
+
+    /// Restores the variable to what it was before the `set` that made `token`, including
+    /// "unset", which removes it from the context (B11). Out-of-order resets restore that
+    /// token's old value. A token can be used once (B12) and only on its own variable (B13):
+    /// both are compile errors.
+    ///
+    /// # Errors
+    /// [`ResetError`] if the token was made in a different context (B14); nothing changes.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct LEVEL {}
+    /// # impl Key for LEVEL { type Value = u8; type Default = WithDefault; }
+    /// # static LEVEL: ContextVar<LEVEL> = ContextVar::with_default("level", || 0);
+    /// let first = LEVEL.set(1);
+    /// let second = LEVEL.set(2);
+    /// assert_eq!(second.old_value(), Some(&1));
+    /// LEVEL.reset(second).unwrap();
+    /// assert_eq!(LEVEL.get(), 1);
+    /// LEVEL.reset(first).unwrap();
+    /// assert!(!LEVEL.is_set());
+    /// ```
+    pub fn reset(&'static self, token: Token<K>) -> Result<(), ResetError> {
+        let (context, old) = token.into_parts();
+        let old = old.map(|old| old as Value);
+        let key = self.key();
+        let replaced = current::write(self.name, |frame| {
+            if frame.id != context {
+                return Err((ResetError::OtherContext { var: self.name }, old));
+            }
+            Ok(match old {
+                Some(value) => frame.map.insert(Leaf { key, var: self, value }),
+                None => frame.map.remove(key),
+            })
+        });
+        // Values are dropped here, with the thread state released.
+        match replaced {
+            Ok(Ok(_replaced)) => Ok(()),
+            Ok(Err((err, _old))) => Err(err),
+            Err(_) => Err(ResetError::NoContext { var: self.name }),
+        }
+    }
+
+    /// Sets `value` until the returned guard is dropped, also when unwinding from a panic
+    /// (B15). Dropping the guard restores the context as it was when the guard was made:
+    /// other `set`s made since and not reset are undone with it. Guards dropped out of order
+    /// unwind like a stack: dropping an outer guard undoes the inner ones too, which then do
+    /// nothing when they drop.
+    ///
+    /// # Panics
+    /// As [`set`](Self::set). Dropping the guard in a different context than it was made in
+    /// panics too, unless the thread is already panicking (then the guard does nothing): see
+    /// [`ScopeGuard`].
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// {
+    ///     let _guard = USER.scoped("ann");
+    ///     assert_eq!(USER.get(), Some("ann"));
+    /// }
+    /// assert_eq!(USER.get(), None);
+    /// ```
+    #[track_caller]
+    pub fn scoped(&'static self, value: K::Value) -> ScopeGuard {
+        let leaf = self.leaf(value);
+        let made = current::write(self.name, |frame| {
+            let saved = frame.map.clone();
+            frame.depth += 1;
+            let replaced = frame.map.insert(leaf);
+            (ScopeGuard::new(self.name, frame.id(), frame.depth, saved), replaced)
+        });
+        match made {
+            Ok((guard, _replaced)) => guard,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Runs `f` in a copy of the current context with the variable set to `value`; nothing
+    /// `f` sets reaches the caller (B15). The name follows `tokio::task_local!`.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # #[allow(non_camel_case_types)] struct DEPTH {}
+    /// # impl Key for DEPTH { type Value = u32; type Default = WithDefault; }
+    /// # static DEPTH: ContextVar<DEPTH> = ContextVar::with_default("depth", || 0);
+    /// let seen = DEPTH.sync_scope(1, || DEPTH.get());
+    /// assert_eq!((seen, DEPTH.get()), (1, 0));
+    /// ```
+    pub fn sync_scope<R>(&'static self, value: K::Value, f: impl FnOnce() -> R) -> R {
+        Context::current().with_value(self, value).run(f)
+    }
+
+    /// A future that runs `future` in a copy of the current context (taken now) with the
+    /// variable set to `value`; nothing it sets reaches the caller (B15). Works in any task,
+    /// including one spawned without a context.
+    ///
+    /// ```
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
+    /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
+    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let seen = REQUEST_ID.scope(7, async { REQUEST_ID.get() }).await;
+    /// assert_eq!((seen, REQUEST_ID.get()), (Some(7), None));
+    /// # });
+    /// ```
+    pub fn scope<F: Future>(&'static self, value: K::Value, future: F) -> WithContext<F> {
+        WithContext::new(future, Context::current().with_value(self, value))
+    }
+
+    pub(crate) fn leaf(&'static self, value: K::Value) -> Leaf {
+        Leaf { key: self.key(), var: self, value: Arc::new(value) }
+    }
+}
+
+impl<K: Key, D: DefaultKind> ContextVar<K, D> {
+    /// The dense id this variable uses as its key in every context.
+    pub(crate) fn key(&self) -> u32 {
+        match self.key.load(Ordering::Relaxed) {
+            0 => self.assign_key(),
+            key => key,
+        }
+    }
+
+    #[cold]
+    fn assign_key(&self) -> u32 {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(fresh != 0, "contextvars: more than 4 billion context variables");
+        // Another thread may have won the race; everyone uses the winner's key.
+        match self.key.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => fresh,
+            Err(winner) => winner,
+        }
+    }
+}
+
+impl<K: Key> VarMeta for ContextVar<K> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        K::fmt_value(downcast::<K::Value>(value), f)
+    }
+}
+
+impl<K: Key, D: DefaultKind> fmt::Debug for ContextVar<K, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextVar")
+            .field("name", &self.name)
+            .field("type", &type_name::<K::Value>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored value as its variable's type. Each key belongs to one variable, and a variable
+/// stores only its own type, so this cannot fail.
+pub(crate) fn downcast<T: 'static>(value: &(dyn Any + Send + Sync)) -> &T {
+    value.downcast_ref::<T>().unwrap_or_else(|| wrong_type::<T>())
+}
+
+#[cold]
+fn wrong_type<T>() -> ! {
+    unreachable!("contextvars: a binding of `{}` holds another type", type_name::<T>())
+}
