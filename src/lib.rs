@@ -1,1 +1,117 @@
-//! placeholder
+//! Context variables for async Rust: Python's `contextvars` (PEP 567), typed and checked by
+//! the compiler.
+//!
+//! # The problem
+//!
+//! A service needs to know, deep in any call stack, which request, tenant, user or trace it
+//! is working for. Passing that through every function is noise. A global or a
+//! `thread_local!` leaks between the tasks that share a worker thread.
+//! `tokio::task_local!` cannot be set without a scope, has no defaults, is not inherited by
+//! spawned tasks and panics when unset. This crate gives each task, thread and request its
+//! own *context*, inherited where you ask for it and never leaked where you do not.
+//!
+//! # A complete example
+//!
+//! ```
+//! use contextvars::context_var;
+//!
+//! #[context_var]
+//! static REQUEST_ID: u64; // no default: `get` returns `Option<u64>`
+//!
+//! #[context_var]
+//! static USER: String = String::from("guest"); // default, evaluated once, lazily
+//!
+//! async fn handle(id: u64, user: &str) -> String {
+//!     let _request = REQUEST_ID.scoped(id); // undone when the guard drops
+//!     let _user = USER.scoped(user.to_string());
+//!     tokio::task::yield_now().await; // values survive awaits, on any worker thread
+//!     // A task spawned with `contextvars::spawn` inherits a snapshot of the context.
+//!     contextvars::spawn(async { deep_in_the_stack() }).await.unwrap()
+//! }
+//!
+//! fn deep_in_the_stack() -> String {
+//!     format!("request {:?} for {}", REQUEST_ID.get(), USER.get())
+//! }
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! // Concurrent requests, each in a context of its own.
+//! let a = contextvars::spawn(handle(1, "ann"));
+//! let b = contextvars::spawn(handle(2, "bob"));
+//! assert_eq!(a.await.unwrap(), "request Some(1) for ann");
+//! assert_eq!(b.await.unwrap(), "request Some(2) for bob");
+//! // The caller's context was never touched.
+//! assert_eq!((REQUEST_ID.get(), USER.get()), (None, "guest".to_string()));
+//! # });
+//! ```
+//!
+//! # Variables
+//!
+//! [`#[context_var]`](macro@context_var) on a `static` declares a [`ContextVar`]. Each
+//! variable is a type of its own, named like the static, so the compiler catches what
+//! Python reports at run time:
+//!
+//! - `get()` returns `T` for a variable with a default and `Option<T>` for one without;
+//!   [`try_get`](ContextVar::try_get) gives a [`LookupError`] naming the variable;
+//!   [`get_or`](ContextVar::get_or) takes a fallback; [`with`](ContextVar::with) borrows.
+//! - [`set`](ContextVar::set) returns a [`Token`]; [`reset`](ContextVar::reset) takes it by
+//!   value (a second use does not compile) and only for its own variable (`Token<USER>`
+//!   does not reset `REQUEST_ID`: a type error).
+//! - [`scoped`](ContextVar::scoped) returns a [`ScopeGuard`] that resets on drop, also on
+//!   panic; [`sync_scope`](ContextVar::sync_scope) and [`scope`](ContextVar::scope) are the
+//!   closure and future forms, named as in `tokio::task_local!`.
+//!
+//! # Contexts
+//!
+//! A [`Context`] maps variables to values. [`Context::current()`] (or [`copy_context()`])
+//! snapshots the current one in O(1), however many variables are set: the map is persistent
+//! and shared, and values sit behind `Arc`, so nothing is copied.
+//! [`run`](Context::run) runs a closure in a context and keeps what it sets there; it takes
+//! `&mut self`, so a context cannot be entered twice at once. [`wrap`](Context::wrap) carries
+//! a context into any thread pool or executor, and
+//! [`with_value`](Context::with_value) builds a context with overrides in one expression.
+//!
+//! # Async
+//!
+//! Within one future, values set before an `.await` are there after it. Futures and streams
+//! run in a context with [`FutureExt::with_context`] and [`FutureExt::in_current_context`];
+//! [`spawn`], [`spawn_blocking`] and [`spawn_local`] start a tokio task in a snapshot of the
+//! caller's context taken at the call, as asyncio's `create_task` does. Later sets on
+//! either side are invisible to the other.
+//!
+//! [`#[preserve_context]`](macro@preserve_context) on an `async fn` captures the caller's
+//! context when the function is *called*, not when the future is first polled, so a future
+//! made inside a request and spawned later still sees the request's values.
+//!
+//! ## Tasks spawned without a context (the safety rule)
+//!
+//! A task started with plain `tokio::spawn` (say, a server's connection task) has no context
+//! of its own, and the worker thread's context belongs to whatever ran there before. So in
+//! such a task every variable reads as unset (or its default), [`Context::current()`] is
+//! empty, and [`set`](ContextVar::set) panics with a message that names the fix: spawn with
+//! [`contextvars::spawn`](spawn), wrap the future with
+//! [`.in_current_context()`](FutureExt::in_current_context), or use
+//! [`scope`](ContextVar::scope). One task can never see another's values this way.
+//! ([`try_set`](ContextVar::try_set) returns the error instead of panicking.)
+//!
+//! Code outside runtime tasks (plain threads, the future given to `block_on` and so
+//! `#[tokio::main]`'s body) uses the thread's own context, as Python does.
+//!
+//! Other executors (async-std, smol, futures' `block_on` on a pool) are not detected: their
+//! tasks share the worker thread's context unless you wrap them with
+//! [`.in_current_context()`](FutureExt::in_current_context), which you should.
+//!
+//! # Threads
+//!
+//! A thread from `std::thread::spawn` starts with an empty context, as in Python.
+//! [`thread::spawn`] and [`thread::Builder`] start it in a copy of the spawner's.
+
+pub use context_core::*;
+#[doc = include_str!("../docs/context_var.md")]
+pub use context_macros::context_var;
+
+#[doc = include_str!("../docs/preserve_context.md")]
+pub use context_macros::preserve_context;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;

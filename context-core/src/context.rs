@@ -328,6 +328,15 @@ impl<'a> ValueRef<'a> {
     }
 }
 
+impl ValueRef<'_> {
+    /// Whether the variable opted into logs (`#[context_var(log)]`, [`Key::LOG`]). Log
+    /// integrations write only these: context often holds secrets.
+    #[must_use]
+    pub fn is_logged(&self) -> bool {
+        self.leaf.var.log()
+    }
+}
+
 impl fmt::Debug for ValueRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.leaf.var.fmt_value(&*self.leaf.value, f)

@@ -235,6 +235,9 @@ mod tests {
         fn name(&self) -> &'static str {
             "test"
         }
+        fn log(&self) -> bool {
+            false
+        }
         fn fmt_value(&self, _: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("?")
         }

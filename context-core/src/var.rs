@@ -44,6 +44,10 @@ pub trait Key: 'static {
     /// [`NoDefault`] or [`WithDefault`]: whether `get` returns `Option<Value>` or `Value`.
     type Default: DefaultKind;
 
+    /// Whether the variable's values may be written to logs (`#[context_var(log)]`). Context
+    /// often holds secrets, so the default is no.
+    const LOG: bool = false;
+
     /// Formats a value in [`Context`]'s `Debug` output and [`Context::iter`]. The default
     /// writes the type's name; `#[context_var]` uses the value's `Debug` where it has one.
     ///
@@ -144,6 +148,7 @@ impl DefaultKind for WithDefault {
 /// to format its values.
 pub(crate) trait VarMeta: Sync {
     fn name(&self) -> &'static str;
+    fn log(&self) -> bool;
     fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
     -> fmt::Result;
 }
@@ -561,6 +566,10 @@ impl<K: Key, D: DefaultKind> ContextVar<K, D> {
 impl<K: Key> VarMeta for ContextVar<K> {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn log(&self) -> bool {
+        K::LOG
     }
 
     fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>) -> fmt::Result {

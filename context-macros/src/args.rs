@@ -1,0 +1,115 @@
+//! The arguments both attributes take, parsed once: `name = "…"`, `crate = path`, `log`.
+//! Each attribute says which it accepts; anything else, or anything twice, is an error on
+//! the offending tokens that lists what is accepted.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::meta::ParseNestedMeta;
+use syn::{LitStr, Path};
+
+/// An argument an attribute may accept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arg {
+    Name,
+    Crate,
+    Log,
+}
+
+impl Arg {
+    const ALL: [Arg; 3] = [Arg::Name, Arg::Crate, Arg::Log];
+
+    fn keyword(self) -> &'static str {
+        match self {
+            Arg::Name => "name",
+            Arg::Crate => "crate",
+            Arg::Log => "log",
+        }
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            Arg::Name => "`name = \"...\"`",
+            Arg::Crate => "`crate = path`",
+            Arg::Log => "`log`",
+        }
+    }
+}
+
+/// The parsed arguments.
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) name: Option<LitStr>,
+    krate: Option<Path>,
+    pub(crate) log: bool,
+}
+
+impl Args {
+    /// The path generated code uses to reach the runtime: `<crate>::__private`.
+    pub(crate) fn private(&self) -> TokenStream {
+        match &self.krate {
+            Some(path) => quote!(#path::__private),
+            None => quote!(::contextvars::__private),
+        }
+    }
+}
+
+/// Parses `tokens` as the arguments of `#[attr(...)]`, accepting only `accepted`.
+pub(crate) fn parse(tokens: TokenStream, attr: &str, accepted: &[Arg]) -> syn::Result<Args> {
+    let mut args = Args::default();
+    let mut seen = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        let Some(arg) = Arg::ALL.into_iter().find(|a| meta.path.is_ident(a.keyword())) else {
+            return Err(unknown(&meta, attr, accepted));
+        };
+        if !accepted.contains(&arg) {
+            return Err(unknown(&meta, attr, accepted));
+        }
+        if seen.contains(&arg) {
+            return Err(meta.error(format!("`{}` is given twice; give it once", arg.keyword())));
+        }
+        seen.push(arg);
+        match arg {
+            Arg::Name => {
+                let name: LitStr = meta.value()?.parse()?;
+                if name.value().is_empty() {
+                    return Err(syn::Error::new(name.span(), "the name must not be empty"));
+                }
+                args.name = Some(name);
+            }
+            Arg::Crate => {
+                let value = meta.value()?;
+                // `crate = path`, or the string form serde and tokio accept.
+                let path = if value.peek(LitStr) {
+                    value.parse::<LitStr>()?.parse::<Path>()?
+                } else {
+                    Path::parse_mod_style(value)?
+                };
+                args.krate = Some(path);
+            }
+            Arg::Log => {
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    return Err(meta.error("`log` takes no value: write `#[context_var(log)]`"));
+                }
+                args.log = true;
+            }
+        }
+        Ok(())
+    });
+    syn::parse::Parser::parse2(parser, tokens)?;
+    Ok(args)
+}
+
+fn unknown(meta: &ParseNestedMeta<'_>, attr: &str, accepted: &[Arg]) -> syn::Error {
+    let path = &meta.path;
+    let found = quote!(#path).to_string().replace(' ', "");
+    let list = match accepted {
+        [] => "no arguments".to_string(),
+        [only] => only.usage().to_string(),
+        [init @ .., last] => format!(
+            "{} and {}",
+            init.iter().map(|a| a.usage()).collect::<Vec<_>>().join(", "),
+            last.usage()
+        ),
+    };
+    meta.error(format!("unknown argument `{found}`; #[{attr}] accepts {list}"))
+}

@@ -1,0 +1,151 @@
+//! `#[context_var]`: a `static` becomes a context variable with a type of its own.
+//!
+//! ```text
+//! // Input:
+//! #[context_var(name = "tenant.id")]
+//! pub static TENANT: u64 = 7;
+//!
+//! // Output:
+//! pub static TENANT: ::contextvars::__private::ContextVar<TENANT> =
+//!     ::contextvars::__private::ContextVar::with_default("tenant.id", || -> u64 { 7 });
+//! #[doc(hidden)]
+//! #[allow(non_camel_case_types)]
+//! pub struct TENANT {}
+//! impl ::contextvars::__private::Key for TENANT {
+//!     type Value = u64;
+//!     type Default = ::contextvars::__private::WithDefault;
+//!     const LOG: bool = false;
+//!     fn fmt_value(..) { /* the value's Debug, or its type name */ }
+//! }
+//! ```
+//!
+//! The struct lives in the type namespace and the static in the value namespace, so both
+//! carry the user's name: `Token<TENANT>` is the token of `TENANT` and of nothing else.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote, quote_spanned};
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr, Ident, LitStr, Token, Type, Visibility};
+
+use crate::args::{self, Arg, Args};
+
+/// `static NAME: Type;` or `static NAME: Type = default;`, with attributes and visibility.
+/// Parsed by hand because Rust has no `static` without an initializer.
+struct StaticItem {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    mutability: Option<Token![mut]>,
+    ident: Ident,
+    ty: Type,
+    default: Option<Expr>,
+}
+
+impl Parse for StaticItem {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        if !input.peek(Token![static]) {
+            return Err(not_a_static(input));
+        }
+        input.parse::<Token![static]>()?;
+        let mutability = input.parse()?;
+        let ident = input.parse()?;
+        input.parse::<Token![:]>()?;
+        let ty = input.parse()?;
+        let default = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse()?)
+        } else {
+            None
+        };
+        input.parse::<Token![;]>()?;
+        Ok(StaticItem { attrs, vis, mutability, ident, ty, default })
+    }
+}
+
+/// The error for an item that is not a `static`, on the keyword that says what it is.
+fn not_a_static(input: ParseStream<'_>) -> syn::Error {
+    let found = input.fork().parse::<proc_macro2::TokenTree>().map(|t| t.to_string());
+    let what = match found.as_deref() {
+        Ok(kw @ ("const" | "fn" | "struct" | "enum" | "union" | "type" | "trait" | "impl"
+        | "mod" | "use" | "async" | "unsafe" | "extern" | "let")) => format!("a `{kw}` item"),
+        _ => "this item".to_string(),
+    };
+    input.error(format!(
+        "#[context_var] goes on a `static`, not on {what}: write `static NAME: Type;` \
+         (no default) or `static NAME: Type = default;`"
+    ))
+}
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item_parsed = match syn::parse2::<StaticItem>(item.clone()) {
+        Ok(parsed) => parsed,
+        // Not a static: say so once, and leave the item as it was.
+        Err(err) => {
+            let err = err.to_compile_error();
+            return quote!(#err #item);
+        }
+    };
+    let mut errors = Vec::new();
+    let args = args::parse(attr, "context_var", &[Arg::Name, Arg::Crate, Arg::Log])
+        .unwrap_or_else(|err| {
+            errors.push(err);
+            Args::default()
+        });
+    if let Some(mutability) = item_parsed.mutability {
+        errors.push(syn::Error::new(
+            mutability.span(),
+            "a context variable cannot be `static mut`: remove `mut`; its value changes \
+             with `set`, per context",
+        ));
+    }
+    // After an error, still emit the variable, so that one mistake gives one error.
+    let errors = errors.into_iter().map(|e| e.to_compile_error());
+    let var = generate(&item_parsed, &args);
+    quote!(#(#errors)* #var)
+}
+
+fn generate(item: &StaticItem, args: &Args) -> TokenStream {
+    let StaticItem { attrs, vis, ident, ty, default, .. } = item;
+    let private = args.private();
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => LitStr::new(&syn::ext::IdentExt::unraw(ident).to_string(), ident.span()),
+    };
+    let log = args.log;
+    let (kind, constructor) = match default {
+        None => (quote!(NoDefault), quote!(new(#name))),
+        Some(expr) => {
+            let init = quote_spanned!(expr.span()=> || -> #ty { #expr });
+            (quote!(WithDefault), quote!(with_default(#name, #init)))
+        }
+    };
+    // The bound `Send + Sync + 'static` sits on `Key::Value`: spanning this line with the
+    // type puts a violation's error on the user's type (B4).
+    let value = quote_spanned!(ty.span()=> type Value = #ty;);
+    let ty_tokens = ty.to_token_stream();
+    quote! {
+        #(#attrs)*
+        #vis static #ident: #private::ContextVar<#ident> = #private::ContextVar::#constructor;
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #ident {}
+
+        impl #private::Key for #ident {
+            #value
+            type Default = #private::#kind;
+            const LOG: bool = #log;
+
+            fn fmt_value(
+                value: &#ty_tokens,
+                f: &mut ::core::fmt::Formatter<'_>,
+            ) -> ::core::fmt::Result {
+                #[allow(unused_imports)]
+                use #private::{ViaDebug as _, ViaTypeName as _};
+                (&&#private::DebugProbe(value)).fmt_probe(f)
+            }
+        }
+    }
+}
