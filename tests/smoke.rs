@@ -1,3 +1,4 @@
+//! Smoke test: the macros expand and the facade re-exports the runtime.
 use contextvars::{Context, context_var};
 
 #[context_var]
