@@ -71,7 +71,9 @@ impl Context {
     /// ```
     #[must_use]
     pub const fn new() -> Self {
-        Context { frame: Frame::EMPTY }
+        Context {
+            frame: Frame::EMPTY,
+        }
     }
 
     /// A snapshot of the current context, in O(1): later sets on either side are not seen by
@@ -95,7 +97,13 @@ impl Context {
     }
 
     fn from_map(map: Map) -> Self {
-        Context { frame: Frame { map, id: 0, depth: 0 } }
+        Context {
+            frame: Frame {
+                map,
+                id: 0,
+                depth: 0,
+            },
+        }
     }
 
     /// Runs `f` with this context current and returns what `f` returns (B19). What `f` sets
@@ -164,7 +172,10 @@ impl Context {
     /// ```
     #[must_use]
     pub fn get<K: Key, D: DefaultKind>(&self, var: &ContextVar<K, D>) -> Option<&K::Value> {
-        self.frame.map.get(var.key()).map(|leaf| downcast::<K::Value>(&*leaf.value))
+        self.frame
+            .map
+            .get(var.key())
+            .map(|leaf| downcast::<K::Value>(&*leaf.value))
     }
 
     /// Whether `var` is bound in this context.
@@ -222,7 +233,9 @@ impl Context {
     /// ```
     #[must_use]
     pub fn iter(&self) -> Iter<'_> {
-        Iter { leaves: self.frame.map.iter() }
+        Iter {
+            leaves: self.frame.map.iter(),
+        }
     }
 
     /// A closure that runs `f` in a copy of this context (taken now) wherever and whenever it
@@ -268,7 +281,9 @@ impl Context {
 impl Clone for Context {
     /// An independent copy (Python's `Context.copy()`): a new context with the same bindings.
     fn clone(&self) -> Self {
-        Context { frame: self.frame.copy() }
+        Context {
+            frame: self.frame.copy(),
+        }
     }
 }
 
@@ -285,6 +300,15 @@ impl fmt::Debug for Context {
     }
 }
 
+impl<'a> IntoIterator for &'a Context {
+    type Item = (&'static str, ValueRef<'a>);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
 /// An iterator over a context's bindings, from [`Context::iter`].
 pub struct Iter<'a> {
     leaves: map::Iter<'a>,
@@ -294,7 +318,9 @@ impl<'a> Iterator for Iter<'a> {
     type Item = (&'static str, ValueRef<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.leaves.next().map(|leaf| (leaf.var.name(), ValueRef { leaf }))
+        self.leaves
+            .next()
+            .map(|leaf| (leaf.var.name(), ValueRef { leaf }))
     }
 }
 

@@ -26,11 +26,19 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    pub(crate) const EMPTY: Frame = Frame { map: Map::EMPTY, id: 0, depth: 0 };
+    pub(crate) const EMPTY: Frame = Frame {
+        map: Map::EMPTY,
+        id: 0,
+        depth: 0,
+    };
 
     /// A frame with the same bindings and a new identity.
     pub(crate) fn copy(&self) -> Frame {
-        Frame { map: self.map.clone(), id: 0, depth: 0 }
+        Frame {
+            map: self.map.clone(),
+            id: 0,
+            depth: 0,
+        }
     }
 
     /// The context's identity, assigned on first use.
@@ -70,12 +78,20 @@ fn in_runtime_task() -> bool {
 impl Current {
     /// The bindings that `get` may see, or `None` in a task outside any context.
     fn visible(&self) -> Option<&Map> {
-        if self.entered || !in_runtime_task() { Some(&self.frame.map) } else { None }
+        if self.entered || !in_runtime_task() {
+            Some(&self.frame.map)
+        } else {
+            None
+        }
     }
 
     /// The frame that `set` may write to, or `None` in a task outside any context.
     fn visible_mut(&mut self) -> Option<&mut Frame> {
-        if self.entered || !in_runtime_task() { Some(&mut self.frame) } else { None }
+        if self.entered || !in_runtime_task() {
+            Some(&mut self.frame)
+        } else {
+            None
+        }
     }
 }
 
@@ -104,7 +120,10 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
     CURRENT
         .try_with(|current| {
             let mut current = current.try_borrow_mut().expect(REENTERED);
-            current.visible_mut().map(f).ok_or(SetError::NoContext { var })
+            current
+                .visible_mut()
+                .map(f)
+                .ok_or(SetError::NoContext { var })
         })
         .unwrap_or(Err(SetError::ThreadExiting { var }))
 }
@@ -132,7 +151,10 @@ impl<'a> Entered<'a> {
                 std::mem::replace(&mut current.entered, true)
             })
             .ok();
-        Entered { frame, outer_entered }
+        Entered {
+            frame,
+            outer_entered,
+        }
     }
 }
 

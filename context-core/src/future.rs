@@ -49,7 +49,10 @@ pin_project! {
 
 impl<F> WithContext<F> {
     pub(crate) fn new(inner: F, context: Context) -> Self {
-        WithContext { inner: Some(inner), context }
+        WithContext {
+            inner: Some(inner),
+            context,
+        }
     }
 
     /// The context the inner future runs in, with what it has set so far.
@@ -62,7 +65,10 @@ impl<F> WithContext<F> {
     fn in_context<R>(self: Pin<&mut Self>, f: impl FnOnce(Pin<&mut F>) -> R) -> R {
         let this = self.project();
         let _entered = this.context.enter();
-        let inner = this.inner.as_pin_mut().expect("the inner future is only taken on drop");
+        let inner = this
+            .inner
+            .as_pin_mut()
+            .expect("the inner future is only taken on drop");
         f(inner)
     }
 }
@@ -84,7 +90,9 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.as_ref().map_or((0, Some(0)), futures_core::Stream::size_hint)
+        self.inner
+            .as_ref()
+            .map_or((0, Some(0)), futures_core::Stream::size_hint)
     }
 }
 

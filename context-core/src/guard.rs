@@ -41,13 +41,20 @@ pub struct ScopeGuard {
 
 impl ScopeGuard {
     pub(crate) fn new(var: &'static str, context: u64, depth: u32, saved: Map) -> Self {
-        ScopeGuard { var, context, depth, saved: Some(saved) }
+        ScopeGuard {
+            var,
+            context,
+            depth,
+            saved: Some(saved),
+        }
     }
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        let Some(saved) = self.saved.take() else { return };
+        let Some(saved) = self.saved.take() else {
+            return;
+        };
         // In a task outside any context, no frame is visible: a different context too.
         // Whatever the closure hands back is dropped after it, with the thread state
         // released, so that a value's `Drop` may use context variables. In a task outside any
@@ -78,6 +85,8 @@ impl Drop for ScopeGuard {
 
 impl fmt::Debug for ScopeGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScopeGuard").field("var", &self.var).finish_non_exhaustive()
+        f.debug_struct("ScopeGuard")
+            .field("var", &self.var)
+            .finish_non_exhaustive()
     }
 }

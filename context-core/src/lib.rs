@@ -8,7 +8,7 @@
 //!
 //! # Design
 //!
-//! A [`Context`] is a persistent map (a hash array mapped trie, as in CPython) from variable
+//! A [`Context`] is a persistent map (a hash array mapped trie, as in `CPython`) from variable
 //! ids to `Arc`ed values. Snapshots share the map, so taking one is a single reference-count
 //! increment whatever the number of bindings; writes copy only the path to the key, and not
 //! even that while nobody shares the map. Each thread holds the context being run in a

@@ -1,6 +1,6 @@
 //! The persistent map behind every [`Context`](crate::Context).
 //!
-//! A hash array mapped trie (the structure CPython's `contextvars` uses) keyed by the dense
+//! A hash array mapped trie (the structure `CPython`'s `contextvars` uses) keyed by the dense
 //! `u32` id each variable receives on first use. Because ids are handed out one after the
 //! other, their low bits are already evenly spread, so the trie indexes by the raw id five
 //! bits at a time and never hashes; because ids are unique, two keys always part within the
@@ -19,6 +19,7 @@
 //! read or set context variables freely.
 
 use std::any::Any;
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::var::VarMeta;
@@ -79,13 +80,22 @@ impl Branch {
     /// A branch holding two leaves whose keys agree on every level above `shift`.
     fn pair(a: Leaf, b: Leaf, shift: u32) -> Branch {
         let (bit_a, bit_b) = (position(a.key, shift), position(b.key, shift));
-        if bit_a == bit_b {
-            let child = Branch::pair(a, b, shift + BITS);
-            Branch { bitmap: bit_a, slots: vec![Slot::Branch(Arc::new(child))] }
-        } else if bit_a < bit_b {
-            Branch { bitmap: bit_a | bit_b, slots: vec![Slot::Leaf(a), Slot::Leaf(b)] }
-        } else {
-            Branch { bitmap: bit_a | bit_b, slots: vec![Slot::Leaf(b), Slot::Leaf(a)] }
+        match bit_a.cmp(&bit_b) {
+            Ordering::Equal => {
+                let child = Branch::pair(a, b, shift + BITS);
+                Branch {
+                    bitmap: bit_a,
+                    slots: vec![Slot::Branch(Arc::new(child))],
+                }
+            }
+            Ordering::Less => Branch {
+                bitmap: bit_a | bit_b,
+                slots: vec![Slot::Leaf(a), Slot::Leaf(b)],
+            },
+            Ordering::Greater => Branch {
+                bitmap: bit_a | bit_b,
+                slots: vec![Slot::Leaf(b), Slot::Leaf(a)],
+            },
         }
     }
 
@@ -104,7 +114,9 @@ impl Branch {
                 Some(std::mem::replace(&mut old.value, leaf.value))
             }
             slot @ Slot::Leaf(_) => {
-                let Slot::Leaf(old) = &*slot else { unreachable!("matched as a leaf just above") };
+                let Slot::Leaf(old) = &*slot else {
+                    unreachable!("matched as a leaf just above")
+                };
                 let old = old.clone();
                 *slot = Slot::Branch(Arc::new(Branch::pair(old, leaf, shift + BITS)));
                 None
@@ -140,7 +152,10 @@ impl Branch {
         }
     }
 
-    const EMPTY: Branch = Branch { bitmap: 0, slots: Vec::new() };
+    const EMPTY: Branch = Branch {
+        bitmap: 0,
+        slots: Vec::new(),
+    };
 }
 
 impl Map {
@@ -188,7 +203,9 @@ impl Map {
     }
 
     pub(crate) fn iter(&self) -> Iter<'_> {
-        Iter { stack: self.root.iter().map(|root| root.slots.iter()).collect() }
+        Iter {
+            stack: self.root.iter().map(|root| root.slots.iter()).collect(),
+        }
     }
 
     /// Whether `self` and `other` are the same snapshot (share a root).
@@ -238,14 +255,22 @@ mod tests {
         fn log(&self) -> bool {
             false
         }
-        fn fmt_value(&self, _: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn fmt_value(
+            &self,
+            _: &(dyn Any + Send + Sync),
+            f: &mut fmt::Formatter<'_>,
+        ) -> fmt::Result {
             f.write_str("?")
         }
     }
     static META: Meta = Meta;
 
     fn leaf(key: u32, value: u64) -> Leaf {
-        Leaf { key, var: &META, value: Arc::new(value) }
+        Leaf {
+            key,
+            var: &META,
+            value: Arc::new(value),
+        }
     }
 
     fn read(value: &Value) -> u64 {
@@ -259,7 +284,10 @@ mod tests {
         }
         let mut seen: Vec<(u32, u64)> = map.iter().map(|l| (l.key, read(&l.value))).collect();
         seen.sort_unstable();
-        assert_eq!(seen, model.iter().map(|(&k, &v)| (k, v)).collect::<Vec<_>>());
+        assert_eq!(
+            seen,
+            model.iter().map(|(&k, &v)| (k, v)).collect::<Vec<_>>()
+        );
     }
 
     /// A deterministic pseudo-random sequence, so failures replay.
@@ -279,7 +307,7 @@ mod tests {
             let mut snapshots = Vec::new();
             for step in 0..4_000_u64 {
                 let key = u32::try_from(xorshift(&mut rng) % key_space).unwrap();
-                if xorshift(&mut rng) % 3 == 0 {
+                if xorshift(&mut rng).is_multiple_of(3) {
                     assert_eq!(map.remove(key).map(|v| read(&v)), model.remove(&key));
                 } else {
                     let old = map.insert(leaf(key, step)).map(|v| read(&v));
@@ -300,11 +328,22 @@ mod tests {
     #[test]
     fn keys_that_share_low_bits_part_deep_in_the_trie() {
         let mut map = Map::EMPTY;
-        let keys = [0, 1 << 30, 1 << 31, (1 << 31) | (1 << 30), u32::MAX, u32::MAX - 1];
+        let keys = [
+            0,
+            1 << 30,
+            1 << 31,
+            (1 << 31) | (1 << 30),
+            u32::MAX,
+            u32::MAX - 1,
+        ];
         for (i, &k) in keys.iter().enumerate() {
             map.insert(leaf(k, i as u64));
         }
-        let model: BTreeMap<u32, u64> = keys.iter().enumerate().map(|(i, &k)| (k, i as u64)).collect();
+        let model: BTreeMap<u32, u64> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u64))
+            .collect();
         check(&map, &model);
         for &k in &keys {
             map.remove(k);
@@ -326,7 +365,11 @@ mod tests {
     fn values_are_shared_not_copied() {
         let mut map = Map::EMPTY;
         let value: Value = Arc::new(7_u64);
-        map.insert(Leaf { key: 3, var: &META, value: Arc::clone(&value) });
+        map.insert(Leaf {
+            key: 3,
+            var: &META,
+            value: Arc::clone(&value),
+        });
         let copy = map.clone();
         let stored = &copy.get(3).unwrap().value;
         assert!(Arc::ptr_eq(stored, &value));

@@ -60,22 +60,34 @@ pub struct Builder {
 impl Builder {
     /// A builder like [`std::thread::Builder::new`].
     pub fn new() -> Self {
-        Builder { inner: std::thread::Builder::new(), context: None }
+        Builder {
+            inner: std::thread::Builder::new(),
+            context: None,
+        }
     }
 
     /// Names the thread, as [`std::thread::Builder::name`].
     pub fn name(self, name: String) -> Self {
-        Builder { inner: self.inner.name(name), ..self }
+        Builder {
+            inner: self.inner.name(name),
+            ..self
+        }
     }
 
     /// Sets the stack size, as [`std::thread::Builder::stack_size`].
     pub fn stack_size(self, size: usize) -> Self {
-        Builder { inner: self.inner.stack_size(size), ..self }
+        Builder {
+            inner: self.inner.stack_size(size),
+            ..self
+        }
     }
 
     /// Runs the thread in `context` instead of a copy of the spawner's.
     pub fn context(self, context: Context) -> Self {
-        Builder { context: Some(context), ..self }
+        Builder {
+            context: Some(context),
+            ..self
+        }
     }
 
     /// Spawns the thread, as [`std::thread::Builder::spawn`].

@@ -37,7 +37,11 @@ pub struct Token<K: Key> {
 }
 
 impl<K: Key> Token<K> {
-    pub(crate) fn new(var: &'static ContextVar<K>, context: u64, old: Option<Arc<K::Value>>) -> Self {
+    pub(crate) fn new(
+        var: &'static ContextVar<K>,
+        context: u64,
+        old: Option<Arc<K::Value>>,
+    ) -> Self {
         Token { var, context, old }
     }
 
@@ -70,6 +74,6 @@ impl<K: Key> fmt::Debug for Token<K> {
         f.debug_struct("Token")
             .field("var", &self.var.name())
             .field("old_value", &self.old.as_deref().map(Old::<K>))
-            .finish()
+            .finish_non_exhaustive()
     }
 }

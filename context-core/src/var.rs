@@ -105,6 +105,15 @@ thread_local! {
     static INITIALIZING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Pops a default's marker off `INITIALIZING` however its initializer ends.
+struct Pop(usize);
+
+impl Drop for Pop {
+    fn drop(&mut self) {
+        let _ = INITIALIZING.try_with(|s| s.borrow_mut().retain(|&p| p != self.0));
+    }
+}
+
 impl<T> Lazy<T> {
     #[track_caller]
     fn force(&self, var: &'static str) -> &T {
@@ -124,14 +133,8 @@ impl<T> Lazy<T> {
             "contextvars: the default of `{var}` reads `{var}` while it is being computed; \
              a default must not depend on itself"
         );
-        // Pops the marker however the initializer ends. If it panics, the panic reaches this
-        // caller, nothing is stored, and the next read runs the initializer again.
-        struct Pop(usize);
-        impl Drop for Pop {
-            fn drop(&mut self) {
-                let _ = INITIALIZING.try_with(|s| s.borrow_mut().retain(|&p| p != self.0));
-            }
-        }
+        // If the initializer panics, the panic reaches this caller, nothing is stored, and the
+        // next read runs the initializer again.
         let _pop = Pop(me);
         self.cell.get_or_init(self.init)
     }
@@ -139,7 +142,10 @@ impl<T> Lazy<T> {
 
 impl DefaultKind for WithDefault {
     type Slot<T: Send + Sync + 'static> = Lazy<T>;
-    fn default_ref<'a, T: Send + Sync + 'static>(slot: &'a Lazy<T>, var: &'static str) -> Option<&'a T> {
+    fn default_ref<'a, T: Send + Sync + 'static>(
+        slot: &'a Lazy<T>,
+        var: &'static str,
+    ) -> Option<&'a T> {
         Some(slot.force(var))
     }
 }
@@ -184,7 +190,12 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// ```
     #[must_use]
     pub const fn new(name: &'static str) -> Self {
-        ContextVar { name, key: AtomicU32::new(0), default: (), _key: PhantomData }
+        ContextVar {
+            name,
+            key: AtomicU32::new(0),
+            default: (),
+            _key: PhantomData,
+        }
     }
 
     /// The value in the current context, or `None` where it is not set (B5).
@@ -240,7 +251,10 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
         ContextVar {
             name,
             key: AtomicU32::new(0),
-            default: Lazy { cell: OnceLock::new(), init },
+            default: Lazy {
+                cell: OnceLock::new(),
+                init,
+            },
             _key: PhantomData,
         }
     }
@@ -266,7 +280,8 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     where
         K::Value: Clone,
     {
-        self.lookup().unwrap_or_else(|| self.default_value().clone())
+        self.lookup()
+            .unwrap_or_else(|| self.default_value().clone())
     }
 
     /// Lends the value (or the default) to `f` without cloning it (B8). `f` may read and set
@@ -315,14 +330,18 @@ impl<K: Key> ContextVar<K> {
     {
         let key = self.key();
         current::read(|map| {
-            map.and_then(|map| map.get(key)).map(|leaf| downcast::<K::Value>(&*leaf.value).clone())
+            map.and_then(|map| map.get(key))
+                .map(|leaf| downcast::<K::Value>(&*leaf.value).clone())
         })
     }
 
     /// The bound value, shared, so that the caller can use it with the thread state released.
     fn lookup_shared(&self) -> Option<Value> {
         let key = self.key();
-        current::read(|map| map.and_then(|map| map.get(key)).map(|leaf| Arc::clone(&leaf.value)))
+        current::read(|map| {
+            map.and_then(|map| map.get(key))
+                .map(|leaf| Arc::clone(&leaf.value))
+        })
     }
 
     fn default_ref(&self) -> Option<&K::Value> {
@@ -419,8 +438,12 @@ impl<K: Key> ContextVar<K> {
     /// [`SetError::ThreadExiting`] while the thread's locals are being destroyed.
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
         let leaf = self.leaf(value);
-        let (context, old) = current::write(self.name, |frame| (frame.id(), frame.map.insert(leaf)))?;
-        let old = old.map(|old| old.downcast::<K::Value>().unwrap_or_else(|_| wrong_type::<K>()));
+        let (context, old) =
+            current::write(self.name, |frame| (frame.id(), frame.map.insert(leaf)))?;
+        let old = old.map(|old| {
+            old.downcast::<K::Value>()
+                .unwrap_or_else(|_| wrong_type::<K>())
+        });
         Ok(Token::new(self, context, old))
     }
 
@@ -454,7 +477,11 @@ impl<K: Key> ContextVar<K> {
                 return Err((ResetError::OtherContext { var: self.name }, old));
             }
             Ok(match old {
-                Some(value) => frame.map.insert(Leaf { key, var: self, value }),
+                Some(value) => frame.map.insert(Leaf {
+                    key,
+                    var: self,
+                    value,
+                }),
                 None => frame.map.remove(key),
             })
         });
@@ -495,7 +522,10 @@ impl<K: Key> ContextVar<K> {
             let saved = frame.map.clone();
             frame.depth += 1;
             let replaced = frame.map.insert(leaf);
-            (ScopeGuard::new(self.name, frame.id(), frame.depth, saved), replaced)
+            (
+                ScopeGuard::new(self.name, frame.id(), frame.depth, saved),
+                replaced,
+            )
         });
         match made {
             Ok((guard, _replaced)) => guard,
@@ -537,7 +567,11 @@ impl<K: Key> ContextVar<K> {
     }
 
     pub(crate) fn leaf(&'static self, value: K::Value) -> Leaf {
-        Leaf { key: self.key(), var: self, value: Arc::new(value) }
+        Leaf {
+            key: self.key(),
+            var: self,
+            value: Arc::new(value),
+        }
     }
 }
 
@@ -554,9 +588,15 @@ impl<K: Key, D: DefaultKind> ContextVar<K, D> {
     fn assign_key(&self) -> u32 {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(fresh != 0, "contextvars: more than 4 billion context variables");
+        assert!(
+            fresh != 0,
+            "contextvars: more than 4 billion context variables"
+        );
         // Another thread may have won the race; everyone uses the winner's key.
-        match self.key.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+        match self
+            .key
+            .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
+        {
             Ok(_) => fresh,
             Err(winner) => winner,
         }
@@ -572,7 +612,11 @@ impl<K: Key> VarMeta for ContextVar<K> {
         K::LOG
     }
 
-    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_value(
+        &self,
+        value: &(dyn Any + Send + Sync),
+        f: &mut fmt::Formatter<'_>,
+    ) -> fmt::Result {
         K::fmt_value(downcast::<K::Value>(value), f)
     }
 }
@@ -589,10 +633,15 @@ impl<K: Key, D: DefaultKind> fmt::Debug for ContextVar<K, D> {
 /// A stored value as its variable's type. Each key belongs to one variable, and a variable
 /// stores only its own type, so this cannot fail.
 pub(crate) fn downcast<T: 'static>(value: &(dyn Any + Send + Sync)) -> &T {
-    value.downcast_ref::<T>().unwrap_or_else(|| wrong_type::<T>())
+    value
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| wrong_type::<T>())
 }
 
 #[cold]
 fn wrong_type<T>() -> ! {
-    unreachable!("contextvars: a binding of `{}` holds another type", type_name::<T>())
+    unreachable!(
+        "contextvars: a binding of `{}` holds another type",
+        type_name::<T>()
+    )
 }
