@@ -203,9 +203,15 @@ impl Map {
     }
 
     pub(crate) fn iter(&self) -> Iter<'_> {
-        Iter {
-            stack: self.root.iter().map(|root| root.slots.iter()).collect(),
+        let mut iter = Iter {
+            stack: Default::default(),
+            depth: 0,
+        };
+        if let Some(root) = &self.root {
+            iter.stack[0] = root.slots.iter();
+            iter.depth = 1;
         }
+        iter
     }
 
     /// Whether `self` and `other` are the same snapshot (share a root).
@@ -219,25 +225,30 @@ impl Map {
     }
 }
 
-/// Depth-first walk over the leaves.
+/// The deepest a trie gets: 32 key bits, 5 at a time.
+const LEVELS: usize = 32_usize.div_ceil(BITS as usize);
+
+/// Depth-first walk over the leaves, without allocating (log lines iterate on every event).
 pub(crate) struct Iter<'a> {
-    stack: Vec<std::slice::Iter<'a, Slot>>,
+    stack: [std::slice::Iter<'a, Slot>; LEVELS],
+    depth: usize,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = &'a Leaf;
 
     fn next(&mut self) -> Option<&'a Leaf> {
-        loop {
-            let top = self.stack.last_mut()?;
-            match top.next() {
-                None => {
-                    self.stack.pop();
-                }
+        while self.depth > 0 {
+            match self.stack[self.depth - 1].next() {
+                None => self.depth -= 1,
                 Some(Slot::Leaf(leaf)) => return Some(leaf),
-                Some(Slot::Branch(child)) => self.stack.push(child.slots.iter()),
+                Some(Slot::Branch(child)) => {
+                    self.stack[self.depth] = child.slots.iter();
+                    self.depth += 1;
+                }
             }
         }
+        None
     }
 }
 
