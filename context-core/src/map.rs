@@ -316,7 +316,9 @@ mod tests {
             let mut map = Map::EMPTY;
             let mut model = BTreeMap::new();
             let mut snapshots = Vec::new();
-            for step in 0..4_000_u64 {
+            // Miri interprets every step; a few hundred still reach every trie shape.
+            let steps = if cfg!(miri) { 300 } else { 4_000 };
+            for step in 0..steps {
                 let key = u32::try_from(xorshift(&mut rng) % key_space).unwrap();
                 if xorshift(&mut rng).is_multiple_of(3) {
                     assert_eq!(map.remove(key).map(|v| read(&v)), model.remove(&key));
