@@ -1,0 +1,346 @@
+//! Scope guards and scopes (SPEC S3, B15–B16): reset on drop and on panic, sets inside the
+//! span undone, nested and out-of-order guards, `sync_scope`/`scope` isolation, guards across
+//! `.await`, and guards dropped in the wrong context.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+
+use contextvars::{Context, ScopeGuard, context_var};
+
+#[context_var]
+static TENANT: u32;
+
+#[context_var]
+static USER: String = String::from("guest");
+
+#[context_var(name = "guard.extra")]
+static EXTRA: u32;
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(ToString::to_string))
+        .unwrap_or_default()
+}
+
+/// A small deterministic generator for random interleavings.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+// B15: the guard sets, and dropping it restores "unset" or the previous value.
+#[test]
+fn guard_resets_when_dropped() {
+    Context::new().run(|| {
+        {
+            let _guard = TENANT.scoped(1);
+            assert_eq!(TENANT.get(), Some(1));
+        }
+        assert_eq!(TENANT.get(), None);
+        assert!(!Context::current().contains(&TENANT));
+
+        let _before = USER.set("ann".to_string());
+        {
+            let _guard = USER.scoped("bob".to_string());
+            assert_eq!(USER.get(), "bob");
+        }
+        assert_eq!(USER.get(), "ann");
+    });
+}
+
+// B15: also when unwinding from a panic.
+#[test]
+fn guard_resets_when_unwinding_from_a_panic() {
+    Context::new().run(|| {
+        let _before = TENANT.set(1);
+        let result = catch_unwind(|| {
+            let _guard = TENANT.scoped(2);
+            let _other = USER.scoped("bob".to_string());
+            assert_eq!(TENANT.get(), Some(2));
+            panic!("boom");
+        });
+        assert_eq!(panic_message(&*result.unwrap_err()), "boom");
+        assert_eq!(TENANT.get(), Some(1));
+        assert_eq!(USER.get(), "guest");
+        assert_eq!(Context::current().len(), 1);
+    });
+}
+
+// B15: `set`s made inside the guard's span and not reset are undone with it; those made
+// before it stay.
+#[test]
+fn sets_inside_the_guards_span_are_undone_with_it() {
+    Context::new().run(|| {
+        let _before = EXTRA.set(1);
+        {
+            let _guard = TENANT.scoped(1);
+            drop(TENANT.set(2));
+            drop(USER.set("inside".to_string()));
+            drop(EXTRA.set(2));
+            assert_eq!(
+                (TENANT.get(), USER.get(), EXTRA.get()),
+                (Some(2), "inside".into(), Some(2))
+            );
+        }
+        assert_eq!(TENANT.get(), None);
+        assert_eq!(USER.get(), "guest");
+        assert_eq!(EXTRA.get(), Some(1));
+        assert_eq!(Context::current().len(), 1);
+    });
+}
+
+// B15: nested guards unwind like a stack.
+#[test]
+fn nested_guards_restore_in_turn() {
+    Context::new().run(|| {
+        let outer = TENANT.scoped(1);
+        let middle = USER.scoped("ann".to_string());
+        let inner = TENANT.scoped(3);
+        assert_eq!((TENANT.get(), USER.get()), (Some(3), "ann".to_string()));
+        drop(inner);
+        assert_eq!((TENANT.get(), USER.get()), (Some(1), "ann".to_string()));
+        drop(middle);
+        assert_eq!((TENANT.get(), USER.get()), (Some(1), "guest".to_string()));
+        drop(outer);
+        assert!(Context::current().is_empty());
+    });
+}
+
+// B15: dropping an outer guard first undoes the inner one too; the inner guard then changes
+// nothing, even after newer sets and guards.
+#[test]
+fn out_of_order_guards_leave_later_state_alone() {
+    Context::new().run(|| {
+        let outer = TENANT.scoped(1);
+        let inner = TENANT.scoped(2);
+        drop(outer);
+        assert_eq!(
+            TENANT.get(),
+            None,
+            "the outer guard undoes everything since it was made"
+        );
+
+        let newer = TENANT.scoped(7);
+        let _kept = EXTRA.set(8);
+        drop(inner);
+        assert_eq!(
+            TENANT.get(),
+            Some(7),
+            "a stale inner guard changed later state"
+        );
+        assert_eq!(EXTRA.get(), Some(8));
+        drop(newer);
+        assert_eq!(TENANT.get(), None);
+    });
+}
+
+// B15: `sync_scope` runs in a copy of the caller's context with the variable set; nothing it
+// sets reaches the caller, also when it panics.
+#[test]
+fn sync_scope_runs_in_an_isolated_copy() {
+    Context::new().run(|| {
+        let _base = EXTRA.set(1);
+        let seen = TENANT.sync_scope(5, || {
+            drop(EXTRA.set(2));
+            drop(USER.set("inside".to_string()));
+            (TENANT.get(), EXTRA.get(), USER.get())
+        });
+        assert_eq!(seen, (Some(5), Some(2), "inside".to_string()));
+        assert_eq!(
+            (TENANT.get(), EXTRA.get(), USER.get()),
+            (None, Some(1), "guest".to_string())
+        );
+
+        let result = catch_unwind(|| {
+            TENANT.sync_scope(6, || {
+                drop(EXTRA.set(3));
+                panic!("inside sync_scope");
+            })
+        });
+        assert!(result.is_err());
+        assert_eq!((TENANT.get(), EXTRA.get()), (None, Some(1)));
+    });
+}
+
+// B15: `scope` takes its copy at the call, and nothing the future sets reaches the caller.
+#[test]
+fn scope_future_runs_in_a_copy_taken_at_the_call() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let base = EXTRA.set(1);
+        let future = TENANT.scope(5, async {
+            tokio::task::yield_now().await;
+            let seen = (TENANT.get(), EXTRA.get());
+            drop(EXTRA.set(2));
+            drop(USER.set("inside".to_string()));
+            tokio::task::yield_now().await;
+            (seen, EXTRA.get())
+        });
+        // Too late for the future's copy.
+        EXTRA.reset(base).unwrap();
+        let _later = EXTRA.set(9);
+        let (seen, after_set) = future.await;
+        assert_eq!(seen, (Some(5), Some(1)));
+        assert_eq!(after_set, Some(2));
+        assert_eq!(
+            (TENANT.get(), EXTRA.get(), USER.get()),
+            (None, Some(9), "guest".to_string())
+        );
+
+        // In a task spawned without a context too, where `set` alone would panic.
+        let seen = tokio::spawn(async {
+            TENANT
+                .scope(3, async {
+                    drop(EXTRA.set(4));
+                    tokio::task::yield_now().await;
+                    (TENANT.get(), EXTRA.get())
+                })
+                .await
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, (Some(3), Some(4)));
+    });
+}
+
+// B10 + B15: a guard is `Send + 'static` and may be held across `.await` in spawned tasks,
+// whatever worker each poll runs on, for many concurrent tasks.
+#[test]
+fn guard_held_across_awaits_in_spawned_tasks() {
+    fn assert_send_static<T: Send + 'static>(_: &T) {}
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..500u32)
+            .map(|i| {
+                contextvars::spawn(async move {
+                    let mut rng = Rng(u64::from(i) * 0x9E37_79B9 + 1);
+                    let guard = TENANT.scoped(i);
+                    assert_send_static(&guard);
+                    for step in 0..20u32 {
+                        if rng.next() % 2 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        let inner = EXTRA.scoped(step);
+                        if rng.next() % 3 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        assert_eq!((TENANT.get(), EXTRA.get()), (Some(i), Some(step)));
+                        drop(inner);
+                        assert_eq!(EXTRA.get(), None);
+                    }
+                    drop(guard);
+                    Context::current().is_empty()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap(), "a guard did not undo its set");
+        }
+    });
+}
+
+// B16: a guard dropped in another context panics with a clear message and changes nothing,
+// in either context.
+#[test]
+fn guard_dropped_in_another_context_panics_and_changes_nothing() {
+    Context::new().run(|| {
+        let guard = TENANT.scoped(1);
+        let mut other = Context::new().with_value(&EXTRA, 5);
+        let result = catch_unwind(AssertUnwindSafe(|| other.run(move || drop(guard))));
+        let message = panic_message(&*result.unwrap_err());
+        assert!(message.contains("`TENANT`"), "{message}");
+        assert!(message.contains("different context"), "{message}");
+        assert_eq!(
+            TENANT.get(),
+            Some(1),
+            "the guard changed the context it was made in"
+        );
+        assert_eq!(
+            other.get(&EXTRA),
+            Some(&5),
+            "the guard changed the context it was dropped in"
+        );
+        assert_eq!(other.len(), 1);
+    });
+}
+
+// B16: the same when the guard travels to another thread.
+#[test]
+fn guard_dropped_on_another_thread_panics_there() {
+    Context::new().run(|| {
+        let guard: ScopeGuard = TENANT.scoped(1);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let _own = EXTRA.set(2);
+            let result = catch_unwind(AssertUnwindSafe(move || drop(guard)));
+            tx.send((EXTRA.get(), TENANT.get())).unwrap();
+            result.map_err(|payload| panic_message(&*payload))
+        });
+        let message = thread.join().unwrap().unwrap_err();
+        assert!(message.contains("different context"), "{message}");
+        assert_eq!(rx.recv().unwrap(), (Some(2), None));
+        assert_eq!(TENANT.get(), Some(1));
+    });
+}
+
+// B16: dropped in another context while already panicking, the guard does nothing (a second
+// panic would abort the process) and the original panic goes on.
+#[test]
+fn guard_dropped_in_another_context_during_a_panic_does_nothing() {
+    Context::new().run(|| {
+        let guard = TENANT.scoped(1);
+        let mut other = Context::new().with_value(&EXTRA, 5);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            other.run(move || {
+                let _guard = guard;
+                panic!("original panic");
+            });
+        }));
+        assert_eq!(panic_message(&*result.unwrap_err()), "original panic");
+        assert_eq!(TENANT.get(), Some(1));
+        assert_eq!(other.get(&EXTRA), Some(&5));
+        assert!(!other.contains(&TENANT));
+    });
+}
+
+// B16: a guard moved to another task panics that task, not the one that made it.
+#[test]
+fn guard_dropped_in_another_task_panics_that_task_only() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<ScopeGuard>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let maker = contextvars::spawn(async move {
+            tx.send(TENANT.scoped(1)).unwrap();
+            done_rx.await.unwrap();
+            TENANT.get()
+        });
+        let dropper = contextvars::spawn(async move {
+            let _own = EXTRA.set(2);
+            drop(rx.await.unwrap());
+        });
+        let err = dropper.await.unwrap_err();
+        let message = panic_message(&*err.into_panic());
+        assert!(message.contains("different context"), "{message}");
+        done_tx.send(()).unwrap();
+        assert_eq!(maker.await.unwrap(), Some(1));
+    });
+}
