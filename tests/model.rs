@@ -391,6 +391,8 @@ impl Exec {
         self.push(Obs::End(mapping(&Context::current())));
     }
 
+    // `Option::copied` as a path is not general over the borrow's lifetime here.
+    #[allow(clippy::redundant_closure_for_method_calls)]
     fn read(var: Var) -> Obs {
         match var {
             Var::A => Obs::Read {
@@ -399,7 +401,7 @@ impl Exec {
                 get_or: A.get_or(FALLBACK),
                 try_get: A.try_get().map_err(|e| e.var()),
                 is_set: A.is_set(),
-                with: A.with(Option::<&u32>::copied),
+                with: A.with(|v| v.copied()),
             },
             Var::B => Obs::Read {
                 var,
@@ -423,7 +425,7 @@ impl Exec {
                 get_or: D.get_or(FALLBACK),
                 try_get: D.try_get().map_err(|e| e.var()),
                 is_set: D.is_set(),
-                with: D.with(Option::<&u32>::copied),
+                with: D.with(|v| v.copied()),
             },
         }
     }
