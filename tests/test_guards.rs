@@ -232,11 +232,11 @@ fn guard_held_across_awaits_in_spawned_tasks() {
                     let guard = TENANT.scoped(i);
                     assert_send_static(&guard);
                     for step in 0..20u32 {
-                        if rng.next() % 2 == 0 {
+                        if rng.next().is_multiple_of(2) {
                             tokio::task::yield_now().await;
                         }
                         let inner = EXTRA.scoped(step);
-                        if rng.next() % 3 == 0 {
+                        if rng.next().is_multiple_of(3) {
                             tokio::task::yield_now().await;
                         }
                         assert_eq!((TENANT.get(), EXTRA.get()), (Some(i), Some(step)));
