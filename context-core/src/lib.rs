@@ -27,6 +27,10 @@ mod map;
 mod task;
 pub mod thread;
 mod token;
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 mod var;
 
 pub use context::{Context, Iter, ValueRef, copy_context};

@@ -1,0 +1,776 @@
+//! A tower layer that runs every request in a context of its own (feature `tower`).
+//!
+//! A server (axum, tonic, hyper) serves each connection in a task spawned with plain
+//! `tokio::spawn`, which has no context (B26): there, every variable reads as unset and
+//! `set` panics. [`ContextLayer`] gives each request a context instead:
+//!
+//! - The layer captures a **base context** when it is built ([`ContextLayer::new`] takes a
+//!   snapshot of the current one, [`ContextLayer::with_base`] takes one you give). App-wide
+//!   values set at startup (configuration, a database pool, a region) flow into every request
+//!   from there.
+//! - Each request runs in a **fresh copy** of the base: the service's `call` (some services
+//!   do work there), then every poll of the response future, and the drop of that future.
+//!   What one request sets never reaches another, nor the base.
+//! - An optional **hook** ([`ContextLayer::on_request`]) runs first, inside the request's new
+//!   context, with the request: the place to set variables from headers (a request id, a
+//!   tenant, a user) or to generate them when they are absent. It may also edit the request,
+//!   for example to put a generated request id in a header for the handler or a proxy.
+//! - **Streaming bodies.** An HTTP server polls a response's body *after* the service's
+//!   future has returned, in the connection task, outside the request's context. With
+//!   [`ContextLayer::body_in_context`] the layer wraps the body of every `http::Response` in a
+//!   [`ContextBody`], which polls (and drops) the body inside a copy of the request's context
+//!   as the handler left it. Without it, the response is passed on untouched and a body that
+//!   reads context variables while streaming reads them as unset.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::{Ready, ready};
+//! use std::task::{Context as TaskContext, Poll};
+//!
+//! use context_core::tower::ContextLayer;
+//! use context_core::{ContextVar, Key, NoDefault};
+//! use tower_layer::Layer;
+//! use tower_service::Service;
+//!
+//! # #[allow(non_camel_case_types)] struct REGION {}
+//! # impl Key for REGION { type Value = &'static str; type Default = NoDefault; }
+//! static REGION: ContextVar<REGION> = ContextVar::new("region");
+//! # #[allow(non_camel_case_types)] struct REQUEST_ID {}
+//! # impl Key for REQUEST_ID { type Value = String; type Default = NoDefault; }
+//! static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
+//!
+//! /// A service that answers with what its context holds.
+//! #[derive(Clone)]
+//! struct Echo;
+//!
+//! impl Service<String> for Echo {
+//!     type Response = String;
+//!     type Error = Infallible;
+//!     type Future = Ready<Result<String, Infallible>>;
+//!
+//!     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+//!         Poll::Ready(Ok(()))
+//!     }
+//!
+//!     fn call(&mut self, _request: String) -> Self::Future {
+//!         ready(Ok(format!("{:?} {:?}", REGION.get(), REQUEST_ID.get())))
+//!     }
+//! }
+//!
+//! // At startup: app-wide values, then the layer, which captures them.
+//! let _region = REGION.set("eu-west");
+//! let layer = ContextLayer::new().on_request(|request: &mut String| {
+//!     let _ = REQUEST_ID.set(request.clone());
+//! });
+//! let mut service = layer.layer(Echo);
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let answer = service.call("r-1".to_string()).await.unwrap();
+//! assert_eq!(answer, r#"Some("eu-west") Some("r-1")"#);
+//! let answer = service.call("r-2".to_string()).await.unwrap();
+//! assert_eq!(answer, r#"Some("eu-west") Some("r-2")"#);
+//! # });
+//! // Nothing a request set reached the caller.
+//! assert_eq!(REQUEST_ID.get(), None);
+//! ```
+//!
+//! With axum: `Router::new().route(…).layer(ContextLayer::new().body_in_context())`; the
+//! `tenants` example of the `contextvars` crate is a complete service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::context::Context;
+use crate::future::{FutureExt, WithContext};
+
+/// Runs every request of the wrapped service in a fresh copy of a base context.
+///
+/// See the [module docs](self) for the whole story. `H` is the request hook
+/// ([`on_request`](Self::on_request)), `M` says what happens to the response
+/// ([`body_in_context`](Self::body_in_context)).
+///
+/// ```
+/// use context_core::tower::ContextLayer;
+///
+/// // Requests start with a copy of the context current here.
+/// let layer = ContextLayer::new();
+/// # let _ = layer;
+/// ```
+pub struct ContextLayer<H = NoHook, M = KeepResponse> {
+    base: Context,
+    hook: Arc<H>,
+    response: M,
+}
+
+impl ContextLayer {
+    /// A layer whose requests start with a copy of the current context, snapshotted now.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct REGION {}
+    /// # impl Key for REGION { type Value = &'static str; type Default = NoDefault; }
+    /// # static REGION: ContextVar<REGION> = ContextVar::new("region");
+    ///
+    /// let _region = REGION.set("eu-west");
+    /// let layer = ContextLayer::new();
+    /// let _later = REGION.set("us-east"); // not seen by requests: the snapshot is taken
+    /// assert_eq!(layer.base().get(&REGION), Some(&"eu-west"));
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        ContextLayer::with_base(Context::current())
+    }
+
+    /// A layer whose requests start with a copy of `base`.
+    ///
+    /// ```
+    /// use context_core::Context;
+    /// use context_core::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::with_base(Context::new());
+    /// assert!(layer.base().is_empty());
+    /// ```
+    #[must_use]
+    pub fn with_base(base: Context) -> Self {
+        ContextLayer {
+            base,
+            hook: Arc::new(NoHook),
+            response: KeepResponse,
+        }
+    }
+}
+
+impl<H, M> ContextLayer<H, M> {
+    /// Runs `hook` for every request, inside the request's new context and before the inner
+    /// service's `call`: what it sets is what the request sees. It receives the request
+    /// mutably, so it can also add to it (a generated request id in a header or an
+    /// extension).
+    ///
+    /// Any `Fn(&mut Request)` is a hook; name the request type in the closure's argument.
+    /// The hook replaces any earlier one.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
+    /// # impl Key for REQUEST_ID { type Value = String; type Default = NoDefault; }
+    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
+    ///
+    /// let layer = ContextLayer::new().on_request(|request: &mut http::Request<()>| {
+    ///     let id = match request.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+    ///         Some(id) => id.to_string(),
+    ///         None => {
+    ///             let id = "generated-id".to_string(); // a UUID in real code
+    ///             request.headers_mut().insert("x-request-id", id.parse().unwrap());
+    ///             id
+    ///         }
+    ///     };
+    ///     let _ = REQUEST_ID.set(id);
+    /// });
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn on_request<H2>(self, hook: H2) -> ContextLayer<H2, M> {
+        ContextLayer {
+            base: self.base,
+            hook: Arc::new(hook),
+            response: self.response,
+        }
+    }
+
+    /// Wraps the body of every `http::Response` in a [`ContextBody`], so that a body that
+    /// streams after the handler has returned still polls in the request's context (a copy
+    /// of it as the handler left it). The wrapped service must answer with
+    /// `http::Response<B>`, as axum, tonic and hyper services do.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new().body_in_context();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn body_in_context(self) -> ContextLayer<H, BodyInContext> {
+        ContextLayer {
+            base: self.base,
+            hook: self.hook,
+            response: BodyInContext,
+        }
+    }
+
+    /// The context every request starts from (a copy of it).
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct REGION {}
+    /// # impl Key for REGION { type Value = &'static str; type Default = NoDefault; }
+    /// # static REGION: ContextVar<REGION> = ContextVar::new("region");
+    ///
+    /// let layer = ContextLayer::with_base(Context::new().with_value(&REGION, "eu-west"));
+    /// assert_eq!(layer.base().get(&REGION), Some(&"eu-west"));
+    /// ```
+    #[must_use]
+    pub fn base(&self) -> &Context {
+        &self.base
+    }
+}
+
+impl Default for ContextLayer {
+    fn default() -> Self {
+        ContextLayer::new()
+    }
+}
+
+impl<H, M: Clone> Clone for ContextLayer<H, M> {
+    fn clone(&self) -> Self {
+        ContextLayer {
+            base: self.base.clone(),
+            hook: Arc::clone(&self.hook),
+            response: self.response.clone(),
+        }
+    }
+}
+
+impl<H, M: fmt::Debug> fmt::Debug for ContextLayer<H, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextLayer")
+            .field("base", &self.base)
+            .field("hook", &std::any::type_name::<H>())
+            .field("response", &self.response)
+            .finish()
+    }
+}
+
+impl<S, H, M: Clone> Layer<S> for ContextLayer<H, M> {
+    type Service = ContextService<S, H, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ContextService {
+            inner,
+            base: self.base.clone(),
+            hook: Arc::clone(&self.hook),
+            response: self.response.clone(),
+        }
+    }
+}
+
+/// What a [`ContextLayer`] does for every request: sets variables from it.
+///
+/// Implemented by every `Fn(&mut Request)` and by [`NoHook`]. The hook runs inside the
+/// request's new context, before the inner service's `call`.
+///
+/// ```
+/// use context_core::tower::OnRequest;
+/// # use context_core::{Context, ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct PATH {}
+/// # impl Key for PATH { type Value = String; type Default = NoDefault; }
+/// # static PATH: ContextVar<PATH> = ContextVar::new("path");
+///
+/// /// A hook as a type, for when a closure will not do.
+/// struct RecordPath;
+///
+/// impl OnRequest<http::Request<()>> for RecordPath {
+///     fn on_request(&self, request: &mut http::Request<()>) {
+///         let _ = PATH.set(request.uri().path().to_string());
+///     }
+/// }
+///
+/// let mut request = http::Request::get("/users/7").body(()).unwrap();
+/// let seen = Context::new().run(|| {
+///     RecordPath.on_request(&mut request);
+///     PATH.get()
+/// });
+/// assert_eq!(seen.as_deref(), Some("/users/7"));
+/// ```
+pub trait OnRequest<Request> {
+    /// Called with each request, inside its new context.
+    fn on_request(&self, request: &mut Request);
+}
+
+impl<Request, F: Fn(&mut Request)> OnRequest<Request> for F {
+    fn on_request(&self, request: &mut Request) {
+        self(request);
+    }
+}
+
+/// The hook of a layer built without [`ContextLayer::on_request`]: does nothing.
+///
+/// ```
+/// use context_core::tower::{NoHook, OnRequest};
+///
+/// let mut request = ();
+/// NoHook.on_request(&mut request); // nothing happens
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHook;
+
+impl<Request> OnRequest<Request> for NoHook {
+    fn on_request(&self, _: &mut Request) {}
+}
+
+/// What a [`ContextLayer`] does with each response once the service's future has produced
+/// it, given the request's context as the future left it.
+///
+/// [`KeepResponse`] passes it on; [`BodyInContext`] wraps an `http::Response`'s body in a
+/// [`ContextBody`].
+///
+/// ```
+/// use context_core::Context;
+/// use context_core::tower::{KeepResponse, WrapResponse};
+///
+/// let response = KeepResponse.wrap_response("done", &Context::new());
+/// assert_eq!(response, "done");
+/// ```
+pub trait WrapResponse<Response> {
+    /// The response the layer's service answers with.
+    type Output;
+
+    /// Turns the inner service's `response` into the layer's; `context` is the request's.
+    fn wrap_response(&self, response: Response, context: &Context) -> Self::Output;
+}
+
+/// Passes responses on untouched: the default of [`ContextLayer`].
+///
+/// ```
+/// use context_core::Context;
+/// use context_core::tower::{KeepResponse, WrapResponse};
+///
+/// assert_eq!(KeepResponse.wrap_response(7, &Context::new()), 7);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeepResponse;
+
+impl<Response> WrapResponse<Response> for KeepResponse {
+    type Output = Response;
+
+    fn wrap_response(&self, response: Response, _: &Context) -> Response {
+        response
+    }
+}
+
+/// Wraps an `http::Response`'s body in a [`ContextBody`] that polls in (a copy of) the
+/// request's context: set by [`ContextLayer::body_in_context`].
+///
+/// ```
+/// use context_core::Context;
+/// use context_core::tower::{BodyInContext, WrapResponse};
+///
+/// let response = http::Response::new("hello");
+/// let wrapped = BodyInContext.wrap_response(response, &Context::new());
+/// assert_eq!(*wrapped.body().get_ref(), "hello");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyInContext;
+
+impl<B> WrapResponse<http::Response<B>> for BodyInContext {
+    type Output = http::Response<ContextBody<B>>;
+
+    fn wrap_response(&self, response: http::Response<B>, context: &Context) -> Self::Output {
+        response.map(|body| ContextBody::new(body, context.clone()))
+    }
+}
+
+/// The service made by [`ContextLayer`]: runs each request in a fresh copy of the base
+/// context.
+///
+/// `poll_ready` runs in a copy of the base context too (so that readiness code may read
+/// app-wide values), and nothing it sets is kept.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::future::{Ready, ready};
+/// use std::task::{Context as TaskContext, Poll};
+///
+/// use context_core::tower::{ContextLayer, ContextService};
+/// use context_core::{ContextVar, Key, WithDefault};
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+/// # #[allow(non_camel_case_types)] struct HITS {}
+/// # impl Key for HITS { type Value = u32; type Default = WithDefault; }
+/// static HITS: ContextVar<HITS> = ContextVar::with_default("hits", || 0);
+///
+/// /// Counts hits in its context; `call` does the work, not the future.
+/// #[derive(Clone)]
+/// struct Counter;
+///
+/// impl Service<()> for Counter {
+///     type Response = u32;
+///     type Error = Infallible;
+///     type Future = Ready<Result<u32, Infallible>>;
+///
+///     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+///         Poll::Ready(Ok(()))
+///     }
+///
+///     fn call(&mut self, (): ()) -> Self::Future {
+///         let hits = HITS.get() + 1;
+///         let _ = HITS.set(hits);
+///         ready(Ok(hits))
+///     }
+/// }
+///
+/// let mut service: ContextService<Counter> = ContextLayer::new().layer(Counter);
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // Each request starts from the base: nothing carries over.
+/// assert_eq!(service.call(()).await, Ok(1));
+/// assert_eq!(service.call(()).await, Ok(1));
+/// # });
+/// ```
+pub struct ContextService<S, H = NoHook, M = KeepResponse> {
+    inner: S,
+    base: Context,
+    hook: Arc<H>,
+    response: M,
+}
+
+impl<S, H, M> ContextService<S, H, M> {
+    /// The wrapped service.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// let service = ContextLayer::new().layer("inner");
+    /// assert_eq!(*service.get_ref(), "inner");
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// let mut service = ContextLayer::new().layer(1);
+    /// *service.get_mut() += 1;
+    /// assert_eq!(service.into_inner(), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// assert_eq!(ContextLayer::new().layer("inner").into_inner(), "inner");
+    /// ```
+    #[must_use]
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, H, M: Clone> Clone for ContextService<S, H, M> {
+    fn clone(&self) -> Self {
+        ContextService {
+            inner: self.inner.clone(),
+            base: self.base.clone(),
+            hook: Arc::clone(&self.hook),
+            response: self.response.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, H, M: fmt::Debug> fmt::Debug for ContextService<S, H, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextService")
+            .field("inner", &self.inner)
+            .field("base", &self.base)
+            .field("hook", &std::any::type_name::<H>())
+            .field("response", &self.response)
+            .finish()
+    }
+}
+
+impl<S, H, M, Request> Service<Request> for ContextService<S, H, M>
+where
+    S: Service<Request>,
+    H: OnRequest<Request>,
+    M: WrapResponse<S::Response> + Clone,
+{
+    type Response = M::Output;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, M>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        let inner = &mut self.inner;
+        self.base.clone().run(|| inner.poll_ready(cx))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let mut context = self.base.clone();
+        let (hook, inner) = (&self.hook, &mut self.inner);
+        let future = context.run(|| {
+            hook.on_request(&mut request);
+            inner.call(request)
+        });
+        ResponseFuture {
+            inner: future.with_context(context),
+            response: self.response.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`ContextService`]: the inner service's future, polled (and dropped)
+    /// in the request's context; its response goes through the layer's [`WrapResponse`].
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::future::{Ready, ready};
+    /// use std::task::{Context as TaskContext, Poll};
+    ///
+    /// use context_core::tower::{ContextLayer, KeepResponse, ResponseFuture};
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// #[derive(Clone)]
+    /// struct Hello;
+    ///
+    /// impl Service<()> for Hello {
+    ///     type Response = &'static str;
+    ///     type Error = Infallible;
+    ///     type Future = Ready<Result<&'static str, Infallible>>;
+    ///
+    ///     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///
+    ///     fn call(&mut self, (): ()) -> Self::Future {
+    ///         ready(Ok("hello"))
+    ///     }
+    /// }
+    ///
+    /// let future: ResponseFuture<_, KeepResponse> = ContextLayer::new().layer(Hello).call(());
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert_eq!(future.await, Ok("hello"));
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct ResponseFuture<F, M> {
+        #[pin]
+        inner: WithContext<F>,
+        response: M,
+    }
+}
+
+impl<F, M> ResponseFuture<F, M> {
+    /// The request's context, with what the service has set in it so far.
+    ///
+    /// ```
+    /// use std::future::{Ready, ready};
+    /// use std::task::{Context as TaskContext, Poll};
+    ///
+    /// use context_core::tower::ContextLayer;
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// struct Nop;
+    /// impl Service<()> for Nop {
+    ///     type Response = ();
+    ///     type Error = ();
+    ///     type Future = Ready<Result<(), ()>>;
+    ///     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), ()>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, (): ()) -> Self::Future {
+    ///         ready(Ok(()))
+    ///     }
+    /// }
+    ///
+    /// let mut service = ContextLayer::new()
+    ///     .on_request(|_: &mut ()| {
+    ///         let _ = USER.set("ann");
+    ///     })
+    ///     .layer(Nop);
+    /// let future = service.call(());
+    /// assert_eq!(future.context().get(&USER), Some(&"ann"));
+    /// ```
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        self.inner.context()
+    }
+}
+
+impl<F, M, R, E> Future for ResponseFuture<F, M>
+where
+    F: Future<Output = Result<R, E>>,
+    M: WrapResponse<R>,
+{
+    type Output = Result<M::Output, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = ready!(this.inner.as_mut().poll(cx));
+        let context = this.inner.as_ref().get_ref().context();
+        Poll::Ready(result.map(|response| this.response.wrap_response(response, context)))
+    }
+}
+
+impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .field("response", &self.response)
+            .finish()
+    }
+}
+
+pin_project! {
+    /// An HTTP body that polls, and is dropped, inside a context: the request's, for bodies
+    /// that stream after the handler has returned. Made by [`ContextLayer::body_in_context`],
+    /// or by hand with [`ContextBody::new`].
+    ///
+    /// ```
+    /// use std::pin::Pin;
+    /// use std::task::{Context as TaskContext, Poll};
+    ///
+    /// use context_core::Context;
+    /// use context_core::tower::ContextBody;
+    /// use http_body::{Body, Frame};
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct TENANT {}
+    /// # impl Key for TENANT { type Value = &'static str; type Default = NoDefault; }
+    /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
+    ///
+    /// /// A body that writes the tenant it streams for, read when polled.
+    /// struct TenantBody { done: bool }
+    ///
+    /// impl Body for TenantBody {
+    ///     type Data = &'static [u8];
+    ///     type Error = std::convert::Infallible;
+    ///
+    ///     fn poll_frame(
+    ///         mut self: Pin<&mut Self>,
+    ///         _: &mut TaskContext<'_>,
+    ///     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    ///         if std::mem::replace(&mut self.done, true) {
+    ///             return Poll::Ready(None);
+    ///         }
+    ///         let tenant = TENANT.get().unwrap_or("none");
+    ///         Poll::Ready(Some(Ok(Frame::data(tenant.as_bytes()))))
+    ///     }
+    /// }
+    ///
+    /// let mut body = ContextBody::new(TenantBody { done: false }, Context::new().with_value(&TENANT, "acme"));
+    /// let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    /// let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else { panic!() };
+    /// assert_eq!(frame.into_data().unwrap(), b"acme");
+    /// ```
+    pub struct ContextBody<B> {
+        #[pin]
+        inner: Option<B>,
+        context: Context,
+    }
+
+    impl<B> PinnedDrop for ContextBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                this.context.run(|| this.inner.set(None));
+            }
+        }
+    }
+}
+
+impl<B> ContextBody<B> {
+    /// Wraps `body` so that it polls, and is dropped, in `context`. What the body sets while
+    /// polled stays in `context`, from one poll to the next.
+    ///
+    /// ```
+    /// use context_core::Context;
+    /// use context_core::tower::ContextBody;
+    ///
+    /// let body = ContextBody::new(String::from("hi"), Context::new());
+    /// assert_eq!(body.get_ref(), "hi");
+    /// ```
+    pub fn new(body: B, context: Context) -> Self {
+        ContextBody {
+            inner: Some(body),
+            context,
+        }
+    }
+
+    /// The wrapped body.
+    ///
+    /// ```
+    /// use context_core::Context;
+    /// use context_core::tower::ContextBody;
+    ///
+    /// assert_eq!(*ContextBody::new(3, Context::new()).get_ref(), 3);
+    /// ```
+    #[must_use]
+    #[allow(
+        clippy::missing_panics_doc,
+        reason = "the body is taken out only by `drop`"
+    )]
+    pub fn get_ref(&self) -> &B {
+        self.inner.as_ref().expect("the body is only taken on drop")
+    }
+
+    /// The context the body polls in.
+    ///
+    /// ```
+    /// use context_core::Context;
+    /// use context_core::tower::ContextBody;
+    ///
+    /// assert!(ContextBody::new((), Context::new()).context().is_empty());
+    /// ```
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ContextBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let inner = this
+            .inner
+            .as_pin_mut()
+            .expect("the body is only taken on drop");
+        this.context.run(|| inner.poll_frame(cx))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.get_ref().is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.get_ref().size_hint()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ContextBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextBody")
+            .field("inner", &self.inner)
+            .field("context", &self.context)
+            .finish()
+    }
+}
