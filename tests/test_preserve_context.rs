@@ -18,7 +18,11 @@ static REQUEST: u32;
 static USER: &'static str = "guest";
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Polls `fut` once with a no-op waker.
@@ -44,8 +48,12 @@ async fn read_request_plain() -> (Option<u32>, &'static str) {
 #[test]
 fn context_is_captured_at_the_call_not_at_the_first_poll() {
     runtime().block_on(async {
-        let request = Context::new().with_value(&REQUEST, 7).with_value(&USER, "ann");
-        let (preserved, plain) = request.clone().run(|| (read_request(), read_request_plain()));
+        let request = Context::new()
+            .with_value(&REQUEST, 7)
+            .with_value(&USER, "ann");
+        let (preserved, plain) = request
+            .clone()
+            .run(|| (read_request(), read_request_plain()));
         // The caller's context changes after the call and before the first poll.
         let _token = REQUEST.set(8);
         // Spawned later, with plain `tokio::spawn`, on another worker.
@@ -62,7 +70,9 @@ fn context_is_captured_at_the_call_not_at_the_first_poll() {
 fn a_future_awaited_in_another_context_keeps_its_own() {
     runtime().block_on(async {
         let fut = Context::new().with_value(&REQUEST, 1).run(read_request);
-        let seen = fut.with_context(Context::new().with_value(&REQUEST, 2)).await;
+        let seen = fut
+            .with_context(Context::new().with_value(&REQUEST, 2))
+            .await;
         assert_eq!(seen, (Some(1), "guest"));
     });
 }
@@ -100,7 +110,9 @@ fn many_futures_made_in_many_contexts_and_spawned_later_each_see_their_own() {
         let mut futures = Vec::new();
         for i in 0..200_u32 {
             let rounds = u64::from(i.wrapping_mul(2_654_435_761) % 7);
-            let fut = Context::new().with_value(&REQUEST, i).run(|| echo_after_yields(rounds));
+            let fut = Context::new()
+                .with_value(&REQUEST, i)
+                .run(|| echo_after_yields(rounds));
             futures.push(fut);
         }
         let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
@@ -113,10 +125,13 @@ fn many_futures_made_in_many_contexts_and_spawned_later_each_see_their_own() {
 // ---------------------------------------------------------------------------------------
 // Arguments: moved into the future, dropped when the body ends, inside the context.
 
+/// What the probes saw when dropped: their name and the value of `REQUEST`.
+type Log = Arc<Mutex<Vec<(&'static str, Option<u32>)>>>;
+
 /// Records, when dropped, the value of `REQUEST` it sees.
 struct Probe {
     name: &'static str,
-    log: Arc<Mutex<Vec<(&'static str, Option<u32>)>>>,
+    log: Log,
 }
 
 impl Drop for Probe {
@@ -142,9 +157,16 @@ async fn takes_patterns_plain(_: Probe, Pair(first, _): Pair, mut last: Probe) {
     tokio::task::yield_now().await;
 }
 
-fn probes(log: &Arc<Mutex<Vec<(&'static str, Option<u32>)>>>) -> (Probe, Pair, Probe) {
-    let probe = |name| Probe { name, log: Arc::clone(log) };
-    (probe("ignored"), Pair(probe("first"), probe("second")), probe("renamed"))
+fn probes(log: &Log) -> (Probe, Pair, Probe) {
+    let probe = |name| Probe {
+        name,
+        log: Arc::clone(log),
+    };
+    (
+        probe("ignored"),
+        Pair(probe("first"), probe("second")),
+        probe("renamed"),
+    )
 }
 
 #[test]
@@ -162,14 +184,23 @@ fn arguments_are_dropped_when_the_body_ends_inside_the_context() {
     // Dropped when the body ends, before the future itself is dropped, in the order an
     // `async fn` drops them: the last argument first.
     let seen = log.lock().unwrap().clone();
-    assert_eq!(seen, [("first", Some(5)), ("last", Some(5)), ("second", Some(5)), ("ignored", Some(5))]);
+    assert_eq!(
+        seen,
+        [
+            ("first", Some(5)),
+            ("last", Some(5)),
+            ("second", Some(5)),
+            ("ignored", Some(5))
+        ]
+    );
 
     // The same order as the `async fn` it replaces.
     let plain_log = Arc::new(Mutex::new(Vec::new()));
     let (ignored, pair, last) = probes(&plain_log);
     let mut plain = Box::pin(takes_patterns_plain(ignored, pair, last));
     while poll_once(plain.as_mut()).is_pending() {}
-    let names = |log: &[(&'static str, Option<u32>)]| log.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    let names =
+        |log: &[(&'static str, Option<u32>)]| log.iter().map(|(n, _)| *n).collect::<Vec<_>>();
     assert_eq!(names(&plain_log.lock().unwrap()), names(&seen));
 }
 
@@ -177,12 +208,22 @@ fn arguments_are_dropped_when_the_body_ends_inside_the_context() {
 fn arguments_of_a_future_dropped_unpolled_are_dropped_inside_the_context() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let (ignored, pair, last) = probes(&log);
-    let fut = Context::new().with_value(&REQUEST, 6).run(|| takes_patterns(ignored, pair, last));
+    let fut = Context::new()
+        .with_value(&REQUEST, 6)
+        .run(|| takes_patterns(ignored, pair, last));
     let _token = REQUEST.set(0);
     drop(fut);
     let mut seen = log.lock().unwrap().clone();
     seen.sort_unstable();
-    assert_eq!(seen, [("first", Some(6)), ("ignored", Some(6)), ("renamed", Some(6)), ("second", Some(6))]);
+    assert_eq!(
+        seen,
+        [
+            ("first", Some(6)),
+            ("ignored", Some(6)),
+            ("renamed", Some(6)),
+            ("second", Some(6))
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -265,7 +306,10 @@ fn free_function_forms() {
         assert_eq!(joined(parts.iter(), "-", &1).await, "a-b1");
         assert_eq!(parse_positive("12").await, Ok(12));
         assert_eq!(parse_positive("x").await, Err("not a number".to_string()));
-        assert_eq!(parse_positive("-1").await, Err("-1 is not positive".to_string()));
+        assert_eq!(
+            parse_positive("-1").await,
+            Err("-1 is not positive".to_string())
+        );
         let _token = REQUEST.set(3);
         assert_eq!(describe(1).await.to_string(), "#1 in Some(3)");
         assert_eq!(add_one(41).await, 42);
@@ -279,7 +323,10 @@ struct Counter {
 
 impl Counter {
     fn new(name: &str) -> Self {
-        Counter { hits: AtomicUsize::new(0), name: name.to_string() }
+        Counter {
+            hits: AtomicUsize::new(0),
+            name: name.to_string(),
+        }
     }
 
     #[preserve_context]
@@ -356,7 +403,10 @@ fn receiver_forms() {
         assert_eq!(Arc::clone(&shared).by_arc().await, 2);
         let mut pinned = pin!(Counter::new("p"));
         assert_eq!(pinned.as_mut().by_pin().await, 10);
-        assert_eq!(Box::new(Counter::new("x")).by_box(Counter::new("y")).await, "x+y");
+        assert_eq!(
+            Box::new(Counter::new("x")).by_box(Counter::new("y")).await,
+            "x+y"
+        );
     });
 }
 
@@ -375,7 +425,11 @@ impl<'a> Borrowed<'a> {
     #[preserve_context]
     async fn longer(self, other: Borrowed<'a>) -> &'a str {
         tokio::task::yield_now().await;
-        if other.text.len() > self.text.len() { other.text } else { self.text }
+        if other.text.len() > self.text.len() {
+            other.text
+        } else {
+            self.text
+        }
     }
 }
 
@@ -423,9 +477,14 @@ fn methods_of_impls_with_lifetimes_and_of_trait_impls() {
         let text = String::from("borrowed");
         let borrowed = Borrowed { text: &text };
         assert_eq!(borrowed.text().await, "borrowed");
-        assert_eq!(Borrowed { text: "a" }.longer(Borrowed { text: "bb" }).await, "bb");
+        assert_eq!(
+            Borrowed { text: "a" }.longer(Borrowed { text: "bb" }).await,
+            "bb"
+        );
         let counter = Counter::new("ab");
-        let fut = Context::new().with_value(&REQUEST, 10).run(|| counter.call("xyz"));
+        let fut = Context::new()
+            .with_value(&REQUEST, 10)
+            .run(|| counter.call("xyz"));
         assert_eq!(fut.await, 15);
         assert_eq!(call_generic(&borrowed).await, 12);
         assert_eq!(call_generic(&counter).await, 6);
@@ -460,6 +519,15 @@ fn probe<T>(_: &T) -> SendProbe<T> {
     SendProbe(std::marker::PhantomData)
 }
 
+/// Whether the value of this expression is `Send` (autoref picks `IsSend` when it is).
+macro_rules! is_send {
+    ($value:expr) => {{
+        #[allow(clippy::needless_borrow)]
+        let send = (&probe(&$value)).is_send();
+        send
+    }};
+}
+
 #[preserve_context]
 async fn holds_rc_across_await() -> usize {
     let rc = std::rc::Rc::new(5);
@@ -489,14 +557,14 @@ fn futures_are_send_exactly_when_the_original_is() {
     assert_send(&counter.call("x"));
     assert_send(&Arc::new(Counter::new("a")).by_arc());
     assert_send(&generic_send(1));
-    assert!((&probe(&generic_send(1))).is_send());
+    assert!(is_send!(generic_send(1)));
 
     // Not `Send` where the original is not: an `Rc` held across an await, or a non-`Send`
     // argument.
-    assert!(!(&probe(&holds_rc_across_await())).is_send());
-    assert!(!(&probe(&holds_rc_across_await_plain())).is_send());
-    assert!(!(&probe(&generic_send(std::rc::Rc::new(1)))).is_send());
-    assert!(!(&probe(&generic_send_plain(std::rc::Rc::new(1)))).is_send());
+    assert!(!is_send!(holds_rc_across_await()));
+    assert!(!is_send!(holds_rc_across_await_plain()));
+    assert!(!is_send!(generic_send(std::rc::Rc::new(1))));
+    assert!(!is_send!(generic_send_plain(std::rc::Rc::new(1))));
 
     runtime().block_on(async {
         assert_eq!(holds_rc_across_await().await, 5);

@@ -46,9 +46,10 @@ pub(crate) struct Args {
 impl Args {
     /// The path generated code uses to reach the runtime: `<crate>::__private`.
     pub(crate) fn private(&self) -> TokenStream {
-        match &self.krate {
-            Some(path) => quote!(#path::__private),
-            None => quote!(::contextvars::__private),
+        if let Some(path) = &self.krate {
+            quote!(#path::__private)
+        } else {
+            quote!(::contextvars::__private)
         }
     }
 }
@@ -58,7 +59,10 @@ pub(crate) fn parse(tokens: TokenStream, attr: &str, accepted: &[Arg]) -> syn::R
     let mut args = Args::default();
     let mut seen = Vec::new();
     let parser = syn::meta::parser(|meta| {
-        let Some(arg) = Arg::ALL.into_iter().find(|a| meta.path.is_ident(a.keyword())) else {
+        let Some(arg) = Arg::ALL
+            .into_iter()
+            .find(|a| meta.path.is_ident(a.keyword()))
+        else {
             return Err(unknown(&meta, attr, accepted));
         };
         if !accepted.contains(&arg) {
@@ -107,9 +111,14 @@ fn unknown(meta: &ParseNestedMeta<'_>, attr: &str, accepted: &[Arg]) -> syn::Err
         [only] => only.usage().to_string(),
         [init @ .., last] => format!(
             "{} and {}",
-            init.iter().map(|a| a.usage()).collect::<Vec<_>>().join(", "),
+            init.iter()
+                .map(|a| a.usage())
+                .collect::<Vec<_>>()
+                .join(", "),
             last.usage()
         ),
     };
-    meta.error(format!("unknown argument `{found}`; #[{attr}] accepts {list}"))
+    meta.error(format!(
+        "unknown argument `{found}`; #[{attr}] accepts {list}"
+    ))
 }

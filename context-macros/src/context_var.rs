@@ -60,16 +60,28 @@ impl Parse for StaticItem {
             None
         };
         input.parse::<Token![;]>()?;
-        Ok(StaticItem { attrs, vis, mutability, ident, ty, default })
+        Ok(StaticItem {
+            attrs,
+            vis,
+            mutability,
+            ident,
+            ty,
+            default,
+        })
     }
 }
 
 /// The error for an item that is not a `static`, on the keyword that says what it is.
 fn not_a_static(input: ParseStream<'_>) -> syn::Error {
-    let found = input.fork().parse::<proc_macro2::TokenTree>().map(|t| t.to_string());
+    let found = input
+        .fork()
+        .parse::<proc_macro2::TokenTree>()
+        .map(|t| t.to_string());
     let what = match found.as_deref() {
-        Ok(kw @ ("const" | "fn" | "struct" | "enum" | "union" | "type" | "trait" | "impl"
-        | "mod" | "use" | "async" | "unsafe" | "extern" | "let")) => format!("a `{kw}` item"),
+        Ok(
+            kw @ ("const" | "fn" | "struct" | "enum" | "union" | "type" | "trait" | "impl" | "mod"
+            | "use" | "async" | "unsafe" | "extern" | "let"),
+        ) => format!("a `{kw}` item"),
         _ => "this item".to_string(),
     };
     input.error(format!(
@@ -83,16 +95,18 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(parsed) => parsed,
         // Not a static: say so once, and leave the item as it was.
         Err(err) => {
-            let err = err.to_compile_error();
-            return quote!(#err #item);
+            let mut output = err.to_compile_error();
+            output.extend(item);
+            return output;
         }
     };
     let mut errors = Vec::new();
-    let args = args::parse(attr, "context_var", &[Arg::Name, Arg::Crate, Arg::Log])
-        .unwrap_or_else(|err| {
+    let args = args::parse(attr, "context_var", &[Arg::Name, Arg::Crate, Arg::Log]).unwrap_or_else(
+        |err| {
             errors.push(err);
             Args::default()
-        });
+        },
+    );
     if let Some(mutability) = item_parsed.mutability {
         errors.push(syn::Error::new(
             mutability.span(),
@@ -107,7 +121,14 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn generate(item: &StaticItem, args: &Args) -> TokenStream {
-    let StaticItem { attrs, vis, ident, ty, default, .. } = item;
+    let StaticItem {
+        attrs,
+        vis,
+        ident,
+        ty,
+        default,
+        ..
+    } = item;
     let private = args.private();
     let name = match &args.name {
         Some(name) => name.clone(),

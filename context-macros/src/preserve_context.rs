@@ -58,7 +58,7 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::visit_mut::VisitMut;
 use syn::{
-    Attribute, AttrStyle, Block, FnArg, GenericParam, Ident, Lifetime, LifetimeParam, Pat,
+    AttrStyle, Attribute, Block, FnArg, GenericParam, Ident, Lifetime, LifetimeParam, Pat,
     ReturnType, Signature, Token, Type, Visibility,
 };
 
@@ -82,8 +82,10 @@ impl Parse for Function {
         if input.fork().parse::<Signature>().is_err() {
             let found = input.fork().parse::<TokenTree>().map(|t| t.to_string());
             let what = match found.as_deref() {
-                Ok(kw @ ("static" | "const" | "struct" | "enum" | "union" | "type" | "trait"
-                | "impl" | "mod" | "use" | "extern" | "let")) => format!("a `{kw}` item"),
+                Ok(
+                    kw @ ("static" | "const" | "struct" | "enum" | "union" | "type" | "trait"
+                    | "impl" | "mod" | "use" | "extern" | "let"),
+                ) => format!("a `{kw}` item"),
                 _ => "this item".to_string(),
             };
             return Err(input.error(format!(
@@ -93,7 +95,13 @@ impl Parse for Function {
         let sig: Signature = input.parse()?;
         if input.peek(Token![;]) {
             let semi = input.parse()?;
-            return Ok(Function { attrs, vis, sig, body: None, semi: Some(semi) });
+            return Ok(Function {
+                attrs,
+                vis,
+                sig,
+                body: None,
+                semi: Some(semi),
+            });
         }
         let content;
         let brace = syn::braced!(content in input);
@@ -104,7 +112,16 @@ impl Parse for Function {
             attrs.push(attr);
         }
         let stmts = content.call(Block::parse_within)?;
-        Ok(Function { attrs, vis, sig, body: Some(Block { brace_token: brace, stmts }), semi: None })
+        Ok(Function {
+            attrs,
+            vis,
+            sig,
+            body: Some(Block {
+                brace_token: brace,
+                stmts,
+            }),
+            semi: None,
+        })
     }
 }
 
@@ -163,108 +180,42 @@ fn validate(function: &Function) -> syn::Result<()> {
 }
 
 fn rewrite(function: Function, args: &Args) -> TokenStream {
-    let Function { attrs, vis, mut sig, body, .. } = function;
-    let body = body.expect("validated: the function has a body");
+    let Function {
+        attrs,
+        vis,
+        mut sig,
+        body,
+        ..
+    } = function;
+    let mut block = body.expect("validated: the function has a body");
     let private = args.private();
-    let mixed = Span::mixed_site();
 
-    // Name the elided lifetimes of the inputs and collect every lifetime they mention.
-    let mut lifetimes = Lifetimes::default();
-    for input in &mut sig.inputs {
-        lifetimes.visit_fn_arg_mut(input);
-    }
-    for param in sig.generics.lifetimes() {
-        lifetimes.mention(&param.lifetime);
-    }
-    if let ReturnType::Type(_, ty) = &mut sig.output {
-        let mut output = Lifetimes { elided_as: lifetimes.output_lifetime(), ..Lifetimes::default() };
-        if output.elided_as.is_some() {
-            output.visit_type_mut(ty);
-        }
-    }
-    let position = sig.generics.lifetimes().count();
-    for (offset, name) in lifetimes.named.iter().enumerate() {
-        sig.generics
-            .params
-            .insert(position + offset, GenericParam::Lifetime(LifetimeParam::new(name.clone())));
-    }
-
-    // Move every argument into the future: the signature takes plain names, the block
-    // binds the user's patterns.
-    let mut rebinds = Vec::new();
-    let mut receiver = None;
-    for (index, input) in sig.inputs.iter_mut().enumerate() {
-        match input {
-            FnArg::Receiver(recv) => {
-                let mutability = if recv.reference.is_none() { recv.mutability.take() } else { None };
-                let renamed = Ident::new("__self", mixed);
-                let self_token = recv.self_token;
-                rebinds.push(quote!(let #mutability #renamed = #self_token;));
-                receiver = Some(renamed);
-            }
-            FnArg::Typed(typed) => match &mut *typed.pat {
-                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
-                    let mutability = pat.mutability.take();
-                    let ident = &pat.ident;
-                    rebinds.push(quote!(let #mutability #ident = #ident;));
-                }
-                pat => {
-                    let arg = format_ident!("__arg{}", index, span = mixed);
-                    let user_pat = std::mem::replace(
-                        pat,
-                        Pat::Verbatim(arg.to_token_stream()),
-                    );
-                    rebinds.push(quote!(let #arg = #arg; let #user_pat = #arg;));
-                }
-            },
-        }
-    }
-    let mentions_self = receiver.is_some() || sig.inputs.iter().any(mentions_self_type);
-    sig.asyncness = None;
-
-    let mut block = body;
-    if receiver.is_some() {
+    let lifetimes = name_lifetimes(&mut sig);
+    let (rebinds, has_receiver) = move_arguments(&mut sig);
+    if has_receiver {
         RenameSelf.visit_block_mut(&mut block);
     }
+    let body = typed_body(&sig.output, &block, &private);
 
-    // The future's output type, and the body typed with it.
-    let (output, body) = match &sig.output {
-        ReturnType::Default => (quote!(()), quote!(#block)),
-        ReturnType::Type(_, ty) if contains_impl_trait(ty) => (quote!(#ty), quote!(#block)),
-        ReturnType::Type(_, ty) => {
-            let ret = Ident::new("__ret", mixed);
-            let hint = quote_spanned! {mixed=>
-                if false {
-                    return #private::unreachable::<#ty>();
-                }
-            };
-            (quote!(#ty), quote! {
-                #hint
-                let #ret: #ty = #block;
-                #ret
-            })
-        }
-    };
-
-    let mut captured: Vec<TokenStream> =
-        lifetimes.mentioned.iter().map(|lt| quote!(&#lt ())).collect();
-    if mentions_self {
+    let mut captured: Vec<TokenStream> = lifetimes
+        .mentioned
+        .iter()
+        .map(|lifetime| quote!(&#lifetime ()))
+        .collect();
+    if has_receiver || sig.inputs.iter().any(mentions_self_type) {
         captured.push(quote!(::core::marker::PhantomData<Self>));
     }
-    let captures = if captured.is_empty() {
-        None
-    } else {
-        Some(quote!(+ #private::Captures<(#(#captured,)*)>))
+    let bound = (!captured.is_empty()).then(|| quote!(+ #private::Captures<(#(#captured,)*)>));
+    let output = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
     };
-    let future = quote_spanned! {sig.output.span()=>
-        impl ::core::future::Future<Output = #output> #captures
-    };
-    sig.output = ReturnType::Type(
-        Token![->](sig.output.span()),
-        Box::new(Type::Verbatim(future)),
-    );
+    let span = sig.output.span();
+    let future = quote_spanned!(span=> impl ::core::future::Future<Output = #output> #bound);
+    sig.output = ReturnType::Type(Token![->](span), Box::new(Type::Verbatim(future)));
+    sig.asyncness = None;
 
-    let context = Ident::new("__context", mixed);
+    let context = Ident::new("__context", Span::mixed_site());
     let async_block = quote_spanned! {block.brace_token.span.join()=>
         async move {
             #(#rebinds)*
@@ -277,6 +228,95 @@ fn rewrite(function: Function, args: &Args) -> TokenStream {
             let #context = #private::Context::current();
             #private::FutureExt::with_context(#async_block, #context)
         }
+    }
+}
+
+/// Names the elided lifetimes of the inputs (and the output's, as elision would), declares
+/// the new names, and returns what the inputs mention.
+fn name_lifetimes(sig: &mut Signature) -> Lifetimes {
+    let mut lifetimes = Lifetimes::default();
+    for input in &mut sig.inputs {
+        lifetimes.visit_fn_arg_mut(input);
+    }
+    for param in sig.generics.lifetimes() {
+        lifetimes.mention(&param.lifetime);
+    }
+    if let ReturnType::Type(_, ty) = &mut sig.output {
+        let elided_as = lifetimes.output_lifetime();
+        if elided_as.is_some() {
+            Lifetimes {
+                elided_as,
+                ..Lifetimes::default()
+            }
+            .visit_type_mut(ty);
+        }
+    }
+    let position = sig.generics.lifetimes().count();
+    for (offset, name) in lifetimes.named.iter().enumerate() {
+        let param = GenericParam::Lifetime(LifetimeParam::new(name.clone()));
+        sig.generics.params.insert(position + offset, param);
+    }
+    lifetimes
+}
+
+/// Makes every argument move into the future, as an `async fn`'s do: the signature takes
+/// plain names (without `mut`), and the block rebinds the user's patterns. Returns the
+/// rebinding statements and whether there is a receiver (rebound as `__self`).
+fn move_arguments(sig: &mut Signature) -> (Vec<TokenStream>, bool) {
+    let mixed = Span::mixed_site();
+    let mut rebinds = Vec::new();
+    let mut has_receiver = false;
+    for (index, input) in sig.inputs.iter_mut().enumerate() {
+        match input {
+            FnArg::Receiver(recv) => {
+                let mutability = if recv.reference.is_none() {
+                    recv.mutability.take()
+                } else {
+                    None
+                };
+                let renamed = Ident::new("__self", mixed);
+                let self_token = recv.self_token;
+                rebinds.push(quote!(let #mutability #renamed = #self_token;));
+                has_receiver = true;
+            }
+            FnArg::Typed(typed) => match &mut *typed.pat {
+                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
+                    let mutability = pat.mutability.take();
+                    let ident = &pat.ident;
+                    rebinds.push(quote!(let #mutability #ident = #ident;));
+                }
+                pat => {
+                    // `_` and destructuring: keep the whole argument alive until the body
+                    // ends, then bind the pattern from it.
+                    let arg = format_ident!("__arg{}", index, span = mixed);
+                    let user_pat = std::mem::replace(pat, Pat::Verbatim(arg.to_token_stream()));
+                    rebinds.push(quote!(let #arg = #arg; let #user_pat = #arg;));
+                }
+            },
+        }
+    }
+    (rebinds, has_receiver)
+}
+
+/// The body, typed with the declared return type where that can be written in a body (not
+/// `impl Trait`): a type error then points at the user's expression, and `?` and `return`
+/// know the type from the start.
+fn typed_body(output: &ReturnType, block: &Block, private: &TokenStream) -> TokenStream {
+    match output {
+        ReturnType::Type(_, ty) if !contains_impl_trait(ty) => {
+            let ret = Ident::new("__ret", Span::mixed_site());
+            let hint = quote_spanned! {Span::mixed_site()=>
+                if false {
+                    return #private::unreachable::<#ty>();
+                }
+            };
+            quote! {
+                #hint
+                let #ret: #ty = #block;
+                #ret
+            }
+        }
+        _ => quote!(#block),
     }
 }
 
@@ -394,10 +434,10 @@ impl VisitMut for Lifetimes {
     }
 
     fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
-        if lifetime.ident == "_" {
-            if let Some(named) = self.elided(lifetime.apostrophe) {
-                *lifetime = named;
-            }
+        if lifetime.ident == "_"
+            && let Some(named) = self.elided(lifetime.apostrophe)
+        {
+            *lifetime = named;
         }
         self.mention(lifetime);
     }
@@ -483,8 +523,13 @@ impl RenameSelf {
         while let Some(tree) = iter.next() {
             out.push(match tree {
                 TokenTree::Ident(ident) if ident == "self" => {
-                    let path = matches!(iter.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':');
-                    if path { TokenTree::Ident(ident) } else { TokenTree::Ident(Self::ident(&ident)) }
+                    let path =
+                        matches!(iter.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+                    if path {
+                        TokenTree::Ident(ident)
+                    } else {
+                        TokenTree::Ident(Self::ident(&ident))
+                    }
                 }
                 TokenTree::Group(group) => {
                     let mut renamed = Group::new(group.delimiter(), Self::tokens(group.stream()));
@@ -500,7 +545,9 @@ impl RenameSelf {
 
 impl VisitMut for RenameSelf {
     fn visit_expr_path_mut(&mut self, expr: &mut syn::ExprPath) {
-        if expr.qself.is_none() && expr.path.leading_colon.is_none() && expr.path.segments.len() == 1
+        if expr.qself.is_none()
+            && expr.path.leading_colon.is_none()
+            && expr.path.segments.len() == 1
         {
             let segment = &mut expr.path.segments[0];
             if segment.ident == "self" && segment.arguments.is_none() {
