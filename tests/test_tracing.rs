@@ -1,0 +1,306 @@
+//! The tracing integration: with `ContextFields`, tracing-subscriber's text and JSON lines carry
+//! the context variables that opted into logs (and never the others), from tasks, blocking
+//! tasks and threads that inherited the context, and from requests served through the layer.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use contextvars::tracing::{ContextFields, for_each_logged};
+use contextvars::{Context, FutureExt, context_var};
+use tracing_subscriber::fmt;
+use tracing_subscriber::prelude::*;
+
+#[context_var(name = "tenant", log)]
+static TENANT: String;
+
+#[context_var(name = "request_id", log)]
+static REQUEST_ID: String;
+
+#[context_var(log)]
+static ATTEMPT: u32 = 1;
+
+#[derive(Debug)]
+#[allow(dead_code, reason = "read through `Debug` only")]
+struct User {
+    id: u64,
+    name: &'static str,
+}
+
+#[context_var(name = "user", log)]
+static USER: Arc<User>;
+
+/// Not opted in: its value must never reach a log.
+#[context_var(name = "api_key")]
+static API_KEY: String;
+
+const SECRET: &str = "sk-live-do-not-log";
+
+/// A buffer every test's events go to, one per format.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// The lines that contain `marker` (each test logs its own marker).
+    fn lines(&self, marker: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains(SECRET),
+            "a variable that did not opt in was logged"
+        );
+        text.lines()
+            .filter(|line| line.contains(marker))
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// The process-wide subscriber: a text layer and a JSON layer, both wrapped.
+fn captures() -> &'static (Capture, Capture) {
+    static CAPTURES: OnceLock<(Capture, Capture)> = OnceLock::new();
+    CAPTURES.get_or_init(|| {
+        let (text, json) = (Capture::default(), Capture::default());
+        let (t, j) = (text.clone(), json.clone());
+        tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .map_event_format(ContextFields::text)
+                    .with_writer(move || t.clone()),
+            )
+            .with(
+                fmt::layer()
+                    .json()
+                    .map_event_format(ContextFields::json)
+                    .with_writer(move || j.clone()),
+            )
+            .init();
+        (text, json)
+    })
+}
+
+fn text_lines(marker: &str) -> Vec<String> {
+    captures().0.lines(marker)
+}
+
+fn json_lines(marker: &str) -> Vec<serde_json::Value> {
+    captures()
+        .1
+        .lines(marker)
+        .iter()
+        .map(|line| serde_json::from_str(line).expect(line))
+        .collect()
+}
+
+#[test]
+fn opted_in_variables_are_fields_of_text_and_json_lines_and_others_never_are() {
+    captures();
+    let _tenant = TENANT.set("acme".into());
+    let _request = REQUEST_ID.set("r-1".into());
+    let _attempt = ATTEMPT.set(3);
+    let _user = USER.set(Arc::new(User { id: 7, name: "ann" }));
+    let _key = API_KEY.set(SECRET.into());
+    tracing::info!(amount = 12, "marker-basic");
+
+    let [text] = &text_lines("marker-basic")[..] else {
+        panic!("one text line")
+    };
+    for field in [
+        r#"tenant="acme""#,
+        r#"request_id="r-1""#,
+        "ATTEMPT=3",
+        r#"user=User { id: 7, name: "ann" }"#,
+    ] {
+        assert!(text.contains(&format!(" {field}")), "{field} in {text}");
+    }
+    assert!(
+        text.contains("marker-basic amount=12 "),
+        "event fields come first: {text}"
+    );
+    assert!(!text.contains("api_key"), "{text}");
+
+    let [json] = &json_lines("marker-basic")[..] else {
+        panic!("one JSON line")
+    };
+    let context = &json["context"];
+    assert_eq!(context["tenant"], "acme");
+    assert_eq!(context["request_id"], "r-1");
+    assert_eq!(context["ATTEMPT"], 3, "numbers stay numbers");
+    assert_eq!(
+        context["user"], r#"User { id: 7, name: "ann" }"#,
+        "others: their Debug"
+    );
+    assert_eq!(context.as_object().unwrap().len(), 4, "{json}");
+    assert_eq!(json["fields"]["message"], "marker-basic");
+    assert_eq!(json["fields"]["amount"], 12);
+}
+
+#[test]
+fn a_line_without_logged_variables_is_left_as_the_inner_format_writes_it() {
+    captures();
+    let _key = API_KEY.set(SECRET.into());
+    tracing::info!("marker-nothing");
+    let [text] = &text_lines("marker-nothing")[..] else {
+        panic!("one text line")
+    };
+    assert!(text.ends_with("marker-nothing"), "{text}");
+    let [json] = &json_lines("marker-nothing")[..] else {
+        panic!("one JSON line")
+    };
+    assert!(json.get("context").is_none(), "{json}");
+}
+
+#[test]
+fn json_values_are_escaped() {
+    captures();
+    let _tenant = TENANT.set("a \"quoted\"\ttenant\n\\ with \u{1} control".into());
+    tracing::info!("marker-escape");
+    let [json] = &json_lines("marker-escape")[..] else {
+        panic!("one JSON line")
+    };
+    assert_eq!(
+        json["context"]["tenant"],
+        "a \"quoted\"\ttenant\n\\ with \u{1} control"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_blocking_tasks_and_threads_that_inherited_the_context_log_its_fields() {
+    captures();
+    let (spawned, blocking, plain_task) = Context::new()
+        .with_value(&TENANT, "inherited".into())
+        .with_value(&API_KEY, SECRET.into())
+        .run(|| {
+            let spawned = contextvars::spawn(async {
+                tokio::task::yield_now().await;
+                tracing::info!(from = "spawned", "marker-inherit");
+            });
+            let blocking = contextvars::spawn_blocking(|| {
+                tracing::info!(from = "blocking", "marker-inherit");
+            });
+            let thread = contextvars::thread::spawn(|| {
+                tracing::info!(from = "thread", "marker-inherit");
+            });
+            // Spawned without the context: no fields.
+            let plain_task = tokio::spawn(async {
+                tracing::info!(from = "plain task", "marker-inherit");
+            });
+            let plain_thread = std::thread::spawn(|| {
+                tracing::info!(from = "plain thread", "marker-inherit");
+            });
+            thread.join().unwrap();
+            plain_thread.join().unwrap();
+            (spawned, blocking, plain_task)
+        });
+    spawned.await.unwrap();
+    blocking.await.unwrap();
+    plain_task.await.unwrap();
+
+    let lines = json_lines("marker-inherit");
+    assert_eq!(lines.len(), 5);
+    for json in lines {
+        let tenant = json["context"]["tenant"].as_str();
+        match json["fields"]["from"].as_str().unwrap() {
+            "spawned" | "blocking" | "thread" => assert_eq!(tenant, Some("inherited"), "{json}"),
+            _ => assert!(json.get("context").is_none(), "{json}"),
+        }
+    }
+    let texts = text_lines("marker-inherit");
+    let with_fields = texts
+        .iter()
+        .filter(|l| l.ends_with(r#"tenant="inherited""#))
+        .count();
+    assert_eq!(with_fields, 3, "{texts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tasks_each_log_their_own_values() {
+    captures();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let context = Context::new().with_value(&TENANT, format!("t{i}"));
+            tokio::spawn(
+                async move {
+                    for step in 0..3 {
+                        if (i + step) % 3 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        tracing::info!(expected = format!("t{i}"), "marker-concurrent");
+                    }
+                }
+                .with_context(context),
+            )
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let lines = json_lines("marker-concurrent");
+    assert_eq!(lines.len(), 600);
+    for json in lines {
+        assert_eq!(
+            json["context"]["tenant"], json["fields"]["expected"],
+            "{json}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_through_the_layer_log_their_own_values() {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    captures();
+    let layer = contextvars::tower::ContextLayer::new().on_request(|request: &mut Request| {
+        let id = request.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let _ = REQUEST_ID.set(id);
+    });
+    let service = layer.layer(service_fn(|_: Request| async {
+        tokio::task::yield_now().await;
+        tracing::info!(expected = REQUEST_ID.get().unwrap(), "marker-layer");
+        Ok::<_, std::convert::Infallible>(())
+    }));
+    let requests: Vec<_> = (0..50)
+        .map(|i| {
+            let request = Request::get("/")
+                .header("x-request-id", format!("req-{i}"))
+                .body(Body::empty())
+                .unwrap();
+            tokio::spawn(service.clone().oneshot(request))
+        })
+        .collect();
+    for request in requests {
+        request.await.unwrap().unwrap();
+    }
+    let lines = json_lines("marker-layer");
+    assert_eq!(lines.len(), 50);
+    for json in lines {
+        assert_eq!(
+            json["context"]["request_id"], json["fields"]["expected"],
+            "{json}"
+        );
+    }
+}
+
+#[test]
+fn for_each_logged_lists_only_opted_in_variables() {
+    let _tenant = TENANT.set("acme".into());
+    let _key = API_KEY.set(SECRET.into());
+    let mut seen = Vec::new();
+    for_each_logged(|name, value| seen.push(format!("{name}={value:?}")));
+    assert_eq!(seen, [r#"tenant="acme""#]);
+}
