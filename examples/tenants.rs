@@ -207,9 +207,12 @@ mod service {
 
 /// A nightly job for one tenant, outside any request.
 async fn nightly_report(tenant: Arc<Tenant>) {
-    TenantContext::scope(tenant, async {
-        let tenant = TenantContext::optional().map(|t| t.id.clone());
-        tracing::info!(?tenant, "background job ran for its tenant");
+    let expected = tenant.id.clone();
+    TenantContext::scope(tenant, async move {
+        tokio::task::yield_now().await;
+        let seen = TenantContext::optional().map(|t| t.id.clone());
+        assert_eq!(seen, Some(expected), "the job runs for its tenant");
+        tracing::info!("nightly report done"); // the log line carries the tenant
     })
     .await;
 }
