@@ -269,6 +269,62 @@ fn plain_task_can_enter_a_context_explicitly() {
     });
 }
 
+// B26: a plain `spawn_blocking` job is a task without a context too: it cannot set, so a
+// pooled blocking thread cannot hand one job's values to the next.
+#[test]
+fn plain_spawn_blocking_jobs_have_no_context() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _root = A.set(1);
+        let first = tokio::task::spawn_blocking(|| {
+            (
+                A.try_set(2).map(drop),
+                read_all(),
+                std::thread::current().id(),
+            )
+        });
+        let (set, seen, thread) = first.await.unwrap();
+        assert_eq!(set, Err(SetError::NoContext { var: "A" }));
+        assert_eq!(seen, EMPTY);
+        let second = tokio::task::spawn_blocking(|| (read_all(), std::thread::current().id()));
+        let (seen, second_thread) = second.await.unwrap();
+        assert_eq!(
+            second_thread, thread,
+            "the pool should have reused its one thread"
+        );
+        assert_eq!(seen, EMPTY);
+    });
+}
+
+// B25 + B26: `contextvars::spawn` from a task without a context passes on an empty context,
+// not whatever the worker thread holds.
+#[test]
+fn spawn_from_a_plain_task_starts_empty() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _root = A.set(1);
+        let seen = tokio::spawn(async {
+            contextvars::spawn(async {
+                let seen = read_all();
+                drop(A.set(2));
+                seen
+            })
+            .await
+            .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, EMPTY);
+        assert_eq!(A.get(), Some(1));
+    });
+}
+
 // B26: `block_on`'s root future is not a task: it uses the thread's own context, before,
 // during and after `block_on`, as Python would.
 #[test]
