@@ -305,7 +305,8 @@ fn typed_body(output: &ReturnType, block: &Block, private: &TokenStream) -> Toke
     match output {
         ReturnType::Type(_, ty) if !contains_impl_trait(ty) => {
             let ret = Ident::new("__ret", Span::mixed_site());
-            let hint = quote_spanned! {Span::mixed_site()=>
+            // Spanned with the return type, which a mismatch's note then points at.
+            let hint = quote_spanned! {ty.span()=>
                 if false {
                     return #private::unreachable::<#ty>();
                 }

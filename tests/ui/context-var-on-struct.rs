@@ -1,0 +1,8 @@
+use contextvars::context_var;
+
+#[context_var]
+struct Request {
+    id: u64,
+}
+
+fn main() {}
