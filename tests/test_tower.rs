@@ -285,3 +285,46 @@ async fn the_response_future_exposes_the_request_context() {
     );
     future.await.unwrap();
 }
+
+/// What `poll_ready` saw: `REGION` and `STEP`.
+type Seen = Arc<Mutex<Vec<(Option<&'static str>, u32)>>>;
+
+/// A service whose readiness depends on context: it records what `poll_ready` sees.
+#[derive(Clone)]
+struct ReadyReadsContext(Seen);
+
+impl Service<()> for ReadyReadsContext {
+    type Response = ();
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<(), Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        let step = STEP.get();
+        let _ = STEP.set(step + 1); // panics unless `poll_ready` runs in a context
+        self.0.lock().unwrap().push((REGION.get(), step));
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_ready_runs_in_a_fresh_copy_of_the_base_context() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let layer = ContextLayer::with_base(Context::new().with_value(&REGION, "eu-west"));
+    let mut service = layer.layer(ReadyReadsContext(Arc::clone(&seen)));
+    // In a task without a context, as a server's connection task is.
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            service.ready().await.unwrap().call(()).await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(Some("eu-west"), 0), (Some("eu-west"), 0)]
+    );
+}

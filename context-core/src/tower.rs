@@ -74,8 +74,23 @@
 //! assert_eq!(REQUEST_ID.get(), None);
 //! ```
 //!
-//! With axum: `Router::new().route(…).layer(ContextLayer::new().body_in_context())`; the
-//! `tenants` example of the `contextvars` crate is a complete service.
+//! # With axum, tonic and hyper
+//!
+//! The layer is generic over the request and response types, so it fits any tower stack:
+//!
+//! - **axum**: `Router::new().route(…).layer(ContextLayer::new().body_in_context())`. Name
+//!   the request type in a hook: `.on_request(|request: &mut axum::extract::Request| …)`.
+//!   The `tenants` example of the `contextvars` crate is a complete service, and its
+//!   end-to-end test runs it under load.
+//! - **tonic**: `Server::builder().layer(ContextLayer::new().body_in_context())`; a hook
+//!   receives `&mut http::Request<tonic::body::Body>`. Streaming responses are bodies, so
+//!   `body_in_context` covers server-streaming RPCs.
+//! - **hyper** (1.x has its own `Service` trait): wrap the layered service with
+//!   `hyper_util::service::TowerToHyperService::new(layer.layer(service))` and serve that.
+//!
+//! Build the layer where the base values are set: in `main` (or `#[tokio::main]`'s body),
+//! not inside a task spawned without a context, where [`Context::current()`] is empty (B26)
+//! and so would be the base.
 
 use std::fmt;
 use std::future::Future;

@@ -125,7 +125,8 @@ enum Style {
 
 impl<F> ContextFields<F> {
     /// For a text format (`format()`, `.compact()`, `.pretty()`, or your own): appends
-    /// `name=value` for each variable, before the line's end.
+    /// `name=value` for each variable, before the line's end (with `.pretty()`, which writes
+    /// an event over several lines, at the end of its last line).
     ///
     /// ```
     /// use context_core::tracing::ContextFields;
@@ -175,6 +176,9 @@ impl<F> ContextFields<F> {
     }
 }
 
+/// A line buffer larger than this is not kept for the next event.
+const MAX_KEPT_LINE: usize = 64 * 1024;
+
 thread_local! {
     /// The line being formatted, reused from one event to the next on each thread.
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
@@ -210,6 +214,9 @@ where
                 Style::Text => write_text(&mut writer, &line, &context),
                 Style::Json => write_json(&mut writer, &line, &context),
             });
+        if line.capacity() > MAX_KEPT_LINE {
+            line = String::new();
+        }
         let _ = LINE.try_with(|cell| {
             if let Ok(mut cell) = cell.try_borrow_mut() {
                 *cell = line;
