@@ -1,0 +1,109 @@
+"""CPython's `contextvars`, measured the way benches/benches/context.rs measures the Rust crate.
+
+Prints one JSON object: figure name -> {"median_ns", "min_ns", "raw_median_ns"}, plus memory
+figures. Standard library only (Python 3.11).
+
+Method: `timeit` with enough loops per repeat that one repeat takes about 20 ms, 31 repeats;
+the figure is the median over repeats of the time per loop, as the Rust figures are
+criterion's median. From it we subtract the median time per loop of an empty statement
+(`pass`), so `median_ns` is the operation itself, not the interpreter's `for` loop; that makes
+CPython look faster and the ratios against it conservative. `raw_median_ns` keeps the figure
+before the subtraction.
+
+Usage: python3 bench_contextvars.py [--quick]
+"""
+
+import contextvars
+import json
+import statistics
+import sys
+import timeit
+import tracemalloc
+
+REPEATS = 31
+TARGET_SECONDS = 0.02
+
+
+def context_with(n):
+    """A context with `n` variables set, `request_id` (to 7) among them, and that variable."""
+    request_id = contextvars.ContextVar("request_id")
+    fillers = [contextvars.ContextVar(f"filler{i}") for i in range(n - 1)]
+
+    def fill():
+        request_id.set(7)
+        for value, var in enumerate(fillers):
+            var.set(value)
+
+    ctx = contextvars.Context()
+    ctx.run(fill)
+    assert len(ctx) == n
+    return ctx, request_id
+
+
+def measure(stmt, namespace, repeats):
+    """Median and minimum time per loop of `stmt`, in nanoseconds."""
+    timer = timeit.Timer(stmt, globals=namespace)
+    number, elapsed = timer.autorange()
+    number = max(number, int(number * TARGET_SECONDS / max(elapsed, 1e-9)))
+    per_loop = [t / number * 1e9 for t in timer.repeat(repeat=repeats, number=number)]
+    return statistics.median(per_loop), min(per_loop)
+
+
+def main():
+    repeats = 5 if "--quick" in sys.argv else REPEATS
+    results = {}
+    baseline, baseline_min = measure("pass", {}, repeats)
+
+    def record(name, stmt, namespace):
+        median, minimum = measure(stmt, namespace, repeats)
+        results[name] = {
+            "median_ns": median - baseline,
+            "min_ns": minimum - baseline_min,
+            "raw_median_ns": median,
+        }
+
+    def empty():
+        pass
+
+    for n in (8, 1000):
+        ctx, var = context_with(n)
+        namespace = {"var": var, "copy_context": contextvars.copy_context}
+        ctx.run(record, f"get/{n}", "var.get()", namespace)
+        ctx.run(record, f"copy_context/{n}", "copy_context()", namespace)
+        if n == 8:
+            ctx.run(record, "set_reset", "var.reset(var.set(8))", namespace)
+            ctx.run(record, "copy_context_run", "copy_context().run(empty)", {**namespace, "empty": empty})
+            # `Context.run` enters the context, so it is called from outside it.
+            record("run", "ctx.run(empty)", {"ctx": ctx, "empty": empty})
+
+    # Heap bytes a context holds per variable set (tracemalloc counts Python's allocator).
+    for n in (8, 1000):
+        variables = [contextvars.ContextVar(f"v{i}") for i in range(n)]
+        values = list(range(1000, 1000 + n))  # made before counting: only the mapping counts
+
+        def fill():
+            for var, value in zip(variables, values):
+                var.set(value)
+
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        ctx = contextvars.Context()
+        ctx.run(fill)
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert len(ctx) == n
+        results[f"bytes_per_var/{n}"] = {"value": (after - before) / n, "unit": "bytes"}
+
+    results["_meta"] = {
+        "python": sys.version.split()[0],
+        "implementation": sys.implementation.name,
+        "empty_loop_ns": baseline,
+        "repeats": repeats,
+        "statistic": "median",
+    }
+    json.dump(results, sys.stdout, indent=1, sort_keys=True)
+    print()
+
+
+if __name__ == "__main__":
+    main()
