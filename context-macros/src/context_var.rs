@@ -152,11 +152,18 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
     let static_ty = quote_spanned!(ty.span()=> #private_at_ty::ContextVar<#ident>);
     // The type and its `Key` impl come first: a type that is not `Send + Sync` is then
     // reported on the `Key` impl's line (the user's type) before the static's own check.
+    // `#[cfg]` on the static goes on the type and the impl too: all three or none exist.
+    let cfgs: Vec<_> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"))
+        .collect();
     quote! {
+        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #vis struct #ident {}
 
+        #(#cfgs)*
         impl #private::Key for #ident {
             #value
             type Default = #private::#kind;
