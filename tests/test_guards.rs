@@ -148,7 +148,7 @@ fn out_of_order_guards_leave_later_state_alone() {
 // newer guard at the same depth is mistaken for the stale one, which then restores its old
 // snapshot over the newer guards' values.
 #[test]
-#[ignore = "bug: ScopeGuard's depth rule lets a stale inner guard undo newer guards of the same depth (fix proposed in context-core/src/guard.rs: track live guards by serial)"]
+
 fn stale_inner_guard_leaves_newer_guards_alone() {
     Context::new().run(|| {
         let outer = TENANT.scoped(1);

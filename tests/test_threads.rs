@@ -286,7 +286,7 @@ fn value_dropped_at_thread_exit_may_read_variables() {
 // which aborts the whole process. (Run with `--include-ignored` only with the fix in: without
 // it this aborts the test binary.)
 #[test]
-#[ignore = "bug: set/scoped in a value's Drop during thread exit panic inside the TLS destructor and abort the process (fix proposed in context-core/src/var.rs)"]
+
 fn value_dropped_at_thread_exit_may_set_variables() {
     let finished = Arc::new(AtomicBool::new(false));
     let value = UsesContextWhenDropped {

@@ -98,11 +98,7 @@ impl Context {
 
     fn from_map(map: Map) -> Self {
         Context {
-            frame: Frame {
-                map,
-                id: 0,
-                depth: 0,
-            },
+            frame: Frame::with_map(map),
         }
     }
 

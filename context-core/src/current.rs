@@ -21,24 +21,29 @@ pub(crate) struct Frame {
     pub(crate) map: Map,
     /// The context's identity for tokens and guards (B14); `0` until something needs it.
     pub(crate) id: u64,
-    /// How many scope guards made in this context are still undone (see `ScopeGuard`).
-    pub(crate) depth: u32,
+    /// The scope guards made in this context and not yet undone, oldest first, by serial
+    /// (see `ScopeGuard`). Empty, and unallocated, unless guards are used.
+    pub(crate) guards: Vec<u64>,
+    /// The serial the next guard made in this context gets.
+    pub(crate) next_guard: u64,
 }
 
 impl Frame {
-    pub(crate) const EMPTY: Frame = Frame {
-        map: Map::EMPTY,
-        id: 0,
-        depth: 0,
-    };
+    pub(crate) const EMPTY: Frame = Frame::with_map(Map::EMPTY);
+
+    /// A frame with these bindings and a new identity (assigned on first use).
+    pub(crate) const fn with_map(map: Map) -> Frame {
+        Frame {
+            map,
+            id: 0,
+            guards: Vec::new(),
+            next_guard: 0,
+        }
+    }
 
     /// A frame with the same bindings and a new identity.
     pub(crate) fn copy(&self) -> Frame {
-        Frame {
-            map: self.map.clone(),
-            id: 0,
-            depth: 0,
-        }
+        Frame::with_map(self.map.clone())
     }
 
     /// The context's identity, assigned on first use.

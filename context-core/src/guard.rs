@@ -35,17 +35,29 @@ use crate::map::Map;
 pub struct ScopeGuard {
     var: &'static str,
     context: u64,
-    depth: u32,
+    /// This guard's entry in its context's `Frame::guards`.
+    serial: u64,
+    /// The bindings to restore; `None` for a guard that restores nothing.
     saved: Option<Map>,
 }
 
 impl ScopeGuard {
-    pub(crate) fn new(var: &'static str, context: u64, depth: u32, saved: Map) -> Self {
+    pub(crate) fn new(var: &'static str, context: u64, serial: u64, saved: Map) -> Self {
         ScopeGuard {
             var,
             context,
-            depth,
+            serial,
             saved: Some(saved),
+        }
+    }
+
+    /// A guard that does nothing when dropped (made where no context is left to change).
+    pub(crate) fn inert(var: &'static str) -> Self {
+        ScopeGuard {
+            var,
+            context: 0,
+            serial: 0,
+            saved: None,
         }
     }
 }
@@ -55,7 +67,6 @@ impl Drop for ScopeGuard {
         let Some(saved) = self.saved.take() else {
             return;
         };
-        // In a task outside any context, no frame is visible: a different context too.
         // Whatever the closure hands back is dropped after it, with the thread state
         // released, so that a value's `Drop` may use context variables. In a task outside any
         // context no frame is visible: that is a different context too.
@@ -63,11 +74,12 @@ impl Drop for ScopeGuard {
             if frame.id != self.context {
                 return Err(saved);
             }
-            if frame.depth < self.depth {
+            let Some(place) = frame.guards.iter().rposition(|&s| s == self.serial) else {
                 // An outer guard dropped first and already undid this one.
                 return Ok(saved);
-            }
-            frame.depth = self.depth - 1;
+            };
+            // Undoing this guard undoes the ones made after it, live or not.
+            frame.guards.truncate(place);
             Ok(std::mem::replace(&mut frame.map, saved))
         });
         match outcome {

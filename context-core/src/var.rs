@@ -411,7 +411,9 @@ impl<K: Key> ContextVar<K> {
     /// # Panics
     /// In a tokio task that runs outside any context (see the crate docs, B26): setting there
     /// would leak the value to the next task on the worker thread. The message names the fix;
-    /// [`try_set`](Self::try_set) returns the error instead.
+    /// [`try_set`](Self::try_set) returns the error instead. (While the thread's locals are
+    /// being destroyed, in a value's `Drop` at thread exit, `set` does nothing and returns a
+    /// token that resets nothing: a panic there would abort the process.)
     ///
     /// ```
     /// # use context_core::{ContextVar, Key, NoDefault};
@@ -427,6 +429,11 @@ impl<K: Key> ContextVar<K> {
     pub fn set(&'static self, value: K::Value) -> Token<K> {
         match self.try_set(value) {
             Ok(token) => token,
+            // The thread's context is already torn down (a value's `Drop` running at thread
+            // exit): there is nothing left to set, and a panic inside a thread-local's
+            // destructor would abort the process. The value is dropped; the token resets
+            // nothing.
+            Err(SetError::ThreadExiting { .. }) => Token::new(self, 0, None),
             Err(err) => panic!("{err}"),
         }
     }
@@ -520,15 +527,19 @@ impl<K: Key> ContextVar<K> {
         let leaf = self.leaf(value);
         let made = current::write(self.name, |frame| {
             let saved = frame.map.clone();
-            frame.depth += 1;
+            let serial = frame.next_guard;
+            frame.next_guard += 1;
+            frame.guards.push(serial);
             let replaced = frame.map.insert(leaf);
             (
-                ScopeGuard::new(self.name, frame.id(), frame.depth, saved),
+                ScopeGuard::new(self.name, frame.id(), serial, saved),
                 replaced,
             )
         });
         match made {
             Ok((guard, _replaced)) => guard,
+            // A value's `Drop` running at thread exit: see `set`.
+            Err(SetError::ThreadExiting { .. }) => ScopeGuard::inert(self.name),
             Err(err) => panic!("{err}"),
         }
     }
