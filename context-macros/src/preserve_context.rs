@@ -216,6 +216,7 @@ fn rewrite(function: Function, args: &Args) -> TokenStream {
     sig.asyncness = None;
 
     let context = Ident::new("__context", Span::mixed_site());
+    let check = hidden_lifetime_check(&sig);
     let async_block = quote_spanned! {block.brace_token.span.join()=>
         async move {
             #(#rebinds)*
@@ -225,10 +226,33 @@ fn rewrite(function: Function, args: &Args) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis #sig {
+            #check
             let #context = #private::Context::current();
             #private::FutureExt::with_context(#async_block, #context)
         }
     }
+}
+
+/// Rejects hidden lifetimes in argument types (`Ref<T>` for `Ref<'_, T>`), which no macro
+/// can see and name: in edition 2021 the future could not hold them. The check is an unused
+/// closure taking the arguments' types under `deny(elided_lifetimes_in_paths)`, so that the
+/// error and its fix land on the user's type, in both editions alike; the body keeps the
+/// user's own lint levels.
+fn hidden_lifetime_check(sig: &Signature) -> Option<TokenStream> {
+    let types: Vec<&Type> = sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            FnArg::Typed(typed) if !contains_impl_trait(&typed.ty) => Some(&*typed.ty),
+            _ => None,
+        })
+        .collect();
+    (!types.is_empty()).then(|| {
+        quote! {
+            #[deny(elided_lifetimes_in_paths)]
+            let _ = |#(_: #types),*| {};
+        }
+    })
 }
 
 /// Names the elided lifetimes of the inputs (and the output's, as elision would), declares
