@@ -144,11 +144,10 @@ fn out_of_order_guards_leave_later_state_alone() {
 }
 
 // B15 regression: a stale inner guard (already undone by its outer guard) must leave alone
-// the guards made after the outer one dropped. The core tracks guards by nesting depth, so a
-// newer guard at the same depth is mistaken for the stale one, which then restores its old
+// the guards made after the outer one dropped. Guards were once tracked by nesting depth, so
+// a newer guard at the same depth was mistaken for the stale one, which then restored its old
 // snapshot over the newer guards' values.
 #[test]
-
 fn stale_inner_guard_leaves_newer_guards_alone() {
     Context::new().run(|| {
         let outer = TENANT.scoped(1);
