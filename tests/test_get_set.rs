@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use contextvars::{Context, LookupError, context_var};
+use contextvars::{Context, FutureExt, LookupError, context_var};
 
 #[context_var]
 static NAME: String;
@@ -60,6 +60,25 @@ static SHARED: Arc<Vec<u32>>;
 
 #[context_var]
 static LIST: Mutex<Vec<u32>>;
+
+/// Uses context variables from its `Drop`, and counts its drops.
+struct UsesContextWhenDropped {
+    drops: Arc<AtomicUsize>,
+}
+
+impl Drop for UsesContextWhenDropped {
+    fn drop(&mut self) {
+        let _ = (NAME.get(), RETRIES.get(), Context::current().len());
+        NOISY.with(|_| ());
+        let token = RETRIES.set(99);
+        RETRIES.reset(token).expect("same context");
+        drop(REQUEST_ID.scoped(1));
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[context_var]
+static NOISY: UsesContextWhenDropped;
 
 // B5: unset, no default.
 #[test]
@@ -269,4 +288,34 @@ fn mutable_value_is_shared_by_copies() {
         LIST.with(|list| list.unwrap().lock().unwrap().push(2));
         assert_eq!(*copy.get(&LIST).unwrap().lock().unwrap(), [1, 2]);
     });
+}
+
+// B9 + S9: the library drops a replaced or reset value only after releasing the thread's
+// state, so a value's `Drop` may read and set context variables: on reset, on a token's drop,
+// on a guard's drop, when a context or a wrapped future is dropped.
+#[test]
+fn a_values_drop_may_use_context_variables() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let noisy = || UsesContextWhenDropped {
+        drops: Arc::clone(&drops),
+    };
+    Context::new().run(|| {
+        let first = NOISY.set(noisy());
+        let second = NOISY.set(noisy());
+        NOISY.reset(second).unwrap(); // drops the second value
+        drop(NOISY.set(noisy())); // the dropped token held the first value: dropped
+        NOISY.reset(first).unwrap(); // drops the third value
+        {
+            let _guard = NOISY.scoped(noisy());
+            drop(NOISY.set(noisy()));
+        } // the guard drops the values set in its span
+        let mut ctx = Context::new().with_value(&NOISY, noisy());
+        ctx.run(|| drop(NOISY.set(noisy())));
+        drop(ctx);
+        let value = noisy();
+        let future = async move { drop(value) }.with_context(Context::new());
+        drop(future); // never polled: its captured value is dropped inside its context
+        assert!(Context::current().is_empty(), "{:?}", Context::current());
+    });
+    assert_eq!(drops.load(Ordering::SeqCst), 8);
 }
