@@ -575,3 +575,57 @@ async fn generic_send_plain<T: Display>(value: T) -> String {
     tokio::task::yield_now().await;
     value.to_string()
 }
+
+// ---------------------------------------------------------------------------------------
+// Drop, cancellation, panics, tasks without a context.
+
+#[preserve_context]
+async fn holds_a_local(log: Log) {
+    let _local = Probe { name: "local", log };
+    std::future::pending::<()>().await;
+}
+
+#[test]
+fn a_future_cancelled_mid_body_drops_its_locals_inside_the_context() {
+    let log = Log::default();
+    let mut fut = Context::new()
+        .with_value(&REQUEST, 11)
+        .run(|| Box::pin(holds_a_local(Arc::clone(&log))));
+    assert!(poll_once(fut.as_mut()).is_pending());
+    let _token = REQUEST.set(12);
+    drop(fut);
+    assert_eq!(*log.lock().unwrap(), [("local", Some(11))]);
+}
+
+#[preserve_context]
+async fn panics_after_a_set() {
+    let _token = REQUEST.set(13);
+    tokio::task::yield_now().await;
+    panic!("the body panics");
+}
+
+#[test]
+fn a_panic_in_the_body_leaves_the_callers_context_as_it_was() {
+    runtime().block_on(async {
+        let _token = REQUEST.set(1);
+        let joined = tokio::spawn(panics_after_a_set()).await;
+        assert!(joined.unwrap_err().is_panic());
+        let mut fut = pin!(panics_after_a_set());
+        assert!(poll_once(fut.as_mut()).is_pending());
+        let caught =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_once(fut.as_mut())));
+        assert!(caught.is_err());
+        assert_eq!(REQUEST.get(), Some(1));
+    });
+}
+
+#[test]
+fn in_a_task_spawned_without_a_context_the_body_can_still_set() {
+    runtime().block_on(async {
+        // A plain `tokio::spawn` task has no context (B26): there `set` would fail. The
+        // preserved future runs in the (empty) snapshot taken at the call, a context of
+        // its own, where it may set.
+        let seen = tokio::spawn(async { (set_inside(5).await, REQUEST.try_set(1).is_err()) });
+        assert_eq!(seen.await.unwrap(), (Some(5), true));
+    });
+}

@@ -2,7 +2,7 @@
 //! Each attribute says which it accepts; anything else, or anything twice, is an error on
 //! the offending tokens that lists what is accepted.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::quote;
 use syn::meta::ParseNestedMeta;
 use syn::{LitStr, Path};
@@ -52,6 +52,31 @@ impl Args {
             quote!(::contextvars::__private)
         }
     }
+}
+
+impl Args {
+    /// [`private`](Self::private) with every token spanned at `span`, so that an error
+    /// about the generated code it starts lands on `span` (the user's tokens).
+    pub(crate) fn private_at(&self, span: Span) -> TokenStream {
+        respan(self.private(), span)
+    }
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 /// Parses `tokens` as the arguments of `#[attr(...)]`, accepting only `accepted`.

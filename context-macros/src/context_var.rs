@@ -148,7 +148,7 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
     let ty_tokens = ty.to_token_stream();
     // The static must be `Sync`, which needs the value type `Send + Sync` again: span its
     // type with the user's, so that this check too points at it.
-    let private_at_ty = respan(private.clone(), ty.span());
+    let private_at_ty = args.private_at(ty.span());
     let static_ty = quote_spanned!(ty.span()=> #private_at_ty::ContextVar<#ident>);
     // The type and its `Key` impl come first: a type that is not `Send + Sync` is then
     // reported on the `Key` impl's line (the user's type) before the static's own check.
@@ -182,22 +182,4 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
         #(#attrs)*
         #vis static #ident: #static_ty = #private::ContextVar::#constructor;
     }
-}
-
-/// `tokens` with every span set to `span`.
-fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut tree| {
-            if let proc_macro2::TokenTree::Group(group) = &tree {
-                let mut inner =
-                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
-                inner.set_span(span);
-                tree = proc_macro2::TokenTree::Group(inner);
-            } else {
-                tree.set_span(span);
-            }
-            tree
-        })
-        .collect()
 }

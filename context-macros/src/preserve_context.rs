@@ -19,16 +19,18 @@
 //!            &'__elided1 (),
 //!            ::core::marker::PhantomData<Self>,
 //!        )> {
+//!     #[deny(elided_lifetimes_in_paths)]
+//!     let _ = |_: &'__elided1 str, _: Permit| {};
 //!     let __context = ::contextvars::__private::Context::current();
 //!     ::contextvars::__private::FutureExt::with_context(
 //!         async move {
-//!             if false {
-//!                 return ::contextvars::__private::unreachable::<usize>();
-//!             }
 //!             let __self = self;
 //!             let req = req;
 //!             let __arg2 = __arg2;
 //!             let _ = __arg2;
+//!             if false {
+//!                 return ::contextvars::__private::unreachable::<usize>();
+//!             }
 //!             let __ret: usize = { __self.count(req).await };
 //!             __ret
 //!         },
@@ -48,6 +50,8 @@
 //! - `if false { return … }` fixes the block's output type before the body is checked, so
 //!   `?` and `return` in the body see the declared return type; `let __ret: R = body` puts a
 //!   type error on the user's expression, not on the signature.
+//! - The unused closure over the argument types rejects lifetimes hidden in paths
+//!   (`Ref<T>`), which no macro can name, with the compiler's own fix (`Ref<'_, T>`).
 //! - Hidden names (`__context`, `__argN`, `__ret`, `__self`) are `Span::mixed_site()`: the
 //!   body cannot name them.
 
@@ -195,7 +199,7 @@ fn rewrite(function: Function, args: &Args) -> TokenStream {
     if has_receiver {
         RenameSelf.visit_block_mut(&mut block);
     }
-    let body = typed_body(&sig.output, &block, &private);
+    let body = typed_body(&sig.output, &block, args);
 
     let mut captured: Vec<TokenStream> = lifetimes
         .mentioned
@@ -325,11 +329,12 @@ fn move_arguments(sig: &mut Signature) -> (Vec<TokenStream>, bool) {
 /// The body, typed with the declared return type where that can be written in a body (not
 /// `impl Trait`): a type error then points at the user's expression, and `?` and `return`
 /// know the type from the start.
-fn typed_body(output: &ReturnType, block: &Block, private: &TokenStream) -> TokenStream {
+fn typed_body(output: &ReturnType, block: &Block, args: &Args) -> TokenStream {
     match output {
         ReturnType::Type(_, ty) if !contains_impl_trait(ty) => {
             let ret = Ident::new("__ret", Span::mixed_site());
             // Spanned with the return type, which a mismatch's note then points at.
+            let private = args.private_at(ty.span());
             let hint = quote_spanned! {ty.span()=>
                 if false {
                     return #private::unreachable::<#ty>();
