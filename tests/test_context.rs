@@ -265,6 +265,12 @@ fn wrap_carries_a_copy_into_a_std_thread() {
             "the job's sets reached the wrapped context"
         );
         assert!(!source.contains(&B));
+
+        // The copy is taken when `wrap` is called: later changes to the source are not seen.
+        let mut source = Context::new().with_value(&A, 1);
+        let job = source.wrap(|| A.get());
+        source.run(|| drop(A.set(2)));
+        assert_eq!(std::thread::spawn(job).join().unwrap(), Some(1));
     });
 }
 

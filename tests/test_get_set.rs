@@ -146,6 +146,18 @@ fn value_set_without_reset_lasts_until_its_context_ends() {
     Context::new().run(|| assert_eq!(NAME.get(), None));
 }
 
+// B2 (CPython test_context_var_repr_1): a variable's `Debug` shows its name and value type.
+#[test]
+fn variable_debug_shows_its_name_and_type() {
+    let debug = format!("{REQUEST_ID:?}");
+    assert!(
+        debug.contains("\"request.id\"") && debug.contains("u64"),
+        "{debug}"
+    );
+    assert_eq!(REQUEST_ID.name(), "request.id");
+    assert_eq!(RETRIES.name(), "RETRIES");
+}
+
 // B6: the error names the variable, as declared or as overridden with `name = "…"`.
 #[test]
 fn try_get_error_names_the_variable() {

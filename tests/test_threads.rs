@@ -163,6 +163,17 @@ fn thread_builder_inherits_or_takes_a_context() {
         assert_eq!(seen, (None, Some("given".to_string()), 0));
         assert_eq!(given.len(), 1);
         assert_eq!(read_all(), (Some(1), None, 0));
+
+        // The given context is that very context (B14): its tokens reset there.
+        let mut given = Context::new();
+        let token = given.run(|| A.set(3));
+        let reset = contextvars::thread::Builder::new()
+            .context(given)
+            .spawn(move || (A.reset(token), A.get()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(reset, (Ok(()), None));
     });
 }
 
