@@ -1,7 +1,7 @@
 //! A user crate of edition 2021. There `impl Trait` captures only the lifetimes its bounds
 //! name, so every form below holds a borrow that the rewrite of `#[preserve_context]` must
 //! name for the future: elided references, `'_`, receivers, the lifetimes inside `Self`.
-//! Built and tested by the workspace's `tests/test_edition2021.rs`.
+//! `tests/test_edition2021.rs` builds it as a crate of its own and runs its tests.
 
 #![deny(warnings, rust_2018_idioms)]
 
