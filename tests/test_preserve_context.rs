@@ -629,3 +629,32 @@ fn in_a_task_spawned_without_a_context_the_body_can_still_set() {
         assert_eq!(seen.await.unwrap(), (Some(5), true));
     });
 }
+
+/// A trait's provided method.
+trait Greet {
+    fn name(&self) -> &str;
+
+    #[preserve_context]
+    async fn greet(&self, greeting: &str) -> String {
+        tokio::task::yield_now().await;
+        format!("{greeting}, {} ({:?})", self.name(), REQUEST.get())
+    }
+}
+
+impl Greet for Counter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[test]
+fn a_provided_trait_method() {
+    runtime().block_on(async {
+        let counter = Counter::new("ann");
+        let fut = Context::new()
+            .with_value(&REQUEST, 2)
+            .run(|| counter.greet("hi"));
+        assert_send(&fut);
+        assert_eq!(fut.await, "hi, ann (Some(2))");
+    });
+}
