@@ -100,8 +100,11 @@ impl Current {
     }
 }
 
-const REENTERED: &str = "contextvars: the current context was changed while a value of it was \
-     being cloned (a `Clone` impl that sets a context variable); clone outside `get`, or use `with`";
+/// The one way to reach the state while it is borrowed: `get` clones the value with the state
+/// borrowed (so that a read costs no reference count), and that `Clone` impl writes.
+const REENTERED: &str = "contextvars: a context variable was set, or a context entered, from a \
+     `Clone` impl while `get` was cloning that value out of the context; read such a value with \
+     `with` instead, which releases the context before calling you";
 
 /// Runs `f` with the bindings visible here; `None` means "empty context".
 ///
