@@ -55,18 +55,19 @@
 //! - Hidden names (`__context`, `__argN`, `__ret`, `__self`) are `Span::mixed_site()`: the
 //!   body cannot name them.
 
-use proc_macro2::{Group, Span, TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::visit::Visit;
-use syn::visit_mut::VisitMut;
 use syn::{
-    AttrStyle, Attribute, Block, FnArg, GenericParam, Ident, Lifetime, LifetimeParam, Pat,
-    ReturnType, Signature, Token, Type, Visibility,
+    AttrStyle, Attribute, Block, FnArg, Ident, Pat, ReturnType, Signature, Token, Type, Visibility,
 };
 
 use crate::args::{self, Arg, Args};
+
+mod lifetimes;
+mod receiver;
 
 /// The item under the attribute: a function, with its body or (in a trait) without.
 struct Function {
@@ -204,15 +205,14 @@ fn rewrite(function: Function, args: &Args) -> TokenStream {
     let mut block = body.expect("validated: the function has a body");
     let private = args.private();
 
-    let lifetimes = name_lifetimes(&mut sig);
+    let lifetimes = lifetimes::name_lifetimes(&mut sig);
     let (rebinds, has_receiver) = move_arguments(&mut sig);
     if has_receiver {
-        RenameSelf.visit_block_mut(&mut block);
+        receiver::rename_self(&mut block);
     }
     let body = typed_body(&sig.output, &block, args);
 
     let mut captured: Vec<TokenStream> = lifetimes
-        .mentioned
         .iter()
         .map(|lifetime| quote!(&#lifetime ()))
         .collect();
@@ -267,34 +267,6 @@ fn hidden_lifetime_check(sig: &Signature) -> Option<TokenStream> {
             let _ = |#(_: #types),*| {};
         }
     })
-}
-
-/// Names the elided lifetimes of the inputs (and the output's, as elision would), declares
-/// the new names, and returns what the inputs mention.
-fn name_lifetimes(sig: &mut Signature) -> Lifetimes {
-    let mut lifetimes = Lifetimes::default();
-    for input in &mut sig.inputs {
-        lifetimes.visit_fn_arg_mut(input);
-    }
-    for param in sig.generics.lifetimes() {
-        lifetimes.mention(&param.lifetime);
-    }
-    if let ReturnType::Type(_, ty) = &mut sig.output {
-        let elided_as = lifetimes.output_lifetime();
-        if elided_as.is_some() {
-            Lifetimes {
-                elided_as,
-                ..Lifetimes::default()
-            }
-            .visit_type_mut(ty);
-        }
-    }
-    let position = sig.generics.lifetimes().count();
-    for (offset, name) in lifetimes.named.iter().enumerate() {
-        let param = GenericParam::Lifetime(LifetimeParam::new(name.clone()));
-        sig.generics.params.insert(position + offset, param);
-    }
-    lifetimes
 }
 
 /// Makes every argument move into the future, as an `async fn`'s do: the signature takes
@@ -360,164 +332,6 @@ fn typed_body(output: &ReturnType, block: &Block, args: &Args) -> TokenStream {
     }
 }
 
-/// Names elided lifetimes (`&T`, `'_`) in the inputs `'__elidedN`, and collects every
-/// lifetime the inputs mention, except `'static` and those bound by a `for<…>` or hidden in
-/// `Fn(…)` / `fn(…)` sugar (whose elided lifetimes are higher-ranked: naming them would
-/// change the type). In the output, elided lifetimes get the name elision would give them,
-/// so that the signature does not mix named and elided forms of one lifetime.
-#[derive(Default)]
-struct Lifetimes {
-    /// What an elided lifetime becomes: a fresh name (`None`, in the inputs) or this one.
-    elided_as: Option<Lifetime>,
-    /// The lifetimes made up for elided ones, in order.
-    named: Vec<Lifetime>,
-    /// Every lifetime the inputs mention, once each, in order.
-    mentioned: Vec<Lifetime>,
-    /// The distinct lifetimes of the inputs, `'static` included: elision's candidates.
-    candidates: Vec<Lifetime>,
-    /// Within the receiver's type; then the lifetime of its `&Self`, which elision prefers.
-    in_receiver: bool,
-    self_lifetime: Option<Lifetime>,
-    /// Lifetimes bound by enclosing `for<…>` binders.
-    bound: Vec<Lifetime>,
-    /// Depth of `Fn(…)` / `fn(…)` sugar around the current node.
-    higher_ranked: usize,
-}
-
-impl Lifetimes {
-    /// The lifetime that an elided one in the output stands for, by the elision rules: the
-    /// receiver's `&Self`, else the only lifetime of the inputs.
-    fn output_lifetime(&self) -> Option<Lifetime> {
-        match (&self.self_lifetime, self.candidates.as_slice()) {
-            (Some(lifetime), _) | (None, [lifetime]) => Some(lifetime.clone()),
-            _ => None,
-        }
-    }
-
-    fn elided(&mut self, span: Span) -> Option<Lifetime> {
-        if self.higher_ranked > 0 {
-            return None;
-        }
-        if let Some(lifetime) = &self.elided_as {
-            return Some(lifetime.clone());
-        }
-        let lifetime = Lifetime::new(&format!("'__elided{}", self.named.len()), span);
-        self.named.push(lifetime.clone());
-        Some(lifetime)
-    }
-
-    fn mention(&mut self, lifetime: &Lifetime) {
-        if lifetime.ident == "_" || self.bound.contains(lifetime) || self.elided_as.is_some() {
-            return;
-        }
-        if !self.candidates.contains(lifetime) {
-            self.candidates.push(lifetime.clone());
-        }
-        if lifetime.ident != "static" && !self.mentioned.contains(lifetime) {
-            self.mentioned.push(lifetime.clone());
-        }
-    }
-
-    fn within_binder<T>(
-        &mut self,
-        binder: Option<&syn::BoundLifetimes>,
-        f: impl FnOnce(&mut Self) -> T,
-    ) -> T {
-        let before = self.bound.len();
-        if let Some(binder) = binder {
-            for param in &binder.lifetimes {
-                if let GenericParam::Lifetime(param) = param {
-                    self.bound.push(param.lifetime.clone());
-                }
-            }
-        }
-        let result = f(self);
-        self.bound.truncate(before);
-        result
-    }
-}
-
-impl VisitMut for Lifetimes {
-    fn visit_receiver_mut(&mut self, recv: &mut syn::Receiver) {
-        if recv.colon_token.is_some() {
-            // `self: Pin<&mut Self>`: the lifetimes are in the written type.
-            self.in_receiver = true;
-            self.visit_type_mut(&mut recv.ty);
-            self.in_receiver = false;
-        } else if let Some((and, lifetime)) = &mut recv.reference {
-            if lifetime.is_none() {
-                *lifetime = self.elided(and.span);
-            }
-            if let Some(lifetime) = lifetime.clone() {
-                self.mention(&lifetime);
-                self.self_lifetime = Some(lifetime.clone());
-                // Keep the synthesized `&Self` in step with the short form.
-                if let Type::Reference(reference) = &mut *recv.ty {
-                    reference.lifetime = Some(lifetime);
-                }
-            }
-        }
-    }
-
-    fn visit_type_reference_mut(&mut self, reference: &mut syn::TypeReference) {
-        if reference.lifetime.is_none() {
-            reference.lifetime = self.elided(reference.and_token.span);
-        }
-        if let Some(lifetime) = &mut reference.lifetime {
-            self.visit_lifetime_mut(lifetime);
-            let is_self = matches!(&*reference.elem, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"));
-            if self.in_receiver && is_self && self.self_lifetime.is_none() {
-                self.self_lifetime = reference.lifetime.clone();
-            }
-        }
-        self.visit_type_mut(&mut reference.elem);
-    }
-
-    fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
-        if lifetime.ident == "_"
-            && let Some(named) = self.elided(lifetime.apostrophe)
-        {
-            *lifetime = named;
-        }
-        self.mention(lifetime);
-    }
-
-    fn visit_type_bare_fn_mut(&mut self, bare: &mut syn::TypeBareFn) {
-        let binder = bare.lifetimes.clone();
-        self.within_binder(binder.as_ref(), |this| {
-            this.higher_ranked += 1;
-            syn::visit_mut::visit_type_bare_fn_mut(this, bare);
-            this.higher_ranked -= 1;
-        });
-    }
-
-    fn visit_parenthesized_generic_arguments_mut(
-        &mut self,
-        args: &mut syn::ParenthesizedGenericArguments,
-    ) {
-        self.higher_ranked += 1;
-        syn::visit_mut::visit_parenthesized_generic_arguments_mut(self, args);
-        self.higher_ranked -= 1;
-    }
-
-    fn visit_trait_bound_mut(&mut self, bound: &mut syn::TraitBound) {
-        let binder = bound.lifetimes.clone();
-        self.within_binder(binder.as_ref(), |this| {
-            syn::visit_mut::visit_trait_bound_mut(this, bound);
-        });
-    }
-
-    fn visit_type_trait_object_mut(&mut self, object: &mut syn::TypeTraitObject) {
-        // `dyn Trait` without a lifetime takes its default from the context (`'static` in a
-        // `Box`, the reference's in `&dyn`): visit only what is written.
-        syn::visit_mut::visit_type_trait_object_mut(self, object);
-    }
-
-    fn visit_pat_mut(&mut self, _: &mut Pat) {
-        // Patterns hold no lifetimes; their types are visited through `PatType::ty`.
-    }
-}
-
 /// Whether an argument's type mentions `Self` (then the method's `Self` must be captured).
 fn mentions_self_type(input: &FnArg) -> bool {
     struct Finder(bool);
@@ -544,63 +358,4 @@ fn contains_impl_trait(ty: &Type) -> bool {
     let mut finder = Finder(false);
     finder.visit_type(ty);
     finder.0
-}
-
-/// Renames the receiver `self` to the hidden `__self` in a method's body, so that the
-/// block can move it in like any other argument. Nested items (a `fn`, an `impl`) have a
-/// `self` of their own and are left alone; macro arguments are renamed token by token,
-/// except `self::path`.
-struct RenameSelf;
-
-impl RenameSelf {
-    fn ident(original: &Ident) -> Ident {
-        Ident::new("__self", original.span().resolved_at(Span::mixed_site()))
-    }
-
-    fn tokens(tokens: TokenStream) -> TokenStream {
-        let mut out = Vec::new();
-        let mut iter = tokens.into_iter().peekable();
-        while let Some(tree) = iter.next() {
-            out.push(match tree {
-                TokenTree::Ident(ident) if ident == "self" => {
-                    let path =
-                        matches!(iter.peek(), Some(TokenTree::Punct(p)) if p.as_char() == ':');
-                    if path {
-                        TokenTree::Ident(ident)
-                    } else {
-                        TokenTree::Ident(Self::ident(&ident))
-                    }
-                }
-                TokenTree::Group(group) => {
-                    let mut renamed = Group::new(group.delimiter(), Self::tokens(group.stream()));
-                    renamed.set_span(group.span());
-                    TokenTree::Group(renamed)
-                }
-                other => other,
-            });
-        }
-        out.into_iter().collect()
-    }
-}
-
-impl VisitMut for RenameSelf {
-    fn visit_expr_path_mut(&mut self, expr: &mut syn::ExprPath) {
-        if expr.qself.is_none()
-            && expr.path.leading_colon.is_none()
-            && expr.path.segments.len() == 1
-        {
-            let segment = &mut expr.path.segments[0];
-            if segment.ident == "self" && segment.arguments.is_none() {
-                segment.ident = Self::ident(&segment.ident);
-                return;
-            }
-        }
-        syn::visit_mut::visit_expr_path_mut(self, expr);
-    }
-
-    fn visit_item_mut(&mut self, _: &mut syn::Item) {}
-
-    fn visit_macro_mut(&mut self, mac: &mut syn::Macro) {
-        mac.tokens = Self::tokens(std::mem::take(&mut mac.tokens));
-    }
 }
