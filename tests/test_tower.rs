@@ -246,6 +246,45 @@ async fn without_body_in_context_a_streaming_body_sees_no_context() {
     assert_eq!(body, "none/0;none/0;none/0;");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_streamed_by_a_real_hyper_server_polls_in_the_request_context() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = Router::new().route("/", get(streaming)).layer(
+        ContextLayer::new()
+            .body_in_context()
+            .on_request(tenant_hook),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut answers = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-tenant-id: {tenant}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        answers.push(response);
+    }
+    server.abort();
+    for (tenant, response) in ["acme", "globex"].iter().zip(&answers) {
+        // Chunked: three chunks, each written when hyper polled the body.
+        assert!(
+            response.contains("transfer-encoding: chunked"),
+            "{response}"
+        );
+        assert_eq!(
+            response.matches(&format!("{tenant}/7;")).count(),
+            3,
+            "{response}"
+        );
+        assert!(!response.contains("none/"), "{response}");
+    }
+}
+
 #[tokio::test]
 async fn a_request_future_dropped_midway_is_dropped_inside_its_context() {
     struct RecordOnDrop(Arc<Mutex<Vec<Option<String>>>>);
