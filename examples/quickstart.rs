@@ -19,15 +19,21 @@ async fn handle(request_id: u64, user: &str) -> String {
     let _user = USER.scoped(user.to_string());
     // Let the other requests run on this worker thread in between.
     tokio::time::sleep(Duration::from_millis(10 * (4 - request_id))).await;
-    let spawned = contextvars::spawn(async { describe() }).await.expect("task ran");
-    let blocking = contextvars::spawn_blocking(describe).await.expect("task ran");
+    let spawned = contextvars::spawn(async { describe() })
+        .await
+        .expect("task ran");
+    let blocking = contextvars::spawn_blocking(describe)
+        .await
+        .expect("task ran");
     assert_eq!(spawned, blocking);
     describe()
 }
 
 /// Deep in the call stack: nobody passed the request id or the user down here.
 fn describe() -> String {
-    let id = REQUEST_ID.get().map_or_else(|| "none".to_string(), |id| id.to_string());
+    let id = REQUEST_ID
+        .get()
+        .map_or_else(|| "none".to_string(), |id| id.to_string());
     format!("request {id} for {}", USER.get())
 }
 
