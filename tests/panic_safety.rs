@@ -31,6 +31,12 @@ static FLAKY: u32 = flaky_default();
 static SELF_REF: u32 = SELF_REF.get() + 1;
 
 #[context_var]
+static PING: u32 = PONG.get() + 1;
+
+#[context_var]
+static PONG: u32 = PING.get() + 1;
+
+#[context_var]
 static PICKY: Picky;
 
 /// A panic of the test's own, raised with `resume_unwind` so that no hook prints it.
@@ -345,6 +351,22 @@ fn a_default_that_reads_itself_panics_with_a_clear_message_every_time() {
         // A value set in the context does not need the default.
         let _token = SELF_REF.set(3);
         assert_eq!(SELF_REF.get(), 3);
+    });
+}
+
+#[test]
+fn defaults_that_read_each_other_panic_with_a_clear_message_instead_of_deadlocking() {
+    without_deadlock(|| {
+        let before = baseline();
+        for _ in 0..2 {
+            let caught = catch_unwind(|| PING.get());
+            let message = panic_text(&*caught.unwrap_err());
+            assert!(message.contains("must not depend on itself"), "{message}");
+            assert_eq!(bindings(), before);
+        }
+        // Either one set breaks the cycle for the other's default.
+        let seen = Context::new().with_value(&PONG, 10).run(|| PING.get());
+        assert_eq!(seen, 11);
     });
 }
 
