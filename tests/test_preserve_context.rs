@@ -658,3 +658,20 @@ fn a_provided_trait_method() {
         assert_eq!(fut.await, "hi, ann (Some(2))");
     });
 }
+
+/// A parameter that `#[cfg]` removes takes its rebinding with it.
+#[preserve_context]
+async fn with_cfg_param(
+    kept: u32,
+    #[cfg(any())] removed: DoesNotExist,
+    #[cfg(not(any()))] present: u32,
+) -> u32 {
+    kept + present
+}
+
+#[test]
+fn cfg_on_a_parameter() {
+    runtime().block_on(async {
+        assert_eq!(with_cfg_param(1, 2).await, 3);
+    });
+}

@@ -253,20 +253,32 @@ fn rewrite(function: Function, args: &Args) -> TokenStream {
 /// error and its fix land on the user's type, in both editions alike; the body keeps the
 /// user's own lint levels.
 fn hidden_lifetime_check(sig: &Signature) -> Option<TokenStream> {
-    let types: Vec<&Type> = sig
+    let params: Vec<TokenStream> = sig
         .inputs
         .iter()
         .filter_map(|input| match input {
-            FnArg::Typed(typed) if !contains_impl_trait(&typed.ty) => Some(&*typed.ty),
+            FnArg::Typed(typed) if !contains_impl_trait(&typed.ty) => {
+                let cfgs = cfg_attrs(&typed.attrs);
+                let ty = &typed.ty;
+                Some(quote!(#(#cfgs)* _: #ty))
+            }
             _ => None,
         })
         .collect();
-    (!types.is_empty()).then(|| {
+    (!params.is_empty()).then(|| {
         quote! {
             #[deny(elided_lifetimes_in_paths)]
-            let _ = |#(_: #types),*| {};
+            let _ = |#(#params),*| {};
         }
     })
+}
+
+/// The `#[cfg]` attributes among `attrs`.
+fn cfg_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
+    attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"))
+        .collect()
 }
 
 /// Makes every argument move into the future, as an `async fn`'s do: the signature takes
@@ -289,20 +301,27 @@ fn move_arguments(sig: &mut Signature) -> (Vec<TokenStream>, bool) {
                 rebinds.push(quote!(let #mutability #renamed = #self_token;));
                 has_receiver = true;
             }
-            FnArg::Typed(typed) => match &mut *typed.pat {
-                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
-                    let mutability = pat.mutability.take();
-                    let ident = &pat.ident;
-                    rebinds.push(quote!(let #mutability #ident = #ident;));
+            FnArg::Typed(typed) => {
+                // A parameter removed by `#[cfg]` takes its rebinding with it.
+                let cfgs = cfg_attrs(&typed.attrs);
+                match &mut *typed.pat {
+                    Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
+                        let mutability = pat.mutability.take();
+                        let ident = &pat.ident;
+                        rebinds.push(quote!(#(#cfgs)* let #mutability #ident = #ident;));
+                    }
+                    pat => {
+                        // `_` and destructuring: keep the whole argument alive until the
+                        // body ends, then bind the pattern from it.
+                        let arg = format_ident!("__arg{}", index, span = mixed);
+                        let user_pat = std::mem::replace(pat, Pat::Verbatim(arg.to_token_stream()));
+                        rebinds.push(quote! {
+                            #(#cfgs)* let #arg = #arg;
+                            #(#cfgs)* let #user_pat = #arg;
+                        });
+                    }
                 }
-                pat => {
-                    // `_` and destructuring: keep the whole argument alive until the body
-                    // ends, then bind the pattern from it.
-                    let arg = format_ident!("__arg{}", index, span = mixed);
-                    let user_pat = std::mem::replace(pat, Pat::Verbatim(arg.to_token_stream()));
-                    rebinds.push(quote!(let #arg = #arg; let #user_pat = #arg;));
-                }
-            },
+            }
         }
     }
     (rebinds, has_receiver)
