@@ -3,14 +3,17 @@
 Prints one JSON object: figure name -> {"median_ns", "min_ns", "raw_median_ns"}, plus memory
 figures. Standard library only (Python 3.11).
 
-Method: `timeit` with enough loops per repeat that one repeat takes about 20 ms, 31 repeats;
-the figure is the median over repeats of the time per loop, as the Rust figures are
-criterion's median. From it we subtract the median time per loop of an empty statement
-(`pass`), so `median_ns` is the operation itself, not the interpreter's `for` loop; that makes
-CPython look faster and the ratios against it conservative. `raw_median_ns` keeps the figure
-before the subtraction.
+Method: `timeit` with enough loops per repeat that one repeat takes about 1 ms, 301 repeats
+(short repeats, so that on a shared machine many of them run undisturbed). `min_ns` is the
+fastest repeat's time per loop, `median_ns` the median, as `scripts/bench-report` takes from
+criterion. From each we subtract the same figure for an empty statement (`pass`), so they are
+the operation itself, not the interpreter's `for` loop: that makes CPython look faster and the
+ratios against it conservative. `raw_median_ns` keeps the median before the subtraction.
 
-Usage: python3 bench_contextvars.py [--quick]
+Usage:
+    python3 bench_contextvars.py [--quick]   # timings and memory, as JSON
+    python3 bench_contextvars.py --list      # the operations
+    python3 bench_contextvars.py OP N        # run OP N times (for counting instructions)
 """
 
 import contextvars
@@ -20,8 +23,8 @@ import sys
 import timeit
 import tracemalloc
 
-REPEATS = 31
-TARGET_SECONDS = 0.02
+REPEATS = 301
+TARGET_SECONDS = 0.001
 
 
 def context_with(n):
@@ -49,7 +52,43 @@ def measure(stmt, namespace, repeats):
     return statistics.median(per_loop), min(per_loop)
 
 
+def operations():
+    """Operation name -> (statement, namespace, context to run it in or None)."""
+
+    def empty():
+        pass
+
+    ops = {"pass": ("pass", {}, None)}
+    for n in (8, 1000):
+        ctx, var = context_with(n)
+        namespace = {"var": var, "copy_context": contextvars.copy_context, "empty": empty}
+        ops[f"get/{n}"] = ("var.get()", namespace, ctx)
+        ops[f"copy_context/{n}"] = ("copy_context()", namespace, ctx)
+        if n == 8:
+            ops["set_reset"] = ("var.reset(var.set(8))", namespace, ctx)
+            ops["copy_context_run"] = ("copy_context().run(empty)", namespace, ctx)
+            # `Context.run` enters the context, so it is called from outside it.
+            ops["run"] = ("ctx.run(empty)", {"ctx": ctx, "empty": empty}, None)
+    return ops
+
+
+def run_op(name, number):
+    """Runs operation `name` `number` times, nothing else: for callgrind."""
+    stmt, namespace, ctx = operations()[name]
+    timer = timeit.Timer(stmt, globals=namespace)
+    if ctx is None:
+        timer.timeit(number)
+    else:
+        ctx.run(timer.timeit, number)
+
+
 def main():
+    if "--list" in sys.argv:
+        print("\n".join(operations()))
+        return
+    if len(sys.argv) == 3 and sys.argv[1] in operations():
+        run_op(sys.argv[1], int(sys.argv[2]))
+        return
     repeats = 5 if "--quick" in sys.argv else REPEATS
     results = {}
     baseline, baseline_min = measure("pass", {}, repeats)
@@ -62,19 +101,13 @@ def main():
             "raw_median_ns": median,
         }
 
-    def empty():
-        pass
-
-    for n in (8, 1000):
-        ctx, var = context_with(n)
-        namespace = {"var": var, "copy_context": contextvars.copy_context}
-        ctx.run(record, f"get/{n}", "var.get()", namespace)
-        ctx.run(record, f"copy_context/{n}", "copy_context()", namespace)
-        if n == 8:
-            ctx.run(record, "set_reset", "var.reset(var.set(8))", namespace)
-            ctx.run(record, "copy_context_run", "copy_context().run(empty)", {**namespace, "empty": empty})
-            # `Context.run` enters the context, so it is called from outside it.
-            record("run", "ctx.run(empty)", {"ctx": ctx, "empty": empty})
+    for name, (stmt, namespace, ctx) in operations().items():
+        if name == "pass":
+            continue
+        if ctx is None:
+            record(name, stmt, namespace)
+        else:
+            ctx.run(record, name, stmt, namespace)
 
     # Heap bytes a context holds per variable set (tracemalloc counts Python's allocator).
     for n in (8, 1000):
