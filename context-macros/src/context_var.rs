@@ -71,6 +71,24 @@ impl Parse for StaticItem {
     }
 }
 
+/// Whether `item` is a `static` without its `: Type`.
+fn lacks_type(item: &TokenStream) -> bool {
+    use proc_macro2::TokenTree;
+    let mut trees = item
+        .clone()
+        .into_iter()
+        .skip_while(|tree| !matches!(tree, TokenTree::Ident(i) if i == "static"));
+    if trees.next().is_none() {
+        return false;
+    }
+    let mut next = trees.next();
+    if matches!(&next, Some(TokenTree::Ident(i)) if i == "mut") {
+        next = trees.next();
+    }
+    matches!(next, Some(TokenTree::Ident(_)))
+        && !matches!(trees.next(), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+}
+
 /// The error for an item that is not a `static`, on the keyword that says what it is.
 fn not_a_static(input: ParseStream<'_>) -> syn::Error {
     let found = input
@@ -93,8 +111,14 @@ fn not_a_static(input: ParseStream<'_>) -> syn::Error {
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item_parsed = match syn::parse2::<StaticItem>(item.clone()) {
         Ok(parsed) => parsed,
-        // Not a static: say so once, and leave the item as it was.
+        // Not a static: say so once, and leave the item as it was. A malformed `static`
+        // is left out: the compiler would report the same mistake in it again.
         Err(err) => {
+            // `static NAME = …;` without a type: the compiler already reports it, with the
+            // fix, while parsing the item; a second error would only repeat it.
+            if lacks_type(&item) {
+                return item;
+            }
             let mut output = err.to_compile_error();
             output.extend(item);
             return output;
