@@ -462,7 +462,10 @@ fn a_clone_that_sets_a_variable_panics_clearly_and_corrupts_nothing() {
     let mut ctx = Context::new().with_value(&PICKY, Picky);
     let caught = catch_unwind(AssertUnwindSafe(|| ctx.run(|| PICKY.get())));
     let message = panic_text(&*caught.unwrap_err());
-    assert!(message.contains("use `with`"), "{message}");
+    assert!(
+        message.contains("`Clone`") && message.contains("`with`"),
+        "{message}"
+    );
     assert_eq!(bindings(), before);
     // `with` lends the value without cloning it.
     assert!(ctx.run(|| PICKY.with(|picky| picky.is_some())));
