@@ -2,7 +2,7 @@
 //! each checking after every await that it sees only its own values.
 //!
 //! ```text
-//! cargo run --release --example soak -- --requests 1000000 [--workers 4]
+//! cargo run --release --example soak -- --requests 1000000 [--concurrency 50000] [--workers 4]
 //! ```
 //!
 //! Prints the requests run, the checks made (and how many the workload implies), the
@@ -14,13 +14,17 @@ use std::process::ExitCode;
 mod soak;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: soak [--requests N] [--workers N]   (defaults: 50000 requests, 4 workers)");
+    eprintln!(
+        "usage: soak [--requests N] [--concurrency N] [--workers N]\n\
+         defaults: 50000 requests, 50000 in flight at once, 4 workers"
+    );
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let mut config = soak::Config {
         requests: 50_000,
+        concurrency: 50_000,
         workers: 4,
     };
     let mut args = std::env::args().skip(1);
@@ -28,8 +32,12 @@ fn main() -> ExitCode {
         let value = args.next().and_then(|value| value.parse::<u64>().ok());
         match (flag.as_str(), value) {
             ("--requests", Some(requests)) if requests > 0 => config.requests = requests,
-            ("--workers", Some(workers)) if workers > 0 => match usize::try_from(workers) {
-                Ok(workers) => config.workers = workers,
+            ("--concurrency", Some(n)) if n > 0 => match usize::try_from(n) {
+                Ok(n) => config.concurrency = n,
+                Err(_) => return usage(),
+            },
+            ("--workers", Some(n)) if n > 0 => match usize::try_from(n) {
+                Ok(n) => config.workers = n,
                 Err(_) => return usage(),
             },
             _ => return usage(),
@@ -37,7 +45,10 @@ fn main() -> ExitCode {
     }
 
     let report = soak::run(config);
-    println!("requests:   {}", report.requests);
+    println!(
+        "requests:   {} ({} in flight at most)",
+        report.requests, config.concurrency
+    );
     println!(
         "checks:     {} (the workload implies {})",
         report.checks, report.expected_checks
