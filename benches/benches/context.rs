@@ -23,20 +23,20 @@ fn get(c: &mut Criterion) {
         ctx.run(|| {
             assert_eq!(REQUEST_ID.get(), Some(7));
             group.bench_function(format!("contextvars/{n}"), |b| {
-                b.iter(|| black_box(&REQUEST_ID).get())
+                b.iter(|| black_box(&REQUEST_ID).get());
             });
         });
     }
     // The thread's own context (plain threads, `block_on`'s root future), not an entered one.
     let token = REQUEST_ID.set(7);
     group.bench_function("contextvars_thread_context/1", |b| {
-        b.iter(|| black_box(&REQUEST_ID).get())
+        b.iter(|| black_box(&REQUEST_ID).get());
     });
     REQUEST_ID.reset(token).expect("same context");
     // A task local's cost does not depend on how many others are set: each is its own slot.
     TASK_REQUEST_ID.sync_scope(7, || {
         group.bench_function("task_local", |b| {
-            b.iter(|| black_box(&TASK_REQUEST_ID).get())
+            b.iter(|| black_box(&TASK_REQUEST_ID).get());
         });
     });
     TLS_REFCELL.set(Some(7));
@@ -45,7 +45,7 @@ fn get(c: &mut Criterion) {
     });
     TLS_CELL.set(Some(7));
     group.bench_function("thread_local_cell", |b| {
-        b.iter(|| black_box(&TLS_CELL).get())
+        b.iter(|| black_box(&TLS_CELL).get());
     });
     group.finish();
 }
@@ -98,7 +98,7 @@ fn current(c: &mut Criterion) {
     // The floor for a `Send` snapshot: one atomic increment and one decrement.
     let shared = Arc::new(7_u64);
     group.bench_function("arc_clone_drop", |b| {
-        b.iter(|| drop(black_box(Arc::clone(&shared))))
+        b.iter(|| drop(black_box(Arc::clone(&shared))));
     });
     group.finish();
 }

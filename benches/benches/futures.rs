@@ -119,13 +119,13 @@ fn preserve(c: &mut Criterion) {
     let mut group = c.benchmark_group("preserve");
     context_with(8).run(|| {
         group.bench_function("plain_async_fn", |b| {
-            b.iter(|| call_to_completion(plain(black_box(7))))
+            b.iter(|| call_to_completion(plain(black_box(7))));
         });
         group.bench_function("in_current_context", |b| {
             b.iter(|| call_to_completion(plain(black_box(7)).in_current_context()));
         });
         group.bench_function("preserve_context", |b| {
-            b.iter(|| call_to_completion(preserved(black_box(7))))
+            b.iter(|| call_to_completion(preserved(black_box(7))));
         });
         assert_eq!(
             call_to_completion(async { REQUEST_ID.get().unwrap_or(0) }.in_current_context()),

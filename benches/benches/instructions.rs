@@ -30,6 +30,8 @@ const OPS: &[(&str, Op)] = &[
     ("poll/bare", poll_bare),
     ("poll/with_context", poll_with_context),
     ("poll/task_local_future", poll_task_local),
+    ("preserve/plain_async_fn", call_plain),
+    ("preserve/preserve_context", call_preserved),
 ];
 
 fn get_in(n: usize, iterations: u64) {
@@ -119,6 +121,35 @@ fn poll_with_context(iterations: u64) {
 
 fn poll_task_local(iterations: u64) {
     poll_many(TASK_REQUEST_ID.scope(7, Pending), iterations);
+}
+
+async fn plain(x: u64) -> u64 {
+    black_box(std::future::ready(x).await)
+}
+
+#[contextvars::preserve_context]
+async fn preserved(x: u64) -> u64 {
+    black_box(std::future::ready(x).await)
+}
+
+/// Calls an `async fn` and polls its future to completion, `iterations` times, in a context
+/// with 8 variables set.
+fn call_many<F: Future<Output = u64>>(call: impl Fn(u64) -> F, iterations: u64) {
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    context_with(8).run(|| {
+        for _ in 0..iterations {
+            let future = pin!(call(black_box(7)));
+            assert!(future.poll(&mut cx).is_ready());
+        }
+    });
+}
+
+fn call_plain(iterations: u64) {
+    call_many(plain, iterations);
+}
+
+fn call_preserved(iterations: u64) {
+    call_many(preserved, iterations);
 }
 
 fn main() {
