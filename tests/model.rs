@@ -1019,14 +1019,6 @@ struct Mode {
     can_panic: bool,
 }
 
-/// Whether programs keep guards to drop them later, out of order or elsewhere (B16).
-///
-/// Off until the core's fix for stale guards lands: with the current depth rule, a guard
-/// undone by an outer one undoes a newer guard at the same depth when it is dropped (see
-/// `tests/panic_safety.rs`, `a_guard_undone_by_an_outer_one_stays_undone_...`). With the
-/// fix, turn it on.
-const FREE_GUARDS: bool = false;
-
 fn var() -> impl Strategy<Value = Var> {
     prop_oneof![Just(Var::A), Just(Var::B), Just(Var::C), Just(Var::D)]
 }
@@ -1084,15 +1076,15 @@ fn op(depth: u32, mode: Mode) -> BoxedStrategy<Op> {
     if mode.can_panic {
         arms.push((1, Just(Op::Panic).boxed()));
     }
-    if FREE_GUARDS {
-        arms.push((
-            2,
-            (var(), value())
-                .prop_map(|(var, value)| Op::Guard(var, value))
-                .boxed(),
-        ));
-        arms.push((2, any::<u8>().prop_map(Op::DropGuard).boxed()));
-    }
+    // Guards kept and dropped later: out of order, in another context, or after an outer
+    // guard undid them (B16).
+    arms.push((
+        2,
+        (var(), value())
+            .prop_map(|(var, value)| Op::Guard(var, value))
+            .boxed(),
+    ));
+    arms.push((2, any::<u8>().prop_map(Op::DropGuard).boxed()));
     if depth > 0 {
         let depth = depth - 1;
         let sync = Mode {

@@ -550,8 +550,6 @@ fn a_guard_dropped_in_a_task_without_a_context_panics_there_and_changes_nothing(
 }
 
 #[test]
-#[ignore = "core bug: a guard undone by an outer one undoes newer guards at its depth \
-            (ScopeGuard's depth rule); fix proposed: track live guards by serial number"]
 fn a_guard_undone_by_an_outer_one_stays_undone_after_new_guards_reach_its_depth() {
     let before = baseline();
     let outer = LEVEL.scoped(2);
