@@ -117,8 +117,9 @@ impl fmt::Display for SetError {
             SetError::NoContext { var } => write!(
                 f,
                 "cannot set context variable `{var}`: this tokio task runs outside any context \
-                 (it was spawned with plain `tokio::spawn`, or is a server's connection task). \
-                 Spawn it with `contextvars::spawn`, wrap its future with \
+                 (it was spawned with plain `tokio::spawn` or `tokio::task::spawn_blocking`, or \
+                 is a server's connection task). Spawn it with `contextvars::spawn` (or \
+                 `contextvars::spawn_blocking`), wrap its future with \
                  `.in_current_context()` or `.with_context(ctx)`, use `{var}.scope(value, fut)`, \
                  or serve requests through the `contextvars` tower layer"
             ),
