@@ -92,10 +92,12 @@ impl Context {
     /// assert_eq!(snapshot.get(&USER), Some(&"bob"));
     /// ```
     #[must_use]
+    #[inline]
     pub fn current() -> Self {
         Context::from_map(current::snapshot())
     }
 
+    #[inline]
     fn from_map(map: Map) -> Self {
         Context {
             frame: Frame::with_map(map),
@@ -128,6 +130,7 @@ impl Context {
 
     /// Makes this context current until the returned guard drops. [`run`](Self::run) is the
     /// closure form; a future wrapper is built on this.
+    #[inline]
     pub(crate) fn enter(&mut self) -> Entered<'_> {
         Entered::new(&mut self.frame)
     }

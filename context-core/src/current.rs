@@ -21,11 +21,18 @@ pub(crate) struct Frame {
     pub(crate) map: Map,
     /// The context's identity for tokens and guards (B14); `0` until something needs it.
     pub(crate) id: u64,
-    /// The scope guards made in this context and not yet undone, oldest first, by serial
-    /// (see `ScopeGuard`). Empty, and unallocated, unless guards are used.
-    pub(crate) guards: Vec<u64>,
-    /// The serial the next guard made in this context gets.
-    pub(crate) next_guard: u64,
+    /// The scope guards of this context, allocated on the first `scoped`: boxed, so that
+    /// the frame that entering a context swaps stays three words.
+    pub(crate) guards: Option<Box<Guards>>,
+}
+
+/// The scope guards made in one context (see `ScopeGuard`).
+#[derive(Default)]
+pub(crate) struct Guards {
+    /// The guards not yet undone, oldest first, by serial.
+    pub(crate) live: Vec<u64>,
+    /// The serial the next guard gets.
+    pub(crate) next: u64,
 }
 
 impl Frame {
@@ -36,8 +43,7 @@ impl Frame {
         Frame {
             map,
             id: 0,
-            guards: Vec::new(),
-            next_guard: 0,
+            guards: None,
         }
     }
 
@@ -69,6 +75,7 @@ thread_local! {
 }
 
 /// Whether code runs inside a tokio task (not `block_on`'s root future, not a plain thread).
+#[inline]
 fn in_runtime_task() -> bool {
     #[cfg(feature = "tokio")]
     {
@@ -82,6 +89,7 @@ fn in_runtime_task() -> bool {
 
 impl Current {
     /// The bindings that `get` may see, or `None` in a task outside any context.
+    #[inline]
     fn visible(&self) -> Option<&Map> {
         if self.entered || !in_runtime_task() {
             Some(&self.frame.map)
@@ -91,6 +99,7 @@ impl Current {
     }
 
     /// The frame that `set` may write to, or `None` in a task outside any context.
+    #[inline]
     fn visible_mut(&mut self) -> Option<&mut Frame> {
         if self.entered || !in_runtime_task() {
             Some(&mut self.frame)
@@ -137,6 +146,7 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
 }
 
 /// A copy of the visible bindings (empty in a task outside any context).
+#[inline]
 pub(crate) fn snapshot() -> Map {
     read(|map| map.cloned().unwrap_or_default())
 }
@@ -151,6 +161,7 @@ pub(crate) struct Entered<'a> {
 }
 
 impl<'a> Entered<'a> {
+    #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
         let outer_entered = CURRENT
             .try_with(|current| {
@@ -167,6 +178,7 @@ impl<'a> Entered<'a> {
 }
 
 impl Drop for Entered<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(outer_entered) = self.outer_entered {
             let frame = &mut *self.frame;

@@ -61,15 +61,21 @@ impl<F> WithContext<F> {
         &self.context
     }
 
-    /// Runs `f` on the inner future, pinned, with the context entered.
-    fn in_context<R>(self: Pin<&mut Self>, f: impl FnOnce(Pin<&mut F>) -> R) -> R {
-        let this = self.project();
+    /// Polls the inner future (or stream) with the context entered, and drops it there as
+    /// soon as `finished` says it is done, so that `Drop` has nothing left to do and need not
+    /// enter the context a second time. `None` once the inner one is gone.
+    fn poll_in_context<R>(
+        self: Pin<&mut Self>,
+        poll: impl FnOnce(Pin<&mut F>) -> R,
+        finished: impl FnOnce(&R) -> bool,
+    ) -> Option<R> {
+        let mut this = self.project();
         let _entered = this.context.enter();
-        let inner = this
-            .inner
-            .as_pin_mut()
-            .expect("the inner future is only taken on drop");
-        f(inner)
+        let output = poll(this.inner.as_mut().as_pin_mut()?);
+        if finished(&output) {
+            this.inner.set(None);
+        }
+        Some(output)
     }
 }
 
@@ -77,7 +83,8 @@ impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        self.in_context(|inner| inner.poll(cx))
+        self.poll_in_context(|inner| inner.poll(cx), Poll::is_ready)
+            .expect("`WithContext` polled after it completed")
     }
 }
 
@@ -86,7 +93,12 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
-        self.in_context(|inner| inner.poll_next(cx))
+        // An ended stream is dropped; polling on keeps saying it has ended.
+        self.poll_in_context(
+            |inner| inner.poll_next(cx),
+            |item| matches!(item, Poll::Ready(None)),
+        )
+        .unwrap_or(Poll::Ready(None))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -74,12 +74,15 @@ impl Drop for ScopeGuard {
             if frame.id != self.context {
                 return Err(saved);
             }
-            let Some(place) = frame.guards.iter().rposition(|&s| s == self.serial) else {
+            let Some(guards) = frame.guards.as_mut() else {
+                return Ok(saved);
+            };
+            let Some(place) = guards.live.iter().rposition(|&s| s == self.serial) else {
                 // An outer guard dropped first and already undid this one.
                 return Ok(saved);
             };
             // Undoing this guard undoes the ones made after it, live or not.
-            frame.guards.truncate(place);
+            guards.live.truncate(place);
             Ok(std::mem::replace(&mut frame.map, saved))
         });
         match outcome {

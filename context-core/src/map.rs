@@ -49,32 +49,63 @@ enum Slot {
 #[derive(Clone)]
 struct Branch {
     bitmap: u32,
+    /// The number of bindings below, kept up to date in the root only.
+    len: u32,
+    /// For each position, 1 + the index of its slot, or 0 where empty: a lookup then needs
+    /// no population count, which x86-64's baseline has no instruction for.
+    rank: [u8; 32],
     slots: Vec<Slot>,
 }
 
 /// The bindings of one context.
 #[derive(Clone, Default)]
 pub(crate) struct Map {
+    /// The root keeps the number of bindings, so that a `Map` is one pointer and entering a
+    /// context swaps as little as possible.
     root: Option<Arc<Branch>>,
-    len: usize,
 }
 
+#[inline]
 fn position(key: u32, shift: u32) -> u32 {
     1 << ((key >> shift) & MASK)
 }
 
 impl Branch {
+    #[inline]
     fn index(&self, bit: u32) -> usize {
         (self.bitmap & (bit - 1)).count_ones() as usize
     }
 
+    #[inline]
     fn slot(&self, key: u32, shift: u32) -> Option<&Slot> {
-        let bit = position(key, shift);
-        if self.bitmap & bit == 0 {
-            None
-        } else {
-            Some(&self.slots[self.index(bit)])
+        match self.rank[((key >> shift) & MASK) as usize] {
+            0 => None,
+            rank => self.slots.get(usize::from(rank) - 1),
         }
+    }
+
+    /// Recomputes `rank` from `bitmap`, after a position was filled or emptied.
+    fn reindex(&mut self) {
+        let mut next = 0;
+        for (position, rank) in self.rank.iter_mut().enumerate() {
+            if self.bitmap & (1 << position) == 0 {
+                *rank = 0;
+            } else {
+                next += 1;
+                *rank = next;
+            }
+        }
+    }
+
+    fn new(bitmap: u32, slots: Vec<Slot>) -> Branch {
+        let mut branch = Branch {
+            bitmap,
+            len: 0,
+            rank: [0; 32],
+            slots,
+        };
+        branch.reindex();
+        branch
     }
 
     /// A branch holding two leaves whose keys agree on every level above `shift`.
@@ -83,19 +114,10 @@ impl Branch {
         match bit_a.cmp(&bit_b) {
             Ordering::Equal => {
                 let child = Branch::pair(a, b, shift + BITS);
-                Branch {
-                    bitmap: bit_a,
-                    slots: vec![Slot::Branch(Arc::new(child))],
-                }
+                Branch::new(bit_a, vec![Slot::Branch(Arc::new(child))])
             }
-            Ordering::Less => Branch {
-                bitmap: bit_a | bit_b,
-                slots: vec![Slot::Leaf(a), Slot::Leaf(b)],
-            },
-            Ordering::Greater => Branch {
-                bitmap: bit_a | bit_b,
-                slots: vec![Slot::Leaf(b), Slot::Leaf(a)],
-            },
+            Ordering::Less => Branch::new(bit_a | bit_b, vec![Slot::Leaf(a), Slot::Leaf(b)]),
+            Ordering::Greater => Branch::new(bit_a | bit_b, vec![Slot::Leaf(b), Slot::Leaf(a)]),
         }
     }
 
@@ -106,6 +128,7 @@ impl Branch {
         if self.bitmap & bit == 0 {
             self.bitmap |= bit;
             self.slots.insert(index, Slot::Leaf(leaf));
+            self.reindex();
             return None;
         }
         match &mut self.slots[index] {
@@ -146,6 +169,7 @@ impl Branch {
             return value;
         }
         self.bitmap &= !bit;
+        self.reindex();
         match self.slots.remove(index) {
             Slot::Leaf(leaf) => leaf.value,
             Slot::Branch(_) => unreachable!("matched as a leaf just above"),
@@ -154,17 +178,20 @@ impl Branch {
 
     const EMPTY: Branch = Branch {
         bitmap: 0,
+        len: 0,
+        rank: [0; 32],
         slots: Vec::new(),
     };
 }
 
 impl Map {
-    pub(crate) const EMPTY: Map = Map { root: None, len: 0 };
+    pub(crate) const EMPTY: Map = Map { root: None };
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.root.as_ref().map_or(0, |root| root.len as usize)
     }
 
+    #[inline]
     pub(crate) fn get(&self, key: u32) -> Option<&Leaf> {
         let mut branch = self.root.as_deref()?;
         let mut shift = 0;
@@ -182,9 +209,10 @@ impl Map {
     /// Binds `leaf.key`; returns the value it replaces, if any.
     pub(crate) fn insert(&mut self, leaf: Leaf) -> Option<Value> {
         let root = self.root.get_or_insert_with(|| Arc::new(Branch::EMPTY));
-        let old = Arc::make_mut(root).insert(leaf, 0);
+        let root = Arc::make_mut(root);
+        let old = root.insert(leaf, 0);
         if old.is_none() {
-            self.len += 1;
+            root.len += 1;
         }
         old
     }
@@ -194,9 +222,10 @@ impl Map {
     pub(crate) fn remove(&mut self, key: u32) -> Option<Value> {
         self.get(key)?;
         let root = self.root.as_mut().expect("a map holding a key has a root");
-        let value = Arc::make_mut(root).remove(key, 0);
-        self.len -= 1;
-        if self.len == 0 {
+        let branch = Arc::make_mut(root);
+        let value = branch.remove(key, 0);
+        branch.len -= 1;
+        if branch.len == 0 {
             self.root = None;
         }
         Some(value)

@@ -527,9 +527,10 @@ impl<K: Key> ContextVar<K> {
         let leaf = self.leaf(value);
         let made = current::write(self.name, |frame| {
             let saved = frame.map.clone();
-            let serial = frame.next_guard;
-            frame.next_guard += 1;
-            frame.guards.push(serial);
+            let guards = frame.guards.get_or_insert_default();
+            let serial = guards.next;
+            guards.next += 1;
+            guards.live.push(serial);
             let replaced = frame.map.insert(leaf);
             (
                 ScopeGuard::new(self.name, frame.id(), serial, saved),
