@@ -5,9 +5,11 @@
 //! when none is, the thread's own context. Entering a context swaps its frame with the
 //! thread's; leaving swaps them back. Both are moves: no reference counts change.
 //!
-//! The B26 rule lives here too: a tokio task that is polled while no context is entered must
-//! not see the thread's own context, which another task on the same worker could have left
-//! there. It reads an empty context instead, and cannot write.
+//! The B26 rule lives here too. The frame belongs to the task that made it current (none,
+//! for the thread's own context): a tokio task spawned without a context, polled while
+//! another task's context or the thread's own is current, must not see it, since what it
+//! holds belongs to someone else. Such a task reads an empty context instead, and cannot
+//! write. Entering a context records the running task (`tokio::task::try_id`) as the owner.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,50 +64,48 @@ impl Frame {
     }
 }
 
+/// A tokio task's identity, or `()` without the `tokio` feature.
+#[cfg(feature = "tokio")]
+type Task = Option<tokio::task::Id>;
+#[cfg(not(feature = "tokio"))]
+type Task = ();
+
+/// Code outside any runtime task: plain threads, `block_on`'s root future.
+#[cfg(feature = "tokio")]
+const NO_TASK: Task = None;
+#[cfg(not(feature = "tokio"))]
+const NO_TASK: Task = ();
+
+/// The tokio task being polled on this thread, if any.
+#[inline]
+fn running_task() -> Task {
+    #[cfg(feature = "tokio")]
+    {
+        tokio::task::try_id()
+    }
+}
+
 struct Current {
     frame: Frame,
-    /// `false` while `frame` is the thread's own context.
-    entered: bool,
+    /// The task that made `frame` current: `NO_TASK` for the thread's own context and for a
+    /// context entered outside any task. Only code of that task sees the frame. Any other
+    /// task polled meanwhile on this thread (a task spawned without a context, polled by a
+    /// runtime driven inside `Context::run`, or by a `LocalSet` inside a context's future)
+    /// sees an empty context and cannot write (B26).
+    owner: Task,
 }
 
 thread_local! {
     static CURRENT: RefCell<Current> = const {
-        RefCell::new(Current { frame: Frame::EMPTY, entered: false })
+        RefCell::new(Current { frame: Frame::EMPTY, owner: NO_TASK })
     };
 }
 
-/// Whether code runs inside a tokio task (not `block_on`'s root future, not a plain thread).
-#[inline]
-fn in_runtime_task() -> bool {
-    #[cfg(feature = "tokio")]
-    {
-        tokio::task::try_id().is_some()
-    }
-    #[cfg(not(feature = "tokio"))]
-    {
-        false
-    }
-}
-
 impl Current {
-    /// The bindings that `get` may see, or `None` in a task outside any context.
+    /// Whether the code running now may see and write `frame`.
     #[inline]
-    fn visible(&self) -> Option<&Map> {
-        if self.entered || !in_runtime_task() {
-            Some(&self.frame.map)
-        } else {
-            None
-        }
-    }
-
-    /// The frame that `set` may write to, or `None` in a task outside any context.
-    #[inline]
-    fn visible_mut(&mut self) -> Option<&mut Frame> {
-        if self.entered || !in_runtime_task() {
-            Some(&mut self.frame)
-        } else {
-            None
-        }
+    fn visible(&self) -> bool {
+        running_task() == self.owner
     }
 }
 
@@ -122,7 +122,8 @@ pub(crate) fn read<R>(f: impl FnOnce(Option<&Map>) -> R) -> R {
     let mut f = Some(f);
     let result = CURRENT.try_with(|current| {
         let current = current.try_borrow().expect(REENTERED);
-        f.take().expect("called once")(current.visible())
+        let map = current.visible().then_some(&current.frame.map);
+        f.take().expect("called once")(map)
     });
     // Once the thread is being torn down, its context is gone.
     result.unwrap_or_else(|_| f.take().expect("called once")(None))
@@ -134,15 +135,19 @@ pub(crate) fn read<R>(f: impl FnOnce(Option<&Map>) -> R) -> R {
 /// [`SetError`] where there is none: a tokio task polled outside any context, or a thread
 /// whose context is already torn down.
 pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Result<R, SetError> {
-    CURRENT
-        .try_with(|current| {
-            let mut current = current.try_borrow_mut().expect(REENTERED);
-            current
-                .visible_mut()
-                .map(f)
-                .ok_or(SetError::NoContext { var })
-        })
-        .unwrap_or(Err(SetError::ThreadExiting { var }))
+    // `f` owns values (the one being set, a token's old value, a guard's saved map): where it
+    // is not called, it is dropped after the borrow ends, so that their `Drop` may read
+    // variables.
+    let mut f = Some(f);
+    let result = CURRENT.try_with(|current| {
+        let mut current = current.try_borrow_mut().expect(REENTERED);
+        if current.visible() {
+            Ok(f.take().expect("called once")(&mut current.frame))
+        } else {
+            Err(SetError::NoContext { var })
+        }
+    });
+    result.unwrap_or(Err(SetError::ThreadExiting { var }))
 }
 
 /// A copy of the visible bindings (empty in a task outside any context).
@@ -156,37 +161,35 @@ pub(crate) fn snapshot() -> Map {
 /// was current before.
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
-    /// What `Current::entered` was before; `None` if nothing was swapped (thread exiting).
-    outer_entered: Option<bool>,
+    /// What `Current::owner` was before; `None` if nothing was swapped (thread exiting).
+    outer_owner: Option<Task>,
 }
 
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let outer_entered = CURRENT
+        let task = running_task();
+        let outer_owner = CURRENT
             .try_with(|current| {
                 let mut current = current.try_borrow_mut().expect(REENTERED);
                 std::mem::swap(&mut current.frame, frame);
-                std::mem::replace(&mut current.entered, true)
+                std::mem::replace(&mut current.owner, task)
             })
             .ok();
-        Entered {
-            frame,
-            outer_entered,
-        }
+        Entered { frame, outer_owner }
     }
 }
 
 impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(outer_entered) = self.outer_entered {
+        if let Some(outer_owner) = self.outer_owner {
             let frame = &mut *self.frame;
             // If the thread state is gone by now, the bindings went with it.
             let _ = CURRENT.try_with(|current| {
                 let mut current = current.try_borrow_mut().expect(REENTERED);
                 std::mem::swap(&mut current.frame, frame);
-                current.entered = outer_entered;
+                current.owner = outer_owner;
             });
         }
     }

@@ -69,6 +69,11 @@ pub enum ResetError {
         /// The variable's name.
         var: &'static str,
     },
+    /// The thread is exiting and its context is already gone.
+    ThreadExiting {
+        /// The variable's name.
+        var: &'static str,
+    },
 }
 
 impl fmt::Display for ResetError {
@@ -83,6 +88,11 @@ impl fmt::Display for ResetError {
                 f,
                 "cannot reset context variable `{var}`: this tokio task runs outside any \
                  context, so the token cannot belong to it"
+            ),
+            ResetError::ThreadExiting { var } => write!(
+                f,
+                "cannot reset context variable `{var}`: this thread is exiting and its context \
+                 has been torn down"
             ),
         }
     }

@@ -121,13 +121,18 @@ impl<T> Lazy<T> {
             return value;
         }
         let me = std::ptr::from_ref(self).addr();
-        let reentered = INITIALIZING.with_borrow_mut(|stack| {
-            let reentered = stack.contains(&me);
-            if !reentered {
-                stack.push(me);
-            }
-            reentered
-        });
+        // At thread exit the stack may be gone already: skip the check rather than panic
+        // inside a thread-local's destructor, which would abort.
+        let reentered = INITIALIZING
+            .try_with(|stack| {
+                let mut stack = stack.borrow_mut();
+                let reentered = stack.contains(&me);
+                if !reentered {
+                    stack.push(me);
+                }
+                reentered
+            })
+            .unwrap_or(false);
         assert!(
             !reentered,
             "contextvars: the default of `{var}` reads `{var}` while it is being computed; \
@@ -480,7 +485,8 @@ impl<K: Key> ContextVar<K> {
         let old = old.map(|old| old as Value);
         let key = self.key();
         let replaced = current::write(self.name, |frame| {
-            if frame.id != context {
+            // `0`: a token made where no context was left (thread exit); no context owns it.
+            if context == 0 || frame.id != context {
                 return Err((ResetError::OtherContext { var: self.name }, old));
             }
             Ok(match old {
@@ -496,6 +502,9 @@ impl<K: Key> ContextVar<K> {
         match replaced {
             Ok(Ok(_replaced)) => Ok(()),
             Ok(Err((err, _old))) => Err(err),
+            Err(SetError::ThreadExiting { .. }) => {
+                Err(ResetError::ThreadExiting { var: self.name })
+            }
             Err(_) => Err(ResetError::NoContext { var: self.name }),
         }
     }
@@ -599,11 +608,12 @@ impl<K: Key, D: DefaultKind> ContextVar<K, D> {
     #[cold]
     fn assign_key(&self) -> u32 {
         static NEXT: AtomicU32 = AtomicU32::new(1);
-        let fresh = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(
-            fresh != 0,
-            "contextvars: more than 4 billion context variables"
-        );
+        // Never wraps around: two variables sharing a key would share their bindings.
+        let fresh = NEXT
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                next.checked_add(1)
+            })
+            .expect("contextvars: more than 4 billion context variables");
         // Another thread may have won the race; everyone uses the winner's key.
         match self
             .key
