@@ -93,6 +93,11 @@
 //! [`scope`](ContextVar::scope). One task can never see another's values this way.
 //! ([`try_set`](ContextVar::try_set) returns the error instead of panicking.)
 //!
+//! A context belongs to the task that entered it: a task spawned without a context is kept
+//! out even when it is polled while another context is current, say by a `LocalSet` inside
+//! a context's future, or by a runtime driven inside [`Context::run`]. The same holds for
+//! `tokio::task::spawn_blocking` (use [`spawn_blocking`] instead).
+//!
 //! Code outside runtime tasks (plain threads, the future given to `block_on` and so
 //! `#[tokio::main]`'s body) uses the thread's own context, as Python does.
 //!
