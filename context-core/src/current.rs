@@ -118,15 +118,14 @@ const REENTERED: &str = "contextvars: a context variable was set, or a context e
 /// Runs `f` with the bindings visible here; `None` means "empty context".
 ///
 /// `f` runs with the thread's state borrowed: it may read variables, not set them.
-pub(crate) fn read<R>(f: impl FnOnce(Option<&Map>) -> R) -> R {
-    let mut f = Some(f);
-    let result = CURRENT.try_with(|current| {
-        let current = current.try_borrow().expect(REENTERED);
-        let map = current.visible().then_some(&current.frame.map);
-        f.take().expect("called once")(map)
-    });
-    // Once the thread is being torn down, its context is gone.
-    result.unwrap_or_else(|_| f.take().expect("called once")(None))
+pub(crate) fn read<R>(f: impl Fn(Option<&Map>) -> R) -> R {
+    CURRENT
+        .try_with(|current| {
+            let current = current.try_borrow().expect(REENTERED);
+            f(current.visible().then_some(&current.frame.map))
+        })
+        // Once the thread is being torn down, its context is gone.
+        .unwrap_or_else(|_| f(None))
 }
 
 /// Runs `f` on the frame that `set` writes to.
