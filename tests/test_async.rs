@@ -2,6 +2,10 @@
 //! streams run in their context on every poll and are dropped inside it, and their sets never
 //! reach the caller.
 
+mod support;
+
+use support::Rng;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -23,22 +27,6 @@ static COUNT: u32 = 0;
 
 #[context_var(name = "async.tag")]
 static TAG: u32;
-
-/// A small deterministic generator for random interleavings.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Returns `Pending` once (waking itself), then `Ready`: a yield that needs no runtime.
 struct YieldOnce(bool);

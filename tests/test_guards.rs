@@ -2,7 +2,10 @@
 //! span undone, nested and out-of-order guards, `sync_scope`/`scope` isolation, guards across
 //! `.await`, and guards dropped in the wrong context.
 
-use std::any::Any;
+mod support;
+
+use support::{Rng, panic_message};
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 
@@ -16,26 +19,6 @@ static USER: String = String::from("guest");
 
 #[context_var(name = "guard.extra")]
 static EXTRA: u32;
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(ToString::to_string))
-        .unwrap_or_default()
-}
-
-/// A small deterministic generator for random interleavings.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 // B15: the guard sets, and dropping it restores "unset" or the previous value.
 #[test]
@@ -255,7 +238,7 @@ fn guard_held_across_awaits_in_spawned_tasks() {
         let tasks: Vec<_> = (0..500u32)
             .map(|i| {
                 contextvars::spawn(async move {
-                    let mut rng = Rng(u64::from(i) * 0x9E37_79B9 + 1);
+                    let mut rng = Rng::new(u64::from(i));
                     let guard = TENANT.scoped(i);
                     assert_send_static(&guard);
                     for step in 0..20u32 {

@@ -2,7 +2,9 @@
 //! task's values, cannot set, has an empty `Context::current()`, and refuses foreign tokens;
 //! `block_on`'s root future and plain threads keep a per-thread context.
 
-use std::any::Any;
+mod support;
+
+use support::{Rng, panic_message};
 
 use contextvars::{Context, FutureExt, ResetError, SetError, context_var, copy_context};
 
@@ -20,30 +22,6 @@ const EMPTY: (Option<u32>, Option<String>, u32, bool) = (None, None, 7, true);
 
 fn read_all() -> (Option<u32>, Option<String>, u32, bool) {
     (A.get(), B.get(), HITS.get(), Context::current().is_empty())
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(ToString::to_string))
-        .unwrap_or_default()
-}
-
-/// A small deterministic generator for random interleavings.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 // B26: on a current-thread runtime every task shares one thread, whose own context holds the

@@ -2,6 +2,10 @@
 //! snapshot the caller's context at the call and isolate both ways; aborted and panicking
 //! tasks leave nothing behind on the worker threads.
 
+mod support;
+
+use support::Rng;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::ThreadId;
@@ -38,22 +42,6 @@ fn quiet_expected_panics() {
             }
         }));
     });
-}
-
-/// A small deterministic generator for random interleavings.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 fn multi_thread() -> tokio::runtime::Runtime {
