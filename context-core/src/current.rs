@@ -18,7 +18,6 @@ use crate::error::SetError;
 use crate::map::Map;
 
 /// What a context holds while it is not entered, and what the thread holds while it is.
-#[derive(Default)]
 pub(crate) struct Frame {
     pub(crate) map: Map,
     /// The context's identity for tokens and guards (B14); `0` until something needs it.
