@@ -11,7 +11,7 @@
 //! holds belongs to someone else. Such a task reads an empty context instead, and cannot
 //! write. Entering a context records the running task (`tokio::task::try_id`) as the owner.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::SetError;
@@ -56,11 +56,35 @@ impl Frame {
     /// The context's identity, assigned on first use.
     pub(crate) fn id(&mut self) -> u64 {
         if self.id == 0 {
-            static NEXT: AtomicU64 = AtomicU64::new(1);
-            self.id = NEXT.fetch_add(1, Ordering::Relaxed);
+            self.id = fresh_id();
         }
         self.id
     }
+}
+
+/// A context id never handed out before, never `0`. Each thread takes ids from a block of its
+/// own, so that the first `set` in every new context (every spawned task's) does not contend
+/// on one counter shared by all cores.
+fn fresh_id() -> u64 {
+    const BLOCK: u64 = 1 << 10;
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        /// The next id of this thread's block, and the end of the block.
+        static IDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    IDS.try_with(|ids| {
+        let (next, end) = ids.get();
+        if next < end {
+            ids.set((next + 1, end));
+            next
+        } else {
+            let start = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            ids.set((start + 1, start + BLOCK));
+            start
+        }
+    })
+    // The thread is exiting: take a block for this one id.
+    .unwrap_or_else(|_| NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed))
 }
 
 /// A tokio task's identity, or `()` without the `tokio` feature.
