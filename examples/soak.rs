@@ -47,7 +47,10 @@ fn main() -> ExitCode {
     let report = soak::run(config);
     println!(
         "requests:   {} ({} in flight at most)",
-        report.requests, config.concurrency
+        report.requests,
+        config
+            .concurrency
+            .min(usize::try_from(report.requests).unwrap_or(usize::MAX))
     );
     println!(
         "checks:     {} (the workload implies {})",

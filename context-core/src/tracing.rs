@@ -55,7 +55,7 @@
 //! # let out = buffer.clone();
 //!
 //! # #[allow(non_camel_case_types)] struct TENANT {}
-//! // What `#[context_var(log)] static TENANT: String;` declares.
+//! // What `#[context_var(name = "tenant", log)] static TENANT: String;` declares.
 //! impl Key for TENANT {
 //!     type Value = String;
 //!     type Default = NoDefault;
