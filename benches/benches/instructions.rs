@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Waker};
 
 use contextvars::{Context, FutureExt};
-use contextvars_benches::{Pending, REQUEST_ID, TASK_REQUEST_ID, context_with};
+use contextvars_benches::{Pending, REQUEST_ID, RETRIES, TASK_REQUEST_ID, context_with};
 
 type Op = fn(u64);
 
 const OPS: &[(&str, Op)] = &[
     ("get/contextvars/8", get_8),
     ("get/contextvars/1000", get_1000),
+    ("get/contextvars/unset_default", get_unset_default),
     ("get/task_local", get_task_local),
     ("set_reset/contextvars", set_reset),
     ("set_reset/task_local_sync_scope", set_reset_task_local),
@@ -48,6 +49,14 @@ fn get_8(iterations: u64) {
 
 fn get_1000(iterations: u64) {
     get_in(1_000, iterations);
+}
+
+fn get_unset_default(iterations: u64) {
+    context_with(8).run(|| {
+        for _ in 0..iterations {
+            black_box(black_box(&RETRIES).get());
+        }
+    });
 }
 
 fn get_task_local(iterations: u64) {

@@ -27,6 +27,11 @@ impl Key for Filler {
     type Default = NoDefault;
 }
 
+/// A variable with a default that the benchmark contexts never set: reading it is the common
+/// "fall back to the default" case.
+#[context_var]
+pub static RETRIES: u64 = 3;
+
 /// How many filler variables there are: enough for the 1,000-variable figures.
 pub const FILLER_COUNT: usize = 1_000;
 

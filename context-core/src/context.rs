@@ -252,8 +252,13 @@ impl Context {
     /// assert_eq!(seen, Some("ann"));
     /// ```
     pub fn wrap<F: FnOnce() -> R, R>(&self, f: F) -> impl FnOnce() -> R + use<F, R> {
-        let mut ctx = self.clone();
-        move || ctx.run(f)
+        self.clone().run_later(f)
+    }
+
+    /// `f`, to be run in this context wherever and whenever it is called: how the spawn
+    /// helpers carry a snapshot into a task or thread.
+    pub(crate) fn run_later<F: FnOnce() -> R, R>(mut self, f: F) -> impl FnOnce() -> R + use<F, R> {
+        move || self.run(f)
     }
 
     /// Like [`wrap`](Self::wrap) for a closure called many times: each call runs in a fresh

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::SetError;
-use crate::map::Map;
+use crate::map::{Leaf, Map};
 
 /// What a context holds while it is not entered, and what the thread holds while it is.
 pub(crate) struct Frame {
@@ -138,17 +138,22 @@ const REENTERED: &str = "contextvars: a context variable was set, or a context e
      `Clone` impl while `get` was cloning that value out of the context; read such a value with \
      `with` instead, which releases the context before calling you";
 
-/// Runs `f` with the bindings visible here; `None` means "empty context".
+/// Runs `f` on `key`'s binding in the context visible here, if it has one.
 ///
 /// `f` runs with the thread's state borrowed: it may read variables, not set them.
-pub(crate) fn read<R>(f: impl Fn(Option<&Map>) -> R) -> R {
+#[inline]
+pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
     CURRENT
         .try_with(|current| {
             let current = current.try_borrow().expect(REENTERED);
-            f(current.visible().then_some(&current.frame.map))
+            // Look first: a key bound nowhere reads as unset whoever is running, so only a
+            // hit needs to ask tokio which task that is.
+            let leaf = current.frame.map.get(key)?;
+            current.visible().then(|| f(leaf))
         })
         // Once the thread is being torn down, its context is gone.
-        .unwrap_or_else(|_| f(None))
+        .ok()
+        .flatten()
 }
 
 /// Runs `f` on the frame that `set` writes to.
@@ -175,7 +180,16 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
 /// A copy of the visible bindings (empty in a task outside any context).
 #[inline]
 pub(crate) fn snapshot() -> Map {
-    read(|map| map.cloned().unwrap_or_default())
+    CURRENT
+        .try_with(|current| {
+            let current = current.try_borrow().expect(REENTERED);
+            if current.visible() {
+                current.frame.map.clone()
+            } else {
+                Map::EMPTY
+            }
+        })
+        .unwrap_or_default()
 }
 
 /// While alive, `frame` is the thread's current context. Dropping it (on return, on early

@@ -63,8 +63,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let mut context = Context::current();
-    tokio::task::spawn_blocking(move || context.run(f))
+    tokio::task::spawn_blocking(Context::current().run_later(f))
 }
 
 /// [`tokio::task::spawn_local`] in a snapshot of the caller's context, taken at the call.

@@ -31,8 +31,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let mut context = Context::current();
-    std::thread::spawn(move || context.run(f))
+    std::thread::spawn(Context::current().run_later(f))
 }
 
 /// [`std::thread::Builder`] whose threads start in a copy of the spawner's context, or in a
@@ -99,8 +98,8 @@ impl Builder {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let mut context = self.context.unwrap_or_else(Context::current);
-        self.inner.spawn(move || context.run(f))
+        let context = self.context.unwrap_or_else(Context::current);
+        self.inner.spawn(context.run_later(f))
     }
 }
 

@@ -333,20 +333,14 @@ impl<K: Key> ContextVar<K> {
     where
         K::Value: Clone,
     {
-        let key = self.key();
-        current::read(|map| {
-            map.and_then(|map| map.get(key))
-                .map(|leaf| downcast::<K::Value>(&*leaf.value).clone())
+        current::find(self.key(), |leaf| {
+            downcast::<K::Value>(&*leaf.value).clone()
         })
     }
 
     /// The bound value, shared, so that the caller can use it with the thread state released.
     fn lookup_shared(&self) -> Option<Value> {
-        let key = self.key();
-        current::read(|map| {
-            map.and_then(|map| map.get(key))
-                .map(|leaf| Arc::clone(&leaf.value))
-        })
+        current::find(self.key(), |leaf| Arc::clone(&leaf.value))
     }
 
     fn default_ref(&self) -> Option<&K::Value> {
@@ -405,8 +399,7 @@ impl<K: Key> ContextVar<K> {
     /// Whether the variable is bound in the current context (its default does not count).
     #[must_use]
     pub fn is_set(&self) -> bool {
-        let key = self.key();
-        current::read(|map| map.is_some_and(|map| map.get(key).is_some()))
+        current::find(self.key(), |_| ()).is_some()
     }
 
     /// Binds `value` in the current context until reset or until that context ends (B9).
