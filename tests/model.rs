@@ -132,7 +132,7 @@ enum Op {
     /// `let _guard = var.scoped(value);` for the length of the body.
     Scoped(Var, u32, Vec<Op>),
     /// `var.scoped(value)`, the guard kept to be dropped later by [`Op::DropGuard`]: maybe
-    /// out of order, in another context, or after an outer guard undid it (B16).
+    /// out of order, or in another context (B16).
     Guard(Var, u32),
     /// Drops one of the kept guards (by index modulo their number).
     DropGuard(u8),
@@ -357,12 +357,27 @@ struct Tokens {
     d: Vec<Token<D>>,
 }
 
+/// A spawned task's handle: `contextvars::spawn` gives its own, plain `tokio::spawn` tokio's.
+enum Task {
+    Inherit(contextvars::JoinHandle<()>),
+    Plain(tokio::task::JoinHandle<()>),
+}
+
+impl Task {
+    async fn join(self) -> Result<(), tokio::task::JoinError> {
+        match self {
+            Task::Inherit(handle) => handle.await,
+            Task::Plain(handle) => handle.await,
+        }
+    }
+}
+
 /// Runs a program against the library. Each task and thread has its own.
 struct Exec {
     record: Record,
     tokens: Tokens,
     snapshots: Vec<Option<Context>>,
-    tasks: Vec<(tokio::task::JoinHandle<()>, Record)>,
+    tasks: Vec<(Task, Record)>,
     guards: Vec<ScopeGuard>,
 }
 
@@ -449,7 +464,7 @@ impl Exec {
             return self.push(Obs::NoTask);
         }
         let (handle, record) = self.tasks.remove(usize::from(pick) % self.tasks.len());
-        let result = handle.await;
+        let result = handle.join().await;
         let seen = take(&record);
         match result {
             Ok(()) => self.push(Obs::Task {
@@ -539,9 +554,9 @@ impl Exec {
                 let body = body.clone();
                 let task = async move { Exec::new(task_record).main(&body).await };
                 let handle = if *inherit {
-                    contextvars::spawn(task)
+                    Task::Inherit(contextvars::spawn(task))
                 } else {
-                    tokio::spawn(task)
+                    Task::Plain(tokio::spawn(task))
                 };
                 self.tasks.push((handle, record));
             }
@@ -710,25 +725,22 @@ struct ModelToken {
     old: Option<u32>,
 }
 
-/// A scope guard: its context, its serial number, and the bindings it restores.
+/// A scope guard: its context, its variable, and the value it restores (like a token).
 struct ModelGuard {
     context: usize,
-    serial: u64,
-    saved: HashMap<Var, u32>,
+    var: Var,
+    old: Option<u32>,
 }
 
 /// PEP 567 with explicit contexts. Each task and thread has its own.
 ///
-/// Scope guards, which PEP 567 does not have, follow SPEC B15-B16: a guard restores its
-/// context's bindings as they were when it was made, and undoes the guards made after it
-/// in that context; a guard undone that way does nothing when dropped; a guard dropped in
-/// another context changes nothing and panics.
+/// Scope guards, which PEP 567 does not have, follow SPEC B15-B16 (Python 3.14's
+/// `with var.set(value):`): a guard restores its own variable, and only it, to the value it
+/// had before, exactly as resetting a token does, in whatever order guards are dropped; a
+/// guard dropped in another context changes nothing and panics.
 struct Model {
     /// Every context made so far, by identity.
     contexts: Vec<HashMap<Var, u32>>,
-    /// For each context, the serial numbers of its guards not undone yet, in order.
-    live_guards: Vec<Vec<u64>>,
-    last_guard: u64,
     guards: Vec<ModelGuard>,
     /// The entered contexts; `None` is a tokio task spawned without a context (B26): it
     /// reads an empty context and cannot write.
@@ -745,8 +757,6 @@ impl Model {
     fn new(bindings: Option<HashMap<Var, u32>>) -> Self {
         let mut model = Model {
             contexts: Vec::new(),
-            live_guards: Vec::new(),
-            last_guard: 0,
             guards: Vec::new(),
             stack: Vec::new(),
             tokens: HashMap::new(),
@@ -761,7 +771,6 @@ impl Model {
 
     fn context(&mut self, bindings: HashMap<Var, u32>) -> usize {
         self.contexts.push(bindings);
-        self.live_guards.push(Vec::new());
         self.contexts.len() - 1
     }
 
@@ -941,16 +950,12 @@ impl Model {
             self.seen.push(Obs::Scoped(var, Err(Refused::NoContext)));
             return None;
         };
-        self.last_guard += 1;
-        let serial = self.last_guard;
-        self.live_guards[id].push(serial);
-        let saved = self.contexts[id].clone();
-        self.contexts[id].insert(var, value);
+        let old = self.contexts[id].insert(var, value);
         self.seen.push(Obs::Scoped(var, Ok(())));
         Some(ModelGuard {
             context: id,
-            serial,
-            saved,
+            var,
+            old,
         })
     }
 
@@ -958,11 +963,10 @@ impl Model {
         let Some(id) = self.current().filter(|&id| id == guard.context) else {
             return Err(Refused::OtherContext);
         };
-        let live = &mut self.live_guards[id];
-        if let Some(at) = live.iter().position(|&serial| serial == guard.serial) {
-            live.truncate(at);
-            self.contexts[id] = guard.saved;
-        }
+        match guard.old {
+            Some(old) => self.contexts[id].insert(guard.var, old),
+            None => self.contexts[id].remove(&guard.var),
+        };
         Ok(())
     }
 
@@ -1076,8 +1080,7 @@ fn op(depth: u32, mode: Mode) -> BoxedStrategy<Op> {
     if mode.can_panic {
         arms.push((1, Just(Op::Panic).boxed()));
     }
-    // Guards kept and dropped later: out of order, in another context, or after an outer
-    // guard undid them (B16).
+    // Guards kept and dropped later: out of order, or in another context (B16).
     arms.push((
         2,
         (var(), value())

@@ -298,9 +298,12 @@ fn a_value_that_panics_when_its_guard_drops_it_leaves_the_context_restored() {
     }));
     assert!(caught.unwrap_err().is::<Deliberate>());
     assert_eq!(bindings(), before);
-    // The guard undid everything since it was made, then the bomb went off.
-    assert_eq!((ctx.len(), ctx.get(&LEVEL)), (1, Some(&3)));
-    assert_eq!(ctx.run(|| (BOMB.is_set(), USER.get())), (false, None));
+    // The guard restored its own variable, and only it, then the bomb went off.
+    assert_eq!((ctx.len(), ctx.get(&LEVEL)), (2, Some(&3)));
+    assert_eq!(
+        ctx.run(|| (BOMB.is_set(), USER.get())),
+        (false, Some("inside the guard".into()))
+    );
 }
 
 #[test]
@@ -477,13 +480,13 @@ fn a_clone_that_sets_a_variable_panics_clearly_and_corrupts_nothing() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn guards_dropped_out_of_order_unwind_like_a_stack() {
+fn guards_dropped_out_of_order_restore_only_their_own_variable() {
     let before = baseline();
     let outer = LEVEL.scoped(2);
     let inner = USER.scoped("inner".into());
     drop(outer);
-    // The outer guard undid the inner one too.
-    assert_eq!(bindings(), before);
+    // The outer guard restored its variable and left the inner guard's alone.
+    assert_eq!((LEVEL.get(), USER.get().as_deref()), (1, Some("inner")));
     drop(inner);
     assert_eq!(bindings(), before);
 }

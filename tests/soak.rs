@@ -358,7 +358,7 @@ pub(crate) fn run(config: Config) -> Report {
         };
 
         let in_flight = Arc::new(Semaphore::new(config.concurrency));
-        let mut handles = Vec::new();
+        let (mut handles, mut plain_handles) = (Vec::new(), Vec::new());
         for id in 1..=config.requests {
             let permit = Arc::clone(&in_flight)
                 .acquire_owned()
@@ -371,18 +371,23 @@ pub(crate) fn run(config: Config) -> Report {
             };
             // Two ways into a request's context: a context built for it and
             // `contextvars::spawn`, or a plain task that enters it with `scope`.
-            let handle = if id.is_multiple_of(2) {
-                Context::new()
-                    .with_value(&REQUEST, id)
-                    .run(|| contextvars::spawn(task))
+            if id.is_multiple_of(2) {
+                handles.push(
+                    Context::new()
+                        .with_value(&REQUEST, id)
+                        .run(|| contextvars::spawn(task)),
+                );
             } else {
-                tokio::spawn(REQUEST.scope(id, task))
-            };
-            handles.push(handle);
+                plain_handles.push(tokio::spawn(REQUEST.scope(id, task)));
+            }
         }
         drop(later);
         let mut completed = 0;
         for handle in handles {
+            handle.await.expect("a request task panicked");
+            completed += 1;
+        }
+        for handle in plain_handles {
             handle.await.expect("a request task panicked");
             completed += 1;
         }

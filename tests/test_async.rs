@@ -105,7 +105,8 @@ fn values_survive_awaits_across_worker_threads() {
                 if i % 2 == 0 {
                     contextvars::spawn(task)
                 } else {
-                    tokio::spawn(task.in_current_context())
+                    let handle = tokio::spawn(task.in_current_context());
+                    contextvars::spawn(async move { handle.await.unwrap() })
                 }
             })
             .collect();

@@ -58,10 +58,10 @@ fn guard_resets_when_unwinding_from_a_panic() {
     });
 }
 
-// B15: `set`s made inside the guard's span and not reset are undone with it; those made
-// before it stay.
+// B15: dropping a guard restores its own variable, and only it, exactly like resetting a
+// token: sets of other variables made inside the guard's span stay.
 #[test]
-fn sets_inside_the_guards_span_are_undone_with_it() {
+fn a_guard_restores_only_its_own_variable() {
     Context::new().run(|| {
         let _before = EXTRA.set(1);
         {
@@ -74,10 +74,10 @@ fn sets_inside_the_guards_span_are_undone_with_it() {
                 (Some(2), "inside".into(), Some(2))
             );
         }
-        assert_eq!(TENANT.get(), None);
-        assert_eq!(USER.get(), "guest");
-        assert_eq!(EXTRA.get(), Some(1));
-        assert_eq!(Context::current().len(), 1);
+        assert_eq!(TENANT.get(), None, "the guard restores its own variable");
+        assert_eq!(USER.get(), "inside", "a guard left a sibling's set alone");
+        assert_eq!(EXTRA.get(), Some(2), "a guard left a sibling's set alone");
+        assert_eq!(Context::current().len(), 2);
     });
 }
 
@@ -98,10 +98,10 @@ fn nested_guards_restore_in_turn() {
     });
 }
 
-// B15: dropping an outer guard first undoes the inner one too; the inner guard then changes
-// nothing, even after newer sets and guards.
+// B15: guards of one variable dropped out of order each restore their own old value, as
+// tokens reset out of order do; other variables are never touched.
 #[test]
-fn out_of_order_guards_leave_later_state_alone() {
+fn out_of_order_guards_each_restore_their_own_old_value() {
     Context::new().run(|| {
         let outer = TENANT.scoped(1);
         let inner = TENANT.scoped(2);
@@ -109,7 +109,7 @@ fn out_of_order_guards_leave_later_state_alone() {
         assert_eq!(
             TENANT.get(),
             None,
-            "the outer guard undoes everything since it was made"
+            "the outer guard restores what was before it"
         );
 
         let newer = TENANT.scoped(7);
@@ -117,38 +117,29 @@ fn out_of_order_guards_leave_later_state_alone() {
         drop(inner);
         assert_eq!(
             TENANT.get(),
-            Some(7),
-            "a stale inner guard changed later state"
+            Some(1),
+            "the inner guard restores its own old value"
         );
         assert_eq!(EXTRA.get(), Some(8));
         drop(newer);
         assert_eq!(TENANT.get(), None);
+        assert_eq!(EXTRA.get(), Some(8));
     });
 }
 
-// B15 regression: a stale inner guard (already undone by its outer guard) must leave alone
-// the guards made after the outer one dropped. Guards were once tracked by nesting depth, so
-// a newer guard at the same depth was mistaken for the stale one, which then restored its old
-// snapshot over the newer guards' values.
+// B15: guards of different variables, dropped in any order, leave each other alone. (Under
+// `select!`, the losing branch's guard is dropped while the winner's guard lives on.)
 #[test]
-fn stale_inner_guard_leaves_newer_guards_alone() {
+fn guards_of_different_variables_dropped_in_any_order_leave_each_other_alone() {
     Context::new().run(|| {
-        let outer = TENANT.scoped(1);
-        let inner = TENANT.scoped(2);
-        drop(outer);
-        assert_eq!(TENANT.get(), None);
-
-        let first = TENANT.scoped(7);
-        let second = EXTRA.scoped(8);
-        drop(inner);
-        assert_eq!(
-            (TENANT.get(), EXTRA.get()),
-            (Some(7), Some(8)),
-            "a stale guard undid newer guards"
-        );
-        drop(second);
-        assert_eq!((TENANT.get(), EXTRA.get()), (Some(7), None));
-        drop(first);
+        let tenant = TENANT.scoped(1);
+        let extra = EXTRA.scoped(2);
+        drop(tenant);
+        assert_eq!((TENANT.get(), EXTRA.get()), (None, Some(2)));
+        let tenant = TENANT.scoped(3);
+        drop(extra);
+        assert_eq!((TENANT.get(), EXTRA.get()), (Some(3), None));
+        drop(tenant);
         assert!(Context::current().is_empty());
     });
 }

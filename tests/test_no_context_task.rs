@@ -58,7 +58,10 @@ fn plain_tasks_read_defaults_only_on_a_shared_thread() {
                 })
             })
             .collect();
-        for task in owners.into_iter().chain(readers) {
+        for task in owners {
+            task.await.unwrap();
+        }
+        for task in readers {
             task.await.unwrap();
         }
         assert_eq!((A.get(), B.get()), (Some(1), Some("root".to_string())));
@@ -74,7 +77,7 @@ fn plain_tasks_read_defaults_only_on_a_multi_thread_runtime() {
         .unwrap();
     rt.block_on(async {
         let _root = A.set(1);
-        let mut tasks = Vec::new();
+        let (mut tasks, mut plain) = (Vec::new(), Vec::new());
         for i in 0..1000u32 {
             if i % 2 == 0 {
                 tasks.push(contextvars::spawn(async move {
@@ -89,7 +92,7 @@ fn plain_tasks_read_defaults_only_on_a_multi_thread_runtime() {
                     }
                 }));
             } else {
-                tasks.push(tokio::spawn(async move {
+                plain.push(tokio::spawn(async move {
                     let mut rng = Rng::new(u64::from(i));
                     for _ in 0..10 {
                         assert_eq!(read_all(), EMPTY, "a plain task saw another task's values");
@@ -101,6 +104,9 @@ fn plain_tasks_read_defaults_only_on_a_multi_thread_runtime() {
             }
         }
         for task in tasks {
+            task.await.unwrap();
+        }
+        for task in plain {
             task.await.unwrap();
         }
     });

@@ -327,7 +327,8 @@ fn aborted_tasks_leave_nothing_behind_on_worker_threads() {
                     if i % 2 == 0 {
                         contextvars::spawn(task)
                     } else {
-                        tokio::spawn(task.in_current_context())
+                        let handle = tokio::spawn(task.in_current_context());
+                        contextvars::spawn(async move { handle.await.unwrap() })
                     }
                 })
                 .collect();

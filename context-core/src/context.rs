@@ -155,7 +155,10 @@ impl Context {
     /// ```
     #[must_use]
     pub fn with_value<K: Key>(mut self, var: &'static ContextVar<K>, value: K::Value) -> Self {
-        let _replaced = self.frame.map.insert(var.leaf(value));
+        if let Some(replaced) = self.frame.map.insert(var.leaf(value)) {
+            // The replaced value belonged to this context: it is dropped inside it.
+            self.run(|| drop(replaced));
+        }
         self
     }
 
@@ -287,6 +290,18 @@ impl Clone for Context {
     fn clone(&self) -> Self {
         Context {
             frame: self.frame.copy(),
+        }
+    }
+}
+
+impl Drop for Context {
+    /// The values only this context holds are dropped inside it, so that their `Drop` may
+    /// read and set context variables (what it sets is dropped with the rest). A context that
+    /// shares its bindings with another (a snapshot nobody wrote to) only loses a reference.
+    fn drop(&mut self) {
+        if self.frame.map.may_drop_values() {
+            let _entered = self.enter();
+            current::drop_bindings();
         }
     }
 }

@@ -22,18 +22,6 @@ pub(crate) struct Frame {
     pub(crate) map: Map,
     /// The context's identity for tokens and guards (B14); `0` until something needs it.
     pub(crate) id: u64,
-    /// The scope guards of this context, allocated on the first `scoped`: boxed, so that
-    /// the frame that entering a context swaps stays three words.
-    pub(crate) guards: Option<Box<Guards>>,
-}
-
-/// The scope guards made in one context (see `ScopeGuard`).
-#[derive(Default)]
-pub(crate) struct Guards {
-    /// The guards not yet undone, oldest first, by serial.
-    pub(crate) live: Vec<u64>,
-    /// The serial the next guard gets.
-    pub(crate) next: u64,
 }
 
 impl Frame {
@@ -41,11 +29,7 @@ impl Frame {
 
     /// A frame with these bindings and a new identity (assigned on first use).
     pub(crate) const fn with_map(map: Map) -> Frame {
-        Frame {
-            map,
-            id: 0,
-            guards: None,
-        }
+        Frame { map, id: 0 }
     }
 
     /// A frame with the same bindings and a new identity.
@@ -175,6 +159,26 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
         }
     });
     result.unwrap_or(Err(SetError::ThreadExiting { var }))
+}
+
+/// Drops every binding of the current context, inside it: a value's `Drop` may read and set
+/// variables, and what it sets is dropped in the next round, until nothing is left.
+///
+/// The caller has just entered the context whose values are to go, so the frame is visible.
+pub(crate) fn drop_bindings() {
+    loop {
+        let map = CURRENT
+            .try_with(|current| {
+                let mut current = current.try_borrow_mut().expect(REENTERED);
+                std::mem::take(&mut current.frame.map)
+            })
+            .unwrap_or_default();
+        if map.is_empty() {
+            break;
+        }
+        // Dropped with the thread state released.
+        drop(map);
+    }
 }
 
 /// A copy of the visible bindings (empty in a task outside any context).

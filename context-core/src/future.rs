@@ -61,6 +61,13 @@ impl<F> WithContext<F> {
         &self.context
     }
 
+    /// Takes the context out, leaving an empty one: how a finished task hands its context to
+    /// its output.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn take_context(self: Pin<&mut Self>) -> Context {
+        std::mem::take(self.project().context)
+    }
+
     /// Polls the inner future (or stream) with the context entered, and drops it there as
     /// soon as `finished` says it is done, so that `Drop` has nothing left to do and need not
     /// enter the context a second time. `None` once the inner one is gone.

@@ -2,21 +2,30 @@
 
 use std::fmt;
 
-use crate::current;
-use crate::error::SetError;
-use crate::map::Map;
+use crate::error::ResetError;
+use crate::map::Value;
+use crate::var::{VarMeta, restore};
 
 /// Undoes a [`ContextVar::scoped`](crate::ContextVar::scoped) when dropped (B15).
 ///
-/// Dropping the guard restores the bindings of its context as they were when the guard was
-/// made, on normal exit and when unwinding from a panic. Guards unwind like a stack: dropping
-/// an outer guard also undoes the inner ones, which then do nothing.
+/// Dropping the guard restores **its own variable** to what it was before the `scoped` call,
+/// exactly like passing a [`Token`](crate::Token) to [`reset`](crate::ContextVar::reset): on
+/// normal exit and when unwinding from a panic. Sets of other variables made while the guard
+/// lived are left alone, so a guard never undoes a sibling's work: under `tokio::select!`,
+/// the losing branch's guard is dropped when the winner completes, and the winner's sets
+/// stay. Guards of one variable dropped out of order each restore their own old value, as
+/// tokens reset out of order do.
 ///
 /// A guard is `Send + 'static`, so it can be held across `.await` in a spawned task. It must
 /// be dropped in the context it was made in (B16): the same task, thread or
 /// [`Context::run`](crate::Context::run) closure. Dropped anywhere else it changes nothing and
 /// panics with a message that says so, unless the thread is already panicking, in which case
 /// it only changes nothing (a panic during unwinding would abort the process).
+///
+/// `let _ = V.scoped(value);` drops the guard at once, so the value is reset on the same
+/// line: bind it to a named variable (`let _guard = …`), or use
+/// [`sync_scope`](crate::ContextVar::sync_scope) / [`scope`](crate::ContextVar::scope), which
+/// cannot be misused that way. Clippy's `let_underscore_must_use` lint catches the mistake.
 ///
 /// ```
 /// # use context_core::{ContextVar, Key, NoDefault};
@@ -31,68 +40,47 @@ use crate::map::Map;
 /// drop(outer);
 /// assert_eq!(TENANT.get(), None);
 /// ```
-#[must_use = "the value is reset as soon as the guard is dropped; bind it with `let _guard = ...`"]
+#[must_use = "the value is reset as soon as the guard is dropped, so `let _ = var.scoped(..)` \
+              resets it at once: bind it with `let _guard = ...`, or use `sync_scope`/`scope`"]
 pub struct ScopeGuard {
-    var: &'static str,
+    var: &'static dyn VarMeta,
+    key: u32,
+    /// The context the `set` was made in; `0` where none was left (thread exit): such a guard
+    /// restores nothing.
     context: u64,
-    /// This guard's entry in its context's `Frame::guards`.
-    serial: u64,
-    /// The bindings to restore; `None` for a guard that restores nothing.
-    saved: Option<Map>,
+    /// What the variable was before; taken when the guard drops.
+    old: Option<Value>,
 }
 
 impl ScopeGuard {
-    pub(crate) fn new(var: &'static str, context: u64, serial: u64, saved: Map) -> Self {
+    pub(crate) fn new(
+        var: &'static dyn VarMeta,
+        key: u32,
+        context: u64,
+        old: Option<Value>,
+    ) -> Self {
         ScopeGuard {
             var,
+            key,
             context,
-            serial,
-            saved: Some(saved),
-        }
-    }
-
-    /// A guard that does nothing when dropped (made where no context is left to change).
-    pub(crate) fn inert(var: &'static str) -> Self {
-        ScopeGuard {
-            var,
-            context: 0,
-            serial: 0,
-            saved: None,
+            old,
         }
     }
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        let Some(saved) = self.saved.take() else {
+        if self.context == 0 {
             return;
-        };
-        // Whatever the closure hands back is dropped after it, with the thread state
-        // released, so that a value's `Drop` may use context variables. In a task outside any
-        // context no frame is visible: that is a different context too.
-        let outcome = current::write(self.var, |frame| {
-            if frame.id != self.context {
-                return Err(saved);
-            }
-            let Some(guards) = frame.guards.as_mut() else {
-                return Ok(saved);
-            };
-            let Some(place) = guards.live.iter().rposition(|&s| s == self.serial) else {
-                // An outer guard dropped first and already undid this one.
-                return Ok(saved);
-            };
-            // Undoing this guard undoes the ones made after it, live or not.
-            guards.live.truncate(place);
-            Ok(std::mem::replace(&mut frame.map, saved))
-        });
-        match outcome {
-            Ok(Ok(_)) | Err(SetError::ThreadExiting { .. }) => {}
-            Ok(Err(_)) | Err(_) if std::thread::panicking() => {}
-            Ok(Err(_)) | Err(_) => panic!(
+        }
+        match restore(self.var, self.key, self.context, self.old.take()) {
+            Ok(()) | Err(ResetError::ThreadExiting { .. }) => {}
+            Err(_) if std::thread::panicking() => {}
+            Err(_) => panic!(
                 "contextvars: the scope guard of `{}` was dropped in a different context than \
                  it was created in (another task, thread or `Context::run` closure); it \
                  changed nothing. Drop guards where they were made, or use `set`/`reset`",
-                self.var
+                self.var.name()
             ),
         }
     }
@@ -101,7 +89,7 @@ impl Drop for ScopeGuard {
 impl fmt::Debug for ScopeGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScopeGuard")
-            .field("var", &self.var)
+            .field("var", &self.var.name())
             .finish_non_exhaustive()
     }
 }

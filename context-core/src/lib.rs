@@ -38,6 +38,6 @@ pub use error::{LookupError, ResetError, SetError};
 pub use future::{FutureExt, WithContext};
 pub use guard::ScopeGuard;
 #[cfg(feature = "tokio")]
-pub use task::{spawn, spawn_blocking, spawn_local};
+pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};
 pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};

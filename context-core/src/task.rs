@@ -4,12 +4,15 @@
 //! later sets by the caller are invisible to the task, and the task's sets are invisible to
 //! the caller.
 
+use std::fmt;
 use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context as TaskContext, Poll};
 
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, Id, JoinError};
 
 use crate::context::Context;
-use crate::future::FutureExt;
+use crate::future::{FutureExt, WithContext};
 
 /// [`tokio::spawn`] in a snapshot of the caller's context, taken at the call.
 ///
@@ -38,7 +41,9 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(future.in_current_context())
+    JoinHandle {
+        inner: tokio::spawn(finish_in_context(future.in_current_context())),
+    }
 }
 
 /// [`tokio::task::spawn_blocking`] with `f` running in a snapshot of the caller's context.
@@ -63,7 +68,13 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    tokio::task::spawn_blocking(Context::current().run_later(f))
+    let mut context = Context::current();
+    JoinHandle {
+        inner: tokio::task::spawn_blocking(move || {
+            let output = context.run(f);
+            Finished::new(output, context)
+        }),
+    }
 }
 
 /// [`tokio::task::spawn_local`] in a snapshot of the caller's context, taken at the call.
@@ -90,5 +101,122 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    tokio::task::spawn_local(future.in_current_context())
+    JoinHandle {
+        inner: tokio::task::spawn_local(finish_in_context(future.in_current_context())),
+    }
+}
+
+/// Runs a task's future in its context, then hands the output over together with the
+/// context the task finished in.
+async fn finish_in_context<F: Future>(future: WithContext<F>) -> Finished<F::Output> {
+    let mut future = pin!(future);
+    let output = future.as_mut().await;
+    Finished::new(output, future.take_context())
+}
+
+/// A finished task's output, with the context it finished in: if nobody takes the output,
+/// it is dropped inside that context.
+struct Finished<T> {
+    output: Option<T>,
+    context: Context,
+}
+
+impl<T> Finished<T> {
+    fn new(output: T, context: Context) -> Self {
+        Finished {
+            output: Some(output),
+            context,
+        }
+    }
+
+    /// The output; the context is dropped here (its own values inside it).
+    fn into_output(mut self) -> T {
+        self.output
+            .take()
+            .expect("a finished task's output is taken once")
+    }
+}
+
+impl<T> Drop for Finished<T> {
+    fn drop(&mut self) {
+        if let Some(output) = self.output.take() {
+            self.context.run(|| drop(output));
+        }
+    }
+}
+
+/// An owned permission to await a task spawned by [`spawn`], [`spawn_blocking`] or
+/// [`spawn_local`]: tokio's [`JoinHandle`](tokio::task::JoinHandle), with the same methods.
+///
+/// Awaiting it gives the task's output, or a [`JoinError`] if the task panicked or was
+/// aborted. Dropping it detaches the task, which runs on.
+///
+/// **Where an output nobody takes is dropped.** When the handle is dropped without being
+/// awaited, tokio drops the task's output (after the task finishes, or at once if it already
+/// has). The output is then dropped inside the context the task finished in, so its `Drop`
+/// reads the values the task saw and may set variables (what it sets is discarded with that
+/// context). That is the one context that exists wherever tokio drops it: the dropping code
+/// may be another task, a worker thread between polls, or no task at all. An output that is
+/// awaited belongs to the awaiting code from then on, like any value.
+///
+/// ```
+/// # use context_core::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// let _token = USER.set("ann");
+/// let handle = context_core::spawn(async { USER.get() });
+/// println!("task {} spawned", handle.id());
+/// assert_eq!(handle.await.unwrap(), Some("ann"));
+/// # });
+/// ```
+#[must_use = "dropping a `JoinHandle` detaches the task; await it to get its output"]
+pub struct JoinHandle<T> {
+    inner: tokio::task::JoinHandle<Finished<T>>,
+}
+
+impl<T> JoinHandle<T> {
+    /// Aborts the task, as [`tokio::task::JoinHandle::abort`]: awaiting the handle then gives
+    /// a cancelled [`JoinError`], unless the task finished first. The task's future is dropped
+    /// inside its context.
+    pub fn abort(&self) {
+        self.inner.abort();
+    }
+
+    /// Whether the task has finished (completed, panicked or been aborted).
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+
+    /// A handle that can abort the task without owning its output.
+    #[must_use]
+    pub fn abort_handle(&self) -> AbortHandle {
+        self.inner.abort_handle()
+    }
+
+    /// The task's id, as [`tokio::task::JoinHandle::id`].
+    #[must_use]
+    pub fn id(&self) -> Id {
+        self.inner.id()
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.inner)
+            .poll(cx)
+            .map(|result| result.map(Finished::into_output))
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
+    }
 }

@@ -475,38 +475,13 @@ impl<K: Key> ContextVar<K> {
     /// ```
     pub fn reset(&'static self, token: Token<K>) -> Result<(), ResetError> {
         let (context, old) = token.into_parts();
-        let old = old.map(|old| old as Value);
-        let key = self.key();
-        let replaced = current::write(self.name, |frame| {
-            // `0`: a token made where no context was left (thread exit); no context owns it.
-            if context == 0 || frame.id != context {
-                return Err((ResetError::OtherContext { var: self.name }, old));
-            }
-            Ok(match old {
-                Some(value) => frame.map.insert(Leaf {
-                    key,
-                    var: self,
-                    value,
-                }),
-                None => frame.map.remove(key),
-            })
-        });
-        // Values are dropped here, with the thread state released.
-        match replaced {
-            Ok(Ok(_replaced)) => Ok(()),
-            Ok(Err((err, _old))) => Err(err),
-            Err(SetError::ThreadExiting { .. }) => {
-                Err(ResetError::ThreadExiting { var: self.name })
-            }
-            Err(_) => Err(ResetError::NoContext { var: self.name }),
-        }
+        restore(self, self.key(), context, old.map(|old| old as Value))
     }
 
     /// Sets `value` until the returned guard is dropped, also when unwinding from a panic
-    /// (B15). Dropping the guard restores the context as it was when the guard was made:
-    /// other `set`s made since and not reset are undone with it. Guards dropped out of order
-    /// unwind like a stack: dropping an outer guard undoes the inner ones too, which then do
-    /// nothing when they drop.
+    /// (B15). Dropping the guard restores this variable, and only this one, to what it was
+    /// before, exactly as [`reset`](Self::reset) does with a token: sets of other variables
+    /// made meanwhile stay. `let _ = V.scoped(value)` resets at once (see [`ScopeGuard`]).
     ///
     /// # Panics
     /// As [`set`](Self::set). Dropping the guard in a different context than it was made in
@@ -526,25 +501,8 @@ impl<K: Key> ContextVar<K> {
     /// ```
     #[track_caller]
     pub fn scoped(&'static self, value: K::Value) -> ScopeGuard {
-        let leaf = self.leaf(value);
-        let made = current::write(self.name, |frame| {
-            let saved = frame.map.clone();
-            let guards = frame.guards.get_or_insert_default();
-            let serial = guards.next;
-            guards.next += 1;
-            guards.live.push(serial);
-            let replaced = frame.map.insert(leaf);
-            (
-                ScopeGuard::new(self.name, frame.id(), serial, saved),
-                replaced,
-            )
-        });
-        match made {
-            Ok((guard, _replaced)) => guard,
-            // A value's `Drop` running at thread exit: see `set`.
-            Err(SetError::ThreadExiting { .. }) => ScopeGuard::inert(self.name),
-            Err(err) => panic!("{err}"),
-        }
+        let (context, old) = self.set(value).into_parts();
+        ScopeGuard::new(self, self.key(), context, old.map(|old| old as Value))
     }
 
     /// Runs `f` in a copy of the current context with the variable set to `value`; nothing
@@ -642,6 +600,34 @@ impl<K: Key, D: DefaultKind> fmt::Debug for ContextVar<K, D> {
             .field("name", &self.name)
             .field("type", &type_name::<K::Value>())
             .finish_non_exhaustive()
+    }
+}
+
+/// Puts `var` back to `old` (unset for `None`) in the current context, if that is the
+/// context `context` names: what [`ContextVar::reset`] and a dropped [`ScopeGuard`] do.
+pub(crate) fn restore(
+    var: &'static dyn VarMeta,
+    key: u32,
+    context: u64,
+    old: Option<Value>,
+) -> Result<(), ResetError> {
+    let name = var.name();
+    let replaced = current::write(name, |frame| {
+        // `0`: a token made where no context was left (thread exit); no context owns it.
+        if context == 0 || frame.id != context {
+            return Err((ResetError::OtherContext { var: name }, old));
+        }
+        Ok(match old {
+            Some(value) => frame.map.insert(Leaf { key, var, value }),
+            None => frame.map.remove(key),
+        })
+    });
+    // Values are dropped here, with the thread state released.
+    match replaced {
+        Ok(Ok(_replaced)) => Ok(()),
+        Ok(Err((err, _old))) => Err(err),
+        Err(SetError::ThreadExiting { .. }) => Err(ResetError::ThreadExiting { var: name }),
+        Err(_) => Err(ResetError::NoContext { var: name }),
     }
 }
 
