@@ -161,23 +161,31 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
     result.unwrap_or(Err(SetError::ThreadExiting { var }))
 }
 
-/// Drops every binding of the current context, inside it: a value's `Drop` may read and set
-/// variables, and what it sets is dropped in the next round, until nothing is left.
+/// Drops every binding of the current context, inside it, one at a time: while a value is
+/// dropped, the values not dropped yet are still bound, so its `Drop` may read them, and may
+/// set variables (what it sets is dropped in the next round, until nothing is left). Values
+/// go in the reverse order of their variables' keys (first use in the process), newest
+/// first, as locals drop in reverse order of declaration.
 ///
 /// The caller has just entered the context whose values are to go, so the frame is visible.
 pub(crate) fn drop_bindings() {
+    let with_frame = |f: &mut dyn FnMut(&mut Frame)| {
+        let _ =
+            CURRENT.try_with(|current| f(&mut current.try_borrow_mut().expect(REENTERED).frame));
+    };
     loop {
-        let map = CURRENT
-            .try_with(|current| {
-                let mut current = current.try_borrow_mut().expect(REENTERED);
-                std::mem::take(&mut current.frame.map)
-            })
-            .unwrap_or_default();
-        if map.is_empty() {
+        let mut keys = Vec::new();
+        with_frame(&mut |frame| keys.extend(frame.map.iter().map(|leaf| leaf.key)));
+        if keys.is_empty() {
             break;
         }
-        // Dropped with the thread state released.
-        drop(map);
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        for key in keys {
+            let mut value = None;
+            with_frame(&mut |frame| value = frame.map.remove(key));
+            // Dropped with the thread state released.
+            drop(value);
+        }
     }
 }
 

@@ -1,0 +1,303 @@
+//! Values are dropped inside their context (B24): a value whose `Drop` reads and sets context
+//! variables, held by a task's context, a request's context, a blocking job's context or a
+//! `Context`, sees that context's values when it is dropped, may set, and nothing panics.
+//! A task's output dropped through its `JoinHandle` is dropped in the context the task
+//! finished in.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::routing::get;
+use contextvars::tower::ContextLayer;
+use contextvars::{Context, context_var};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// What a `Drop` saw: the `TENANT` it read, whether `try_set` worked, and whether it got to
+/// its end (a plain `set` that panicked would stop it midway).
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    label: String,
+    tenant: Option<u32>,
+    try_set_ok: bool,
+    finished: bool,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// Reads `TENANT`, then sets variables with both `try_set` and `set`, as a connection pool's
+/// guard or a metrics recorder might.
+struct SetsOnDrop {
+    label: String,
+    log: Log,
+}
+
+impl SetsOnDrop {
+    fn new(label: &str, log: &Log) -> Arc<Self> {
+        Arc::new(SetsOnDrop {
+            label: label.to_string(),
+            log: Arc::clone(log),
+        })
+    }
+}
+
+impl Drop for SetsOnDrop {
+    fn drop(&mut self) {
+        let tenant = TENANT.get();
+        let try_set_ok = MARK.try_set(1).is_ok();
+        let _token = MARK.set(2);
+        self.log.lock().unwrap().push(Seen {
+            label: self.label.clone(),
+            tenant,
+            try_set_ok,
+            finished: true,
+        });
+    }
+}
+
+#[context_var]
+static TENANT: u32;
+
+#[context_var]
+static MARK: u32;
+
+#[context_var]
+static HOLDER: Arc<SetsOnDrop>;
+
+fn log() -> Log {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+/// What one `SetsOnDrop` dropped inside a context where `TENANT` is `tenant` records.
+fn seen(label: &str, tenant: Option<u32>) -> Vec<Seen> {
+    vec![Seen {
+        label: label.to_string(),
+        tenant,
+        try_set_ok: true,
+        finished: true,
+    }]
+}
+
+fn taken(log: &Log) -> Vec<Seen> {
+    std::mem::take(&mut *log.lock().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_set_in_a_spawned_task_is_dropped_inside_the_task_when_it_ends() {
+    let log = log();
+    let _tenant = TENANT.set(7);
+    let value = SetsOnDrop::new("task", &log);
+    let answer = contextvars::spawn(async move {
+        let _ = HOLDER.set(value);
+        tokio::task::yield_now().await;
+        "done"
+    })
+    .await;
+    assert_eq!(answer.unwrap(), "done");
+    assert_eq!(taken(&log), seen("task", Some(7)));
+    // Nothing the `Drop` set reached the spawner.
+    assert_eq!(MARK.get(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_set_in_an_aborted_task_is_dropped_inside_the_task() {
+    let log = log();
+    let _tenant = TENANT.set(3);
+    let value = SetsOnDrop::new("aborted", &log);
+    let (started, wait) = tokio::sync::oneshot::channel();
+    let handle = contextvars::spawn(async move {
+        let _ = HOLDER.set(value);
+        started.send(()).unwrap();
+        std::future::pending::<()>().await;
+    });
+    wait.await.unwrap();
+    handle.abort();
+    assert!(handle.await.unwrap_err().is_cancelled());
+    assert_eq!(taken(&log), seen("aborted", Some(3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_set_in_spawn_blocking_is_dropped_inside_its_context() {
+    let log = log();
+    let _tenant = TENANT.set(4);
+    let value = SetsOnDrop::new("blocking", &log);
+    let answer = contextvars::spawn_blocking(move || {
+        let _ = HOLDER.set(value);
+        "done"
+    })
+    .await;
+    assert_eq!(answer.unwrap(), "done");
+    assert_eq!(taken(&log), seen("blocking", Some(4)));
+}
+
+#[test]
+fn a_context_dropped_while_another_is_entered_drops_its_values_inside_itself() {
+    let log = log();
+    let doomed = Context::new()
+        .with_value(&TENANT, 5)
+        .with_value(&HOLDER, SetsOnDrop::new("context", &log));
+    let mut other = Context::new().with_value(&TENANT, 9);
+    other.run(|| drop(doomed));
+    assert_eq!(taken(&log), seen("context", Some(5)));
+    // The `Drop`'s sets went with the dropped context, not into the entered one.
+    assert_eq!(other.get(&MARK), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_dropped_in_a_task_without_a_context_drops_its_values_inside_itself() {
+    let log = log();
+    let value = SetsOnDrop::new("plain task", &log);
+    tokio::spawn(async move {
+        let ctx = Context::new()
+            .with_value(&TENANT, 6)
+            .with_value(&HOLDER, value);
+        drop(ctx);
+    })
+    .await
+    .unwrap();
+    assert_eq!(taken(&log), seen("plain task", Some(6)));
+}
+
+#[test]
+fn a_value_replaced_by_with_value_is_dropped_inside_that_context() {
+    let log = log();
+    let ctx = Context::new()
+        .with_value(&TENANT, 8)
+        .with_value(&HOLDER, SetsOnDrop::new("replaced", &log))
+        .with_value(&HOLDER, SetsOnDrop::new("kept", &log));
+    assert_eq!(taken(&log), seen("replaced", Some(8)));
+    drop(ctx);
+    assert_eq!(taken(&log), seen("kept", Some(8)));
+}
+
+/// A task's output whose `Drop` reads and sets (through the value it holds).
+struct Output {
+    _value: Arc<SetsOnDrop>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_dropped_with_its_join_handle_in_another_task_is_dropped_in_the_finished_task_context()
+ {
+    let log = log();
+    let value = SetsOnDrop::new("output", &log);
+    let handle = Context::new()
+        .with_value(&TENANT, 11)
+        .run(|| contextvars::spawn(async move { Output { _value: value } }));
+    while !handle.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    // Another task, with a context of its own, drops the handle of the finished task.
+    let dropper = Context::new().with_value(&TENANT, 1).run(|| {
+        contextvars::spawn(async move {
+            drop(handle);
+            assert_eq!(TENANT.get(), Some(1));
+            assert_eq!(
+                MARK.get(),
+                None,
+                "the output's sets reached the dropping task"
+            );
+        })
+    });
+    dropper.await.unwrap();
+    assert_eq!(taken(&log), seen("output", Some(11)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_of_a_detached_task_is_dropped_in_its_context_when_it_finishes() {
+    let log = log();
+    let value = SetsOnDrop::new("detached", &log);
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let handle = Context::new().with_value(&TENANT, 12).run(|| {
+        contextvars::spawn(async move {
+            wait.await.unwrap();
+            Output { _value: value }
+        })
+    });
+    // Detached before it finishes: tokio drops the output on a worker, right after the
+    // task's last poll.
+    drop(handle);
+    go.send(()).unwrap();
+    for _ in 0..1000 {
+        if !log.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(taken(&log), seen("detached", Some(12)));
+}
+
+// ---------------------------------------------------------------------------------------
+// A request's values, over a real axum server
+// ---------------------------------------------------------------------------------------
+
+/// Sends `GET path` on a kept-alive connection and returns the status line and body.
+async fn get_on(
+    stream: &mut BufReader<tokio::net::TcpStream>,
+    path: &str,
+    tenant: u32,
+) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-tenant: {tenant}\r\n\r\n");
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
+    let mut status = String::new();
+    stream.read_line(&mut status).await.unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (status.trim().to_string(), String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_set_while_handling_a_request_is_dropped_inside_the_request_context() {
+    let log = log();
+    let handler_log = Arc::clone(&log);
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || {
+                let log = Arc::clone(&handler_log);
+                async move {
+                    let tenant = TENANT.get().unwrap_or(0);
+                    let _ = HOLDER.set(SetsOnDrop::new(&format!("request {tenant}"), &log));
+                    format!("tenant {tenant}")
+                }
+            }),
+        )
+        .layer(
+            ContextLayer::new().on_request(|request: &mut axum::extract::Request| {
+                let tenant = request.headers()["x-tenant"].to_str().unwrap().parse();
+                let _ = TENANT.set(tenant.unwrap());
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut stream = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    for tenant in 1..=5 {
+        // Keep-alive: one connection, one request after another; a panic in the worker would
+        // close it and the next request would read nothing.
+        let (status, body) = get_on(&mut stream, "/", tenant).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, format!("tenant {tenant}"));
+    }
+    server.abort();
+    let mut dropped = taken(&log);
+    dropped.sort_by(|a, b| a.label.cmp(&b.label));
+    let expected: Vec<Seen> = (1..=5)
+        .flat_map(|tenant| seen(&format!("request {tenant}"), Some(tenant)))
+        .collect();
+    assert_eq!(dropped, expected);
+}
