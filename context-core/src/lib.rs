@@ -21,6 +21,7 @@ mod context;
 mod current;
 mod error;
 mod future;
+mod gather;
 mod guard;
 mod map;
 #[cfg(feature = "tokio")]
@@ -36,6 +37,7 @@ mod var;
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};
 pub use future::{FutureExt, WithContext};
+pub use gather::{Gather, gather};
 pub use guard::ScopeGuard;
 #[cfg(feature = "tokio")]
 pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};

@@ -191,10 +191,6 @@ impl Map {
         self.root.as_ref().map_or(0, |root| root.len as usize)
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.root.is_none()
-    }
-
     /// Whether dropping this map may drop values: it has bindings and no other map shares
     /// its root. (A shared root only loses a reference; nodes or values below it may still be
     /// shared, so `true` means "may", not "will".)
