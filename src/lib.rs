@@ -56,8 +56,9 @@
 //! - [`set`](ContextVar::set) returns a [`Token`]; [`reset`](ContextVar::reset) takes it by
 //!   value (a second use does not compile) and only for its own variable (`Token<USER>`
 //!   does not reset `REQUEST_ID`: a type error).
-//! - [`scoped`](ContextVar::scoped) returns a [`ScopeGuard`] that resets on drop, also on
-//!   panic; [`sync_scope`](ContextVar::sync_scope) and [`scope`](ContextVar::scope) are the
+//! - [`scoped`](ContextVar::scoped) returns a [`ScopeGuard`] that restores its variable,
+//!   and only that one, on drop, also on panic, exactly as resetting a token would;
+//!   [`sync_scope`](ContextVar::sync_scope) and [`scope`](ContextVar::scope) are the
 //!   closure and future forms, named as in `tokio::task_local!`.
 //!
 //! # Contexts
@@ -82,6 +83,20 @@
 //! context when the function is *called*, not when the future is first polled, so a future
 //! made inside a request and spawned later still sees the request's values.
 //!
+//! ## Values are dropped inside their context
+//!
+//! Every value a context holds is dropped inside that context: when a task ends (or is
+//! aborted), when a request served through the tower layer ends, when
+//! [`spawn_blocking`]'s closure returns, when a [`Context`] is dropped, wherever that
+//! happens. So a value's `Drop` (a pooled connection returning itself, a metrics recorder,
+//! a span) may read variables, and may set them: what it sets is discarded with the
+//! context, and nothing panics. Values go one at a time, and while one is dropped the
+//! others not yet dropped are still readable.
+//!
+//! A task's output that nobody awaits (its [`JoinHandle`] was dropped) is dropped inside the
+//! context the task finished in, since tokio drops it wherever it happens to be: in the code
+//! that drops the handle, or on a worker right after the task's last poll.
+//!
 //! ## Tasks spawned without a context (the safety rule)
 //!
 //! A task started with plain `tokio::spawn` (say, a server's connection task) has no context
@@ -104,6 +119,46 @@
 //! Other executors (async-std, smol, futures' `block_on` on a pool) are not detected: their
 //! tasks share the worker thread's context unless you wrap them with
 //! [`.in_current_context()`](FutureExt::in_current_context), which you should.
+//!
+//! # Concurrency inside one task
+//!
+//! The branches of `tokio::join!`, `tokio::select!`, `futures::future::join_all` and
+//! `FuturesUnordered` are polled by one task, so they share its context: what one branch
+//! sets, the others read after their next `.await`, and so does the code after the join.
+//! Python's `asyncio.gather` gives each coroutine a copy of the context; to do the same,
+//! give each branch a context of its own, in any of these ways:
+//!
+//! - **`gather`**: [`gather`] runs futures concurrently, each in its own copy of the
+//!   caller's context, and returns their outputs in order: `asyncio.gather` in one call.
+//! - **`join!`**: wrap each branch, `tokio::join!(a.in_current_context(),
+//!   b.in_current_context())`, or give each its value with [`scope`](ContextVar::scope):
+//!   `tokio::join!(USER.scope(1, a), USER.scope(2, b))`.
+//! - **`select!`**: wrap each branch with [`.in_current_context()`](FutureExt::in_current_context);
+//!   a winner's sets then stay in its branch too. Unwrapped, a losing branch's
+//!   [`ScopeGuard`] restores only its own variable when it is dropped, so the winner's sets
+//!   of other variables stay.
+//! - **`join_all` / `FuturesUnordered`**: push `fut.in_current_context()`, or call
+//!   [`#[preserve_context]`](macro@preserve_context) functions, whose futures capture the
+//!   caller's context at the call.
+//!
+//! ```
+//! use contextvars::context_var;
+//!
+//! #[context_var]
+//! static USER: u32;
+//!
+//! async fn handle(user: u32) -> Option<u32> {
+//!     let _ = USER.set(user); // the token is dropped: the value stays
+//!     tokio::task::yield_now().await; // the other branches run and set theirs
+//!     USER.get()
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let seen = contextvars::gather([handle(1), handle(2), handle(3)]).await;
+//! assert_eq!(seen, [Some(1), Some(2), Some(3)]);
+//! assert_eq!(USER.get(), None); // no branch's set reached the caller
+//! # });
+//! ```
 //!
 //! # Threads
 //!
