@@ -244,6 +244,11 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// A variable whose default is `init()`, evaluated on first need, at most once per
     /// process (B3). The default is not a binding: no context lists it.
     ///
+    /// As with `std::sync::LazyLock`, other threads that need the default while `init`
+    /// runs wait for it. So `init` must not read this variable (that panics, naming it) and
+    /// must not wait for another thread that reads it, such as a thread it spawns and joins:
+    /// the two would wait for each other forever.
+    ///
     /// ```
     /// # use context_core::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
