@@ -36,7 +36,7 @@ async fn send_notification_plain(to: &'static str) -> String {
 
 /// A task with a name that its code (and its logs) can read, spawned in a copy of the
 /// caller's context.
-fn spawn_named<F>(name: &'static str, future: F) -> tokio::task::JoinHandle<F::Output>
+fn spawn_named<F>(name: &'static str, future: F) -> contextvars::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

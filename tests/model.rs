@@ -726,6 +726,7 @@ struct ModelToken {
 }
 
 /// A scope guard: its context, its variable, and the value it restores (like a token).
+#[derive(Clone, Copy)]
 struct ModelGuard {
     context: usize,
     var: Var,

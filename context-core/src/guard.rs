@@ -75,8 +75,9 @@ impl Drop for ScopeGuard {
         }
         match restore(self.var, self.key, self.context, self.old.take()) {
             Ok(()) | Err(ResetError::ThreadExiting { .. }) => {}
-            Err(_) if std::thread::panicking() => {}
-            Err(_) => panic!(
+            Err(ResetError::OtherContext { .. } | ResetError::NoContext { .. })
+                if std::thread::panicking() => {}
+            Err(ResetError::OtherContext { .. } | ResetError::NoContext { .. }) => panic!(
                 "contextvars: the scope guard of `{}` was dropped in a different context than \
                  it was created in (another task, thread or `Context::run` closure); it \
                  changed nothing. Drop guards where they were made, or use `set`/`reset`",
