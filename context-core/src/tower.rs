@@ -116,8 +116,9 @@
 //!
 //! When a `ContextLayer`'s service is called inside a request context that another layer of
 //! this module entered (an outer `ContextLayer`, or [`ReenterContextLayer`] below a worker),
-//! the request builds on that context (a copy of it, as the outer hook left it) instead of
-//! starting from this layer's base. So an outer layer may set what every route needs (a
+//! from the outer service's `call` or from its response future (axum calls inner services
+//! from the future), the request builds on that context (a copy of it, as the outer hook and
+//! any middleware in between left it) instead of starting from this layer's base. So an outer layer may set what every route needs (a
 //! request id) and an inner one, on some routes, adds to it (a tenant): the handler sees both.
 //! What the inner layer sets does not reach the outer layer's context.
 //!
@@ -753,7 +754,7 @@ where
         let (hook, inner) = (&self.hook, &mut self.inner);
         let future = context.run(|| {
             hook.on_request(&mut request);
-            call_in_request(|| inner.call(request))
+            in_request(|| inner.call(request))
         });
         ResponseFuture {
             inner: future.with_context(context),
@@ -856,7 +857,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = ready!(this.inner.as_mut().poll(cx));
+        let result = ready!(in_request(|| this.inner.as_mut().poll(cx)));
         let context = this.inner.as_ref().get_ref().context();
         Poll::Ready(result.map(|response| this.response.wrap_response(response, context)))
     }
@@ -1012,7 +1013,7 @@ where
                 StateProj::Hook { hook, service } => match ready!(hook.poll(cx)) {
                     Ok(request) => {
                         let mut service = service.take().expect("the hook finishes once");
-                        let call = call_in_request(|| service.call(request));
+                        let call = in_request(|| service.call(request));
                         state.set(State::Call { call });
                     }
                     Err(response) => return Poll::Ready(Ok(response)),
@@ -1036,9 +1037,10 @@ impl<H, S, F> fmt::Debug for HookThenCall<H, S, F> {
 }
 
 thread_local! {
-    /// Whether the code running now is the inner service's `call`, made by a layer of this
-    /// module inside the request's context: a `ContextLayer` called there builds on that
-    /// context instead of its base.
+    /// Whether the code running now runs in a request's context entered by a layer of this
+    /// module: the inner service's `call`, or a poll of its future. A `ContextLayer` called
+    /// there (directly, or from that future as axum's `oneshot` does) builds on that context
+    /// instead of its base.
     static IN_REQUEST: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -1051,8 +1053,9 @@ impl Drop for RestoreInRequest {
     }
 }
 
-/// Runs `call`, a service's `call` made with the request's context entered, marked as such.
-fn call_in_request<R>(call: impl FnOnce() -> R) -> R {
+/// Runs `call` (a service's `call`, or a poll of its future) with the request's context
+/// entered, marked as such.
+fn in_request<R>(call: impl FnOnce() -> R) -> R {
     let outer = IN_REQUEST
         .try_with(|flag| flag.replace(true))
         .unwrap_or(false);
@@ -1305,7 +1308,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = WithContext<S::Future>;
+    type Future = ResponseFuture<S::Future, KeepResponse>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         let inner = &mut self.inner;
@@ -1315,8 +1318,11 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         let mut context = request.take_context().unwrap_or_default();
         let inner = &mut self.inner;
-        let future = context.run(|| call_in_request(|| inner.call(request)));
-        future.with_context(context)
+        let future = context.run(|| in_request(|| inner.call(request)));
+        ResponseFuture {
+            inner: future.with_context(context),
+            response: KeepResponse,
+        }
     }
 }
 
