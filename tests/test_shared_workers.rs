@@ -86,14 +86,17 @@ fn request(tenant: &str) -> Request {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buffer_and_concurrency_limit_under_the_layer_serve_each_request_in_its_context_over_tcp() {
-    let stack = ServiceBuilder::new()
+    // The whole stack is the route's service: `Router::layer` would put axum's `Route`, which
+    // calls its handler lazily from its future, between the worker and `WorksInCall`.
+    let service = ServiceBuilder::new()
         .layer(ContextLayer::new().on_request(tenant_hook))
         .layer(HandleErrorLayer::new(|error: BoxError| async move {
             (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
         }))
         .layer(AcrossWorkerLayer::new(BufferLayer::new(64)))
-        .layer(ConcurrencyLimitLayer::new(4));
-    let app = Router::new().route_service("/", WorksInCall).layer(stack);
+        .layer(ConcurrencyLimitLayer::new(4))
+        .service(WorksInCall);
+    let app = Router::new().route_service("/", service);
     let addr = http::serve(app).await;
 
     let connections: Vec<_> = (0..32)
