@@ -33,7 +33,9 @@ impl Client {
     pub(crate) async fn try_get(&mut self, path: &str, headers: &[(&str, &str)]) -> Option<Answer> {
         let mut request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
         for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
+            for part in [name, ": ", value, "\r\n"] {
+                request.push_str(part);
+            }
         }
         request.push_str("\r\n");
         self.stream
