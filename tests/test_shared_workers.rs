@@ -155,3 +155,69 @@ async fn a_request_that_carries_no_context_is_served_in_an_empty_one_and_the_wor
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_future_dropped_midway_under_the_worker_is_dropped_in_its_request_context() {
+    use std::sync::{Arc, Mutex};
+
+    /// Records the tenant its `Drop` sees, and sets a variable there.
+    struct OnDrop(Arc<Mutex<Vec<Option<String>>>>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push(TENANT.get());
+            let _ = MARK.set("set while dropped".into());
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::clone(&seen);
+    // A service whose future never finishes: the caller gives up on it.
+    let pending = tower::service_fn(move |_: Request| {
+        let on_drop = OnDrop(Arc::clone(&recorder));
+        async move {
+            let _on_drop = on_drop;
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(String::new())
+        }
+    });
+    let service = ContextLayer::new()
+        .on_request(tenant_hook)
+        .layer(AcrossWorkerLayer::new(BufferLayer::new(8)).layer(pending));
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let call = service.clone().oneshot(request(&format!("t{i}")));
+            tokio::spawn(async move {
+                tokio::time::timeout(std::time::Duration::from_millis(20), call)
+                    .await
+                    .expect_err("never answers");
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    let mut expected: Vec<_> = (0..20).map(|i| Some(format!("t{i}"))).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reenter_without_a_worker_in_between_keeps_the_request_context() {
+    // A `ReenterContextLayer` with no `CarryContextLayer` above it, right under the layer.
+    let service = ContextLayer::new()
+        .on_request(tenant_hook)
+        .layer(ReenterContextLayer.layer(WorksInCall));
+    let answers: Vec<_> = (0..50)
+        .map(|i| {
+            let tenant = format!("t{i}");
+            (
+                tokio::spawn(service.clone().oneshot(request(&tenant))),
+                tenant,
+            )
+        })
+        .collect();
+    for (answer, tenant) in answers {
+        assert_eq!(answer.await.unwrap().unwrap(), expected(&tenant));
+    }
+}

@@ -1224,10 +1224,12 @@ where
 /// the request's context, on the worker's side. Place it right below the worker;
 /// [`AcrossWorkerLayer`] does that for you.
 ///
-/// A request that carries no context is served in an empty context of its own, so that the
-/// inner service's `set` never panics in the worker (which would close it for every later
-/// request). `poll_ready` belongs to no request: it runs in an empty context of its own, and
-/// what it sets is dropped.
+/// A request that carries no context (no [`CarryContextLayer`] above the worker) is served
+/// in a copy of the request context it is called in, if a layer of this module entered one
+/// (so that this layer placed where no worker is changes nothing), else in an empty context
+/// of its own: the inner service's `set` never panics in the worker, which would close it for
+/// every later request. `poll_ready` belongs to no request: it runs in an empty context of
+/// its own, and what it sets is dropped.
 ///
 /// ```
 /// use context_core::Context;
@@ -1316,7 +1318,9 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let mut context = request.take_context().unwrap_or_default();
+        let mut context = request
+            .take_context()
+            .unwrap_or_else(|| request_context(&Context::new()));
         let inner = &mut self.inner;
         let future = context.run(|| in_request(|| inner.call(request)));
         ResponseFuture {
