@@ -10,7 +10,8 @@
 //!   from there.
 //! - Each request runs in a **fresh copy** of the base: the service's `call` (some services
 //!   do work there), then every poll of the response future, and the drop of that future.
-//!   What one request sets never reaches another, nor the base.
+//!   What one request sets never reaches another, nor the base. (A layer nested in another
+//!   copies the outer request's context instead: see [Nested layers](#nested-layers).)
 //! - An optional **hook** ([`ContextLayer::on_request`]) runs first, inside the request's new
 //!   context, with the request: the place to set variables from headers (a request id, a
 //!   tenant, a user) or to generate them when they are absent. It may also edit the request,
@@ -118,9 +119,11 @@
 //! this module entered (an outer `ContextLayer`, or [`ReenterContextLayer`] below a worker),
 //! from the outer service's `call` or from its response future (axum calls inner services
 //! from the future), the request builds on that context (a copy of it, as the outer hook and
-//! any middleware in between left it) instead of starting from this layer's base. So an outer layer may set what every route needs (a
-//! request id) and an inner one, on some routes, adds to it (a tenant): the handler sees both.
-//! What the inner layer sets does not reach the outer layer's context.
+//! any middleware in between left it) instead of starting from this layer's base. So an outer
+//! layer may set what every route needs (a request id) and an inner one, on some routes, add
+//! to it (a tenant): the handler sees both. What the inner layer sets does not reach the
+//! outer layer's context. The same holds for any service with a `ContextLayer` that a handler
+//! calls in-process: its requests build on the handler's context.
 //!
 //! # Shared workers: `Buffer` and the like
 //!
