@@ -40,8 +40,9 @@ fn tenant_hook(request: &mut Request) {
     }
 }
 
-/// A service that does work in `call` (reads the tenant, sets `MARK`: a `set` panics where
-/// no context is current) and in its future (after awaits, in a spawned task).
+/// A service that does work in `poll_ready` and `call` (reads the tenant, sets `MARK`: a
+/// `set` panics where no context is current) and in its future (after awaits, in a spawned
+/// task).
 #[derive(Clone)]
 struct WorksInCall;
 
@@ -51,6 +52,8 @@ impl Service<Request> for WorksInCall {
     type Future = Pin<Box<dyn Future<Output = Result<String, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        // Under a worker, readiness belongs to no request: this runs in a context of its own.
+        let _ = MARK.set("set while getting ready".into());
         Poll::Ready(Ok(()))
     }
 
