@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use contextvars::tracing::{ContextFields, for_each_logged};
+use contextvars::tracing::{ContextFields, JSON_KEY, SpanContextLayer, for_each_logged};
 use contextvars::{Context, FutureExt, context_var};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
@@ -132,7 +132,7 @@ fn opted_in_variables_are_fields_of_text_and_json_lines_and_others_never_are() {
     let [json] = &json_lines("marker-basic")[..] else {
         panic!("one JSON line")
     };
-    let context = &json["context"];
+    let context = &json[JSON_KEY];
     assert_eq!(context["tenant"], "acme");
     assert_eq!(context["request_id"], "r-1");
     assert_eq!(context["ATTEMPT"], 3, "numbers stay numbers");
@@ -157,7 +157,7 @@ fn a_line_without_logged_variables_is_left_as_the_inner_format_writes_it() {
     let [json] = &json_lines("marker-nothing")[..] else {
         panic!("one JSON line")
     };
-    assert!(json.get("context").is_none(), "{json}");
+    assert!(json.get(JSON_KEY).is_none(), "{json}");
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn json_values_are_escaped() {
         panic!("one JSON line")
     };
     assert_eq!(
-        json["context"]["tenant"],
+        json[JSON_KEY]["tenant"],
         "a \"quoted\"\ttenant\n\\ with \u{1} control"
     );
 }
@@ -209,10 +209,10 @@ async fn tasks_blocking_tasks_and_threads_that_inherited_the_context_log_its_fie
     let lines = json_lines("marker-inherit");
     assert_eq!(lines.len(), 5);
     for json in lines {
-        let tenant = json["context"]["tenant"].as_str();
+        let tenant = json[JSON_KEY]["tenant"].as_str();
         match json["fields"]["from"].as_str().unwrap() {
             "spawned" | "blocking" | "thread" => assert_eq!(tenant, Some("inherited"), "{json}"),
-            _ => assert!(json.get("context").is_none(), "{json}"),
+            _ => assert!(json.get(JSON_KEY).is_none(), "{json}"),
         }
     }
     let texts = text_lines("marker-inherit");
@@ -249,7 +249,7 @@ async fn concurrent_tasks_each_log_their_own_values() {
     assert_eq!(lines.len(), 600);
     for json in lines {
         assert_eq!(
-            json["context"]["tenant"], json["fields"]["expected"],
+            json[JSON_KEY]["tenant"], json["fields"]["expected"],
             "{json}"
         );
     }
@@ -290,7 +290,7 @@ async fn requests_served_through_the_layer_log_their_own_values() {
     assert_eq!(lines.len(), 50);
     for json in lines {
         assert_eq!(
-            json["context"]["request_id"], json["fields"]["expected"],
+            json[JSON_KEY]["request_id"], json["fields"]["expected"],
             "{json}"
         );
     }
@@ -303,4 +303,157 @@ fn for_each_logged_lists_only_opted_in_variables() {
     let mut seen = Vec::new();
     for_each_logged(|name, value| seen.push(format!("{name}={value:?}")));
     assert_eq!(seen, [r#"tenant="acme""#]);
+}
+
+/// The members of a JSON object in the order written, duplicates included (`serde_json`'s map
+/// keeps only the last of a repeated key).
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// Parses a line, checking that no key appears twice at its top level, both by parsing and by
+/// scanning the raw text for each key.
+fn parse_without_duplicates(line: &str) -> serde_json::Map<String, serde_json::Value> {
+    let Members(members) = serde_json::from_str(line).expect(line);
+    let mut map = serde_json::Map::new();
+    for (key, value) in members {
+        let raw = format!("{}:", serde_json::to_string(&key).unwrap());
+        assert_eq!(line.matches(&raw).count(), 1, "{raw} once in {line}");
+        assert!(
+            map.insert(key.clone(), value).is_none(),
+            "`{key}` twice in {line}"
+        );
+    }
+    map
+}
+
+/// A subscriber for this thread only, writing flattened JSON lines (and, with `span_events`,
+/// span close lines) into a buffer of its own.
+fn flattened_json(span_layer: bool) -> (impl tracing::Subscriber + Send + Sync, Capture) {
+    let out = Capture::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(span_layer.then_some(SpanContextLayer))
+        .with(
+            fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_span_events(fmt::format::FmtSpan::CLOSE)
+                .map_event_format(ContextFields::json)
+                .with_writer(move || writer.clone()),
+        );
+    (subscriber, out)
+}
+
+#[test]
+fn flattened_json_keeps_an_event_field_named_context_and_never_writes_a_key_twice() {
+    let (subscriber, out) = flattened_json(false);
+    tracing::subscriber::with_default(subscriber, || {
+        let _tenant = TENANT.set("acme".into());
+        tracing::info!(context = "the event's own", "marker-flat");
+        // Only a string literal can name a field like the member: it then takes one more `@`.
+        tracing::info!(
+            "@contextvars" = "a literal",
+            context = 2,
+            "marker-flat-literal"
+        );
+    });
+    let lines = out.lines("marker-flat");
+    let [plain, literal] = &lines[..] else {
+        panic!("two lines: {lines:?}")
+    };
+    let plain = parse_without_duplicates(plain);
+    assert_eq!(plain["context"], "the event's own");
+    assert_eq!(plain[JSON_KEY]["tenant"], "acme");
+    let literal = parse_without_duplicates(literal);
+    assert_eq!(literal["context"], 2);
+    assert_eq!(literal[JSON_KEY], "a literal");
+    assert_eq!(literal[&format!("@{JSON_KEY}")]["tenant"], "acme");
+}
+
+/// A span made in a context where `TENANT` is `creator`, entered under another context, then
+/// closed under a third, and another dropped by a task without a context; returns the
+/// tenants their close lines carry, and the tenant of an event inside the first span.
+fn span_lines(span_layer: bool) -> (Option<String>, Option<String>, Option<String>) {
+    let (subscriber, out) = flattened_json(span_layer);
+    tracing::subscriber::with_default(subscriber, || {
+        let creator = Context::new().with_value(&TENANT, "creator".into());
+        let (span, moved) = creator.clone().run(|| {
+            (
+                tracing::info_span!("marker-span-closed-elsewhere"),
+                tracing::info_span!("marker-span-moved-to-a-task"),
+            )
+        });
+        Context::new()
+            .with_value(&TENANT, "enterer".into())
+            .run(|| span.in_scope(|| tracing::info!("marker-span-event")));
+        Context::new()
+            .with_value(&TENANT, "closer".into())
+            .run(|| drop(span));
+        // Dropped by a task spawned without a context, as a server's connection task.
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::spawn(async move { drop(moved) }).await.unwrap() });
+    });
+    let tenant = |marker: &str| {
+        let lines = out.lines(marker);
+        let close = |line: &&String| line.contains(r#""message":"close""#);
+        let lines: Vec<_> = if marker.ends_with("event") {
+            lines.iter().filter(|line| !close(line)).collect()
+        } else {
+            lines.iter().filter(close).collect()
+        };
+        let [line] = &lines[..] else {
+            panic!("one line with {marker}: {lines:?}")
+        };
+        let json = parse_without_duplicates(line);
+        json.get(JSON_KEY)
+            .map(|context| context["tenant"].as_str().unwrap().to_string())
+    };
+    (
+        tenant("marker-span-closed-elsewhere"),
+        tenant("marker-span-moved-to-a-task"),
+        tenant("marker-span-event"),
+    )
+}
+
+#[test]
+fn with_span_context_layer_a_span_close_line_carries_the_context_the_span_was_created_in() {
+    let creator = Some("creator".to_string());
+    assert_eq!(
+        span_lines(true),
+        (creator.clone(), creator, Some("enterer".to_string())),
+        "close lines: the creating context; events: their own"
+    );
+    // Without the layer, as documented: the context current where the span is dropped.
+    assert_eq!(
+        span_lines(false),
+        (
+            Some("closer".to_string()),
+            None,
+            Some("enterer".to_string())
+        )
+    );
 }

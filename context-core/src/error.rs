@@ -108,8 +108,9 @@ impl Error for ResetError {}
 #[non_exhaustive]
 pub enum SetError {
     /// A tokio task spawned without a context (plain `tokio::spawn`, a server's connection
-    /// task) has no context of its own; the thread's context belongs to whichever task ran
-    /// there last, so writing to it would leak the value into other tasks.
+    /// task, where a middleware outside the tower layer runs, a shared worker such as
+    /// `Buffer`'s) has no context of its own; the thread's context belongs to whichever task
+    /// ran there last, so writing to it would leak the value into other tasks.
     NoContext {
         /// The variable's name.
         var: &'static str,
@@ -126,12 +127,17 @@ impl fmt::Display for SetError {
         match self {
             SetError::NoContext { var } => write!(
                 f,
-                "cannot set context variable `{var}`: this tokio task runs outside any context \
-                 (it was spawned with plain `tokio::spawn` or `tokio::task::spawn_blocking`, or \
-                 is a server's connection task). Spawn it with `contextvars::spawn` (or \
-                 `contextvars::spawn_blocking`), wrap its future with \
-                 `.in_current_context()` or `.with_context(ctx)`, use `{var}.scope(value, fut)`, \
-                 or serve requests through the `contextvars` tower layer"
+                "cannot set context variable `{var}`: this tokio task runs outside any context. \
+                 While serving a request, the likely cause is code that runs outside the \
+                 `contextvars` tower layer: a middleware placed outside `ContextLayer` (with axum, one added by a \
+                 later `.layer()` call, such as a `from_fn` middleware: the last `.layer()` is \
+                 the outermost, and `ContextLayer` must be), or a service behind a shared worker \
+                 such as tower's `Buffer` (wrap the worker's layer in \
+                 `contextvars::tower::AcrossWorkerLayer`). In a task spawned with plain \
+                 `tokio::spawn` or `tokio::task::spawn_blocking`: spawn it with \
+                 `contextvars::spawn` (or `contextvars::spawn_blocking`), wrap its future with \
+                 `.in_current_context()` or `.with_context(ctx)`, or use \
+                 `{var}.scope(value, fut)`"
             ),
             SetError::ThreadExiting { var } => write!(
                 f,

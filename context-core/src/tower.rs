@@ -1,8 +1,8 @@
 //! A tower layer that runs every request in a context of its own (feature `tower`).
 //!
 //! A server (axum, tonic, hyper) serves each connection in a task spawned with plain
-//! `tokio::spawn`, which has no context (B26): there, every variable reads as unset and
-//! `set` panics. [`ContextLayer`] gives each request a context instead:
+//! `tokio::spawn`, which has no context: there, every variable reads as unset and `set`
+//! panics. [`ContextLayer`] gives each request a context instead:
 //!
 //! - The layer captures a **base context** when it is built ([`ContextLayer::new`] takes a
 //!   snapshot of the current one, [`ContextLayer::with_base`] takes one you give). App-wide
@@ -10,11 +10,15 @@
 //!   from there.
 //! - Each request runs in a **fresh copy** of the base: the service's `call` (some services
 //!   do work there), then every poll of the response future, and the drop of that future.
-//!   What one request sets never reaches another, nor the base.
+//!   What one request sets never reaches another, nor the base. (A layer nested in another
+//!   copies the outer request's context instead: see [Nested layers](#nested-layers).)
 //! - An optional **hook** ([`ContextLayer::on_request`]) runs first, inside the request's new
 //!   context, with the request: the place to set variables from headers (a request id, a
 //!   tenant, a user) or to generate them when they are absent. It may also edit the request,
 //!   for example to put a generated request id in a header for the handler or a proxy.
+//!   When the lookup is asynchronous (a tenant in a database), use
+//!   [`ContextLayer::on_request_async`]: its future runs in the request's context too, and may
+//!   answer early instead (a 404 for an unknown tenant).
 //! - **Streaming bodies.** An HTTP server polls a response's body *after* the service's
 //!   future has returned, in the connection task, outside the request's context. With
 //!   [`ContextLayer::body_in_context`] the layer wraps the body of every `http::Response` in a
@@ -89,9 +93,65 @@
 //!   `hyper_util::service::TowerToHyperService::new(layer.layer(service))` and serve that.
 //!
 //! Build the layer where the base values are set: in `main` (or `#[tokio::main]`'s body),
-//! not inside a task spawned without a context, where [`Context::current()`] is empty (B26)
-//! and so would be the base.
+//! not inside a task spawned without a context, where [`Context::current()`] is empty and so
+//! would be the base.
+//!
+//! # The layer goes outermost
+//!
+//! Only the code that runs inside the layer sees the request's context. A middleware placed
+//! *outside* it runs in the connection task, which has no context: its reads find nothing and
+//! its `set` panics (the message says so). With axum, the **last** `.layer()` call wraps all
+//! the others, so `ContextLayer` is added last:
+//!
+//! ```text
+//! Router::new()
+//!     .route("/", get(handler))
+//!     .layer(axum::middleware::from_fn(authenticate)) // inside: sees and sets the context
+//!     .layer(ContextLayer::new().on_request(hook))    // added last: outermost
+//! ```
+//!
+//! With `tower::ServiceBuilder` it is the other way round: the **first** `.layer()` is the
+//! outermost.
+//!
+//! # Nested layers
+//!
+//! When a `ContextLayer`'s service is called inside a request context that another layer of
+//! this module entered (an outer `ContextLayer`, or [`ReenterContextLayer`] below a worker),
+//! from the outer service's `call` or from its response future (axum calls inner services
+//! from the future), the request builds on that context (a copy of it, as the outer hook and
+//! any middleware in between left it) instead of starting from this layer's base. So an outer
+//! layer may set what every route needs (a request id) and an inner one, on some routes, add
+//! to it (a tenant): the handler sees both. What the inner layer sets does not reach the
+//! outer layer's context. The same holds for any service with a `ContextLayer` that a handler
+//! calls in-process: its requests build on the handler's context.
+//!
+//! # Shared workers: `Buffer` and the like
+//!
+//! `tower::buffer::Buffer` (and any service that hands requests to a task of its own) calls
+//! the services below it from one worker task, spawned with plain `tokio::spawn`, for all
+//! requests. There no request's context is current: the services' `call` would read nothing,
+//! and a `set` there would panic and take the worker down with it. To carry each request's
+//! context across, wrap the worker's layer in an [`AcrossWorkerLayer`]:
+//!
+//! ```text
+//! ServiceBuilder::new()
+//!     .layer(ContextLayer::new().on_request(hook))
+//!     .layer(AcrossWorkerLayer::new(BufferLayer::new(1024)))
+//!     .layer(ConcurrencyLimitLayer::new(64))
+//!     .service(inner)
+//! ```
+//!
+//! Above the worker, [`CarryContextLayer`] puts a snapshot of the request's context into the
+//! request; below it, [`ReenterContextLayer`] takes it out and runs the inner service's
+//! `call`, and every poll and the drop of its future, in it. [`AcrossWorkerLayer`] is the
+//! two around the worker's layer; use them separately where the worker is built by hand
+//! (`Buffer::new`). The request must be able to carry a context: `http::Request` does (in its
+//! extensions); for another request type, implement [`CarriesContext`].
+//!
+//! What the inner service sets stays below the worker: the layers above, and a response body
+//! wrapped by [`ContextLayer::body_in_context`], do not see it.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -109,7 +169,8 @@ use crate::future::{FutureExt, WithContext};
 ///
 /// See the [module docs](self) for the whole story. `H` is the request hook
 /// ([`on_request`](Self::on_request)), `M` says what happens to the response
-/// ([`body_in_context`](Self::body_in_context)).
+/// ([`body_in_context`](Self::body_in_context)), `A` is the asynchronous hook
+/// ([`on_request_async`](Self::on_request_async)), if there is one instead of `H`.
 ///
 /// ```
 /// use context_core::tower::ContextLayer;
@@ -118,10 +179,11 @@ use crate::future::{FutureExt, WithContext};
 /// let layer = ContextLayer::new();
 /// # let _ = layer;
 /// ```
-pub struct ContextLayer<H = NoHook, M = KeepResponse> {
+pub struct ContextLayer<H = NoHook, M = KeepResponse, A = NoHook> {
     base: Context,
     hook: Arc<H>,
     response: M,
+    async_hook: A,
 }
 
 impl ContextLayer {
@@ -159,18 +221,19 @@ impl ContextLayer {
             base,
             hook: Arc::new(NoHook),
             response: KeepResponse,
+            async_hook: NoHook,
         }
     }
 }
 
-impl<H, M> ContextLayer<H, M> {
+impl<H, M, A> ContextLayer<H, M, A> {
     /// Runs `hook` for every request, inside the request's new context and before the inner
     /// service's `call`: what it sets is what the request sees. It receives the request
     /// mutably, so it can also add to it (a generated request id in a header or an
     /// extension).
     ///
     /// Any `Fn(&mut Request)` is a hook; name the request type in the closure's argument.
-    /// The hook replaces any earlier one.
+    /// The hook replaces any earlier one, asynchronous or not.
     ///
     /// ```
     /// use context_core::tower::ContextLayer;
@@ -198,6 +261,78 @@ impl<H, M> ContextLayer<H, M> {
             base: self.base,
             hook: Arc::new(hook),
             response: self.response,
+            async_hook: NoHook,
+        }
+    }
+
+    /// Runs the asynchronous `hook` for every request, in the request's new context, before
+    /// the inner service is called: what its future sets is what the request sees. The future
+    /// answers `Ok(request)` to go on (the request may have been changed) or
+    /// `Err(response)` to answer the request itself without calling the inner service (a 404
+    /// for an unknown tenant, a 401); an early answer goes through
+    /// [`body_in_context`](Self::body_in_context) like any other.
+    ///
+    /// Any `Fn(Request) -> impl Future<Output = Result<Request, Response>>` is an
+    /// asynchronous hook; name the request type in the closure's argument. It replaces any
+    /// earlier hook. Since the inner service is called from the response future, it must be
+    /// `Clone` (as axum's routers, handlers and the usual tower middleware are).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    ///
+    /// use context_core::tower::ContextLayer;
+    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct TENANT {}
+    /// # impl Key for TENANT { type Value = String; type Default = NoDefault; }
+    /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// /// An asynchronous tenant directory (a database in real code).
+    /// async fn find_tenant(id: &str) -> Option<String> {
+    ///     (id == "acme").then(|| id.to_string())
+    /// }
+    ///
+    /// let layer = ContextLayer::new().on_request_async(|request: http::Request<()>| async move {
+    ///     let id = request.headers().get("x-tenant-id").and_then(|v| v.to_str().ok());
+    ///     match find_tenant(id.unwrap_or_default()).await {
+    ///         Some(tenant) => {
+    ///             let _ = TENANT.set(tenant);
+    ///             Ok(request)
+    ///         }
+    ///         None => Err(http::Response::builder().status(404).body(String::new()).unwrap()),
+    ///     }
+    /// });
+    /// let mut service = layer.layer(tower_service_fn());
+    /// # fn tower_service_fn() -> impl Service<http::Request<()>, Response = http::Response<String>, Error = Infallible, Future = std::future::Ready<Result<http::Response<String>, Infallible>>> + Clone {
+    /// #     #[derive(Clone)] struct Hello;
+    /// #     impl Service<http::Request<()>> for Hello {
+    /// #         type Response = http::Response<String>;
+    /// #         type Error = Infallible;
+    /// #         type Future = std::future::Ready<Result<http::Response<String>, Infallible>>;
+    /// #         fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> { std::task::Poll::Ready(Ok(())) }
+    /// #         fn call(&mut self, _: http::Request<()>) -> Self::Future {
+    /// #             std::future::ready(Ok(http::Response::new(format!("hello {}", TENANT.get().unwrap()))))
+    /// #         }
+    /// #     }
+    /// #     Hello
+    /// # }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let request = |tenant| http::Request::get("/").header("x-tenant-id", tenant).body(()).unwrap();
+    /// let known = service.call(request("acme")).await.unwrap();
+    /// assert_eq!(known.body(), "hello acme");
+    /// let unknown = service.call(request("nobody")).await.unwrap();
+    /// assert_eq!(unknown.status(), 404);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn on_request_async<F>(self, hook: F) -> ContextLayer<NoHook, M, AsyncHook<F>> {
+        ContextLayer {
+            base: self.base,
+            hook: Arc::new(NoHook),
+            response: self.response,
+            async_hook: AsyncHook(Arc::new(hook)),
         }
     }
 
@@ -213,11 +348,12 @@ impl<H, M> ContextLayer<H, M> {
     /// # let _ = layer;
     /// ```
     #[must_use]
-    pub fn body_in_context(self) -> ContextLayer<H, BodyInContext> {
+    pub fn body_in_context(self) -> ContextLayer<H, BodyInContext, A> {
         ContextLayer {
             base: self.base,
             hook: self.hook,
             response: BodyInContext,
+            async_hook: self.async_hook,
         }
     }
 
@@ -245,27 +381,29 @@ impl Default for ContextLayer {
     }
 }
 
-impl<H, M: Clone> Clone for ContextLayer<H, M> {
+impl<H, M: Clone, A: Clone> Clone for ContextLayer<H, M, A> {
     fn clone(&self) -> Self {
         ContextLayer {
             base: self.base.clone(),
             hook: Arc::clone(&self.hook),
             response: self.response.clone(),
+            async_hook: self.async_hook.clone(),
         }
     }
 }
 
-impl<H, M: fmt::Debug> fmt::Debug for ContextLayer<H, M> {
+impl<H, M: fmt::Debug, A> fmt::Debug for ContextLayer<H, M, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContextLayer")
             .field("base", &self.base)
             .field("hook", &std::any::type_name::<H>())
             .field("response", &self.response)
+            .field("async_hook", &std::any::type_name::<A>())
             .finish()
     }
 }
 
-impl<S, H, M: Clone> Layer<S> for ContextLayer<H, M> {
+impl<S, H, M: Clone> Layer<S> for ContextLayer<H, M, NoHook> {
     type Service = ContextService<S, H, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -273,6 +411,22 @@ impl<S, H, M: Clone> Layer<S> for ContextLayer<H, M> {
             inner,
             base: self.base.clone(),
             hook: Arc::clone(&self.hook),
+            response: self.response.clone(),
+        }
+    }
+}
+
+impl<S, M: Clone, F> Layer<S> for ContextLayer<NoHook, M, AsyncHook<F>> {
+    type Service = ContextService<AsyncHookService<S, F>, NoHook, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ContextService {
+            inner: AsyncHookService {
+                inner,
+                hook: Arc::clone(&self.async_hook.0),
+            },
+            base: self.base.clone(),
+            hook: Arc::new(NoHook),
             response: self.response.clone(),
         }
     }
@@ -330,6 +484,77 @@ pub struct NoHook;
 
 impl<Request> OnRequest<Request> for NoHook {
     fn on_request(&self, _: &mut Request) {}
+}
+
+/// An asynchronous request hook, set with [`ContextLayer::on_request_async`]: given the
+/// request, a future that may set variables (it runs in the request's context) and answers
+/// `Ok(request)` to go on or `Err(response)` to answer early.
+///
+/// Implemented by every `Fn(Request) -> impl Future<Output = Result<Request, Response>>`;
+/// implement it on a type of your own when a closure will not do.
+///
+/// ```
+/// use std::future::{Ready, ready};
+///
+/// use context_core::tower::OnRequestAsync;
+///
+/// /// Refuses requests without a body.
+/// struct RequireBody;
+///
+/// impl OnRequestAsync<String, &'static str> for RequireBody {
+///     type Future = Ready<Result<String, &'static str>>;
+///
+///     fn on_request(&self, request: String) -> Self::Future {
+///         ready(if request.is_empty() { Err("empty") } else { Ok(request) })
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert_eq!(RequireBody.on_request(String::new()).await, Err("empty"));
+/// # });
+/// ```
+pub trait OnRequestAsync<Request, Response> {
+    /// What the hook does for one request.
+    type Future: Future<Output = Result<Request, Response>>;
+
+    /// Called with each request, inside its new context; the future is polled there too.
+    fn on_request(&self, request: Request) -> Self::Future;
+}
+
+impl<Request, Response, F, Fut> OnRequestAsync<Request, Response> for F
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Result<Request, Response>>,
+{
+    type Future = Fut;
+
+    fn on_request(&self, request: Request) -> Fut {
+        self(request)
+    }
+}
+
+/// The asynchronous hook of a layer built with [`ContextLayer::on_request_async`]: an
+/// [`OnRequestAsync`], shared by the layer's services.
+///
+/// ```
+/// use context_core::tower::{AsyncHook, ContextLayer, NoHook};
+///
+/// let layer: ContextLayer<NoHook, _, AsyncHook<_>> =
+///     ContextLayer::new().on_request_async(|request: String| async { Ok::<_, ()>(request) });
+/// # let _ = layer;
+/// ```
+pub struct AsyncHook<F>(Arc<F>);
+
+impl<F> Clone for AsyncHook<F> {
+    fn clone(&self) -> Self {
+        AsyncHook(Arc::clone(&self.0))
+    }
+}
+
+impl<F> fmt::Debug for AsyncHook<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::any::type_name::<F>())
+    }
 }
 
 /// What a [`ContextLayer`] does with each response once the service's future has produced
@@ -528,11 +753,11 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let mut context = self.base.clone();
+        let mut context = request_context(&self.base);
         let (hook, inner) = (&self.hook, &mut self.inner);
         let future = context.run(|| {
             hook.on_request(&mut request);
-            inner.call(request)
+            in_request(|| inner.call(request))
         });
         ResponseFuture {
             inner: future.with_context(context),
@@ -635,7 +860,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = ready!(this.inner.as_mut().poll(cx));
+        let result = ready!(in_request(|| this.inner.as_mut().poll(cx)));
         let context = this.inner.as_ref().get_ref().context();
         Poll::Ready(result.map(|response| this.response.wrap_response(response, context)))
     }
@@ -647,6 +872,509 @@ impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
             .field("inner", &self.inner)
             .field("response", &self.response)
             .finish()
+    }
+}
+
+/// The inner service of a [`ContextLayer`] with an
+/// [asynchronous hook](ContextLayer::on_request_async): called in the request's context, it
+/// runs the hook's future, then the wrapped service, unless the hook answered early.
+///
+/// ```
+/// use context_core::tower::{AsyncHookService, ContextLayer, ContextService, NoHook};
+/// use tower_layer::Layer;
+///
+/// let layer = ContextLayer::new().on_request_async(|n: u32| async move { Ok::<_, u32>(n) });
+/// let service = layer.layer("inner");
+/// assert_eq!(*service.get_ref().get_ref(), "inner");
+/// ```
+pub struct AsyncHookService<S, F> {
+    inner: S,
+    hook: Arc<F>,
+}
+
+impl<S, F> AsyncHookService<S, F> {
+    /// The wrapped service.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// let layer = ContextLayer::new().on_request_async(|n: u32| async move { Ok::<_, u32>(n) });
+    /// assert_eq!(*layer.layer(7).get_ref().get_ref(), 7);
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone, F> Clone for AsyncHookService<S, F> {
+    fn clone(&self) -> Self {
+        AsyncHookService {
+            inner: self.inner.clone(),
+            hook: Arc::clone(&self.hook),
+        }
+    }
+}
+
+impl<S: fmt::Debug, F> fmt::Debug for AsyncHookService<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncHookService")
+            .field("inner", &self.inner)
+            .field("hook", &std::any::type_name::<F>())
+            .finish()
+    }
+}
+
+impl<S, F, Request> Service<Request> for AsyncHookService<S, F>
+where
+    S: Service<Request> + Clone,
+    F: OnRequestAsync<Request, S::Response>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = HookThenCall<F::Future, S, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service made ready by `poll_ready` goes with the request; a clone stays for
+        // the next one.
+        let ready = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, ready);
+        HookThenCall {
+            state: State::Hook {
+                hook: self.hook.on_request(request),
+                service: Some(service),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of an [`AsyncHookService`], polled in the request's context: the hook's
+    /// future, then the inner service's call and its future, unless the hook answered early.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// let service = tower_service_fn();
+    /// # fn tower_service_fn() -> impl Service<u32, Response = u32, Error = (), Future = std::future::Ready<Result<u32, ()>>> + Clone {
+    /// #     #[derive(Clone)] struct Double;
+    /// #     impl Service<u32> for Double {
+    /// #         type Response = u32; type Error = (); type Future = std::future::Ready<Result<u32, ()>>;
+    /// #         fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> { std::task::Poll::Ready(Ok(())) }
+    /// #         fn call(&mut self, n: u32) -> Self::Future { std::future::ready(Ok(2 * n)) }
+    /// #     }
+    /// #     Double
+    /// # }
+    /// let mut service = ContextLayer::new()
+    ///     .on_request_async(|n: u32| async move { if n > 0 { Ok(n) } else { Err(0) } })
+    ///     .layer(service);
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert_eq!(service.call(21).await, Ok(42));
+    /// assert_eq!(service.call(0).await, Ok(0)); // answered by the hook
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct HookThenCall<H, S, F> {
+        #[pin]
+        state: State<H, S, F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<H, S, F> {
+        Hook {
+            #[pin]
+            hook: H,
+            service: Option<S>,
+        },
+        Call {
+            #[pin]
+            call: F,
+        },
+    }
+}
+
+impl<H, S, Request> Future for HookThenCall<H, S, S::Future>
+where
+    H: Future<Output = Result<Request, S::Response>>,
+    S: Service<Request>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Hook { hook, service } => match ready!(hook.poll(cx)) {
+                    Ok(request) => {
+                        let mut service = service.take().expect("the hook finishes once");
+                        let call = in_request(|| service.call(request));
+                        state.set(State::Call { call });
+                    }
+                    Err(response) => return Poll::Ready(Ok(response)),
+                },
+                StateProj::Call { call } => return call.poll(cx),
+            }
+        }
+    }
+}
+
+impl<H, S, F> fmt::Debug for HookThenCall<H, S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Hook { .. } => "hook",
+            State::Call { .. } => "call",
+        };
+        f.debug_struct("HookThenCall")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Whether the code running now runs in a request's context entered by a layer of this
+    /// module: the inner service's `call`, or a poll of its future. A `ContextLayer` called
+    /// there (directly, or from that future as axum's `oneshot` does) builds on that context
+    /// instead of its base.
+    static IN_REQUEST: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Puts `IN_REQUEST` back as it was, however the call ends.
+struct RestoreInRequest(bool);
+
+impl Drop for RestoreInRequest {
+    fn drop(&mut self) {
+        let _ = IN_REQUEST.try_with(|flag| flag.set(self.0));
+    }
+}
+
+/// Runs `call` (a service's `call`, or a poll of its future) with the request's context
+/// entered, marked as such.
+fn in_request<R>(call: impl FnOnce() -> R) -> R {
+    let outer = IN_REQUEST
+        .try_with(|flag| flag.replace(true))
+        .unwrap_or(false);
+    let _restore = RestoreInRequest(outer);
+    call()
+}
+
+/// The context a new request starts in: a copy of the request context it is called in, if
+/// an outer layer entered one, else a copy of `base`.
+fn request_context(base: &Context) -> Context {
+    if IN_REQUEST.try_with(Cell::get).unwrap_or(false) {
+        Context::current()
+    } else {
+        base.clone()
+    }
+}
+
+/// A request that can carry a [`Context`] past a worker task: [`CarryContextLayer`] puts
+/// one in, [`ReenterContextLayer`] takes it out.
+///
+/// Implemented for `http::Request<B>`, which keeps it in its extensions (under a private
+/// type, so it meets no extension of yours). Implement it for another request type by giving
+/// it a field for the context:
+///
+/// ```
+/// use context_core::Context;
+/// use context_core::tower::CarriesContext;
+///
+/// struct Job {
+///     name: String,
+///     context: Option<Context>,
+/// }
+///
+/// impl CarriesContext for Job {
+///     fn put_context(&mut self, context: Context) {
+///         self.context = Some(context);
+///     }
+///
+///     fn take_context(&mut self) -> Option<Context> {
+///         self.context.take()
+///     }
+/// }
+/// ```
+pub trait CarriesContext {
+    /// Stores `context` in the request, replacing any stored before.
+    fn put_context(&mut self, context: Context);
+
+    /// Takes the stored context out of the request, if there is one.
+    fn take_context(&mut self) -> Option<Context>;
+}
+
+/// The context an `http::Request` carries, in its extensions.
+#[derive(Clone)]
+struct Carried(Context);
+
+impl<B> CarriesContext for http::Request<B> {
+    fn put_context(&mut self, context: Context) {
+        self.extensions_mut().insert(Carried(context));
+    }
+
+    fn take_context(&mut self) -> Option<Context> {
+        self.extensions_mut()
+            .remove::<Carried>()
+            .map(|Carried(context)| context)
+    }
+}
+
+/// Puts a snapshot of the current context (the request's, under a [`ContextLayer`]) into
+/// every request, for a [`ReenterContextLayer`] below a worker task to enter again. Place it
+/// right above the worker; [`AcrossWorkerLayer`] does that for you.
+///
+/// ```
+/// use context_core::Context;
+/// use context_core::tower::{CarriesContext, CarryContextLayer};
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+/// # use context_core::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+///
+/// /// Hands the request back, as a channel to a worker would.
+/// struct Pass;
+/// impl Service<http::Request<()>> for Pass {
+///     type Response = http::Request<()>;
+///     type Error = ();
+///     type Future = std::future::Ready<Result<http::Request<()>, ()>>;
+///     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
+///         std::task::Poll::Ready(Ok(()))
+///     }
+///     fn call(&mut self, request: http::Request<()>) -> Self::Future {
+///         std::future::ready(Ok(request))
+///     }
+/// }
+///
+/// let mut service = CarryContextLayer.layer(Pass);
+/// let _user = USER.set("ann");
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let mut request = service.call(http::Request::new(())).await.unwrap();
+/// let carried = request.take_context().unwrap();
+/// assert_eq!(carried.get(&USER), Some(&"ann"));
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CarryContextLayer;
+
+impl<S> Layer<S> for CarryContextLayer {
+    type Service = CarryContext<S>;
+
+    fn layer(&self, inner: S) -> CarryContext<S> {
+        CarryContext { inner }
+    }
+}
+
+/// The service made by [`CarryContextLayer`]: puts a snapshot of the current context into
+/// every request, then calls the inner service.
+///
+/// ```
+/// use context_core::tower::{CarryContext, CarryContextLayer};
+/// use tower_layer::Layer;
+///
+/// let service: CarryContext<&str> = CarryContextLayer.layer("worker");
+/// assert_eq!(*service.get_ref(), "worker");
+/// ```
+#[derive(Debug, Clone)]
+pub struct CarryContext<S> {
+    inner: S,
+}
+
+impl<S> CarryContext<S> {
+    /// The wrapped service.
+    ///
+    /// ```
+    /// use context_core::tower::CarryContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// assert_eq!(*CarryContextLayer.layer(7).get_ref(), 7);
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, Request> Service<Request> for CarryContext<S>
+where
+    S: Service<Request>,
+    Request: CarriesContext,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> S::Future {
+        request.put_context(Context::current());
+        self.inner.call(request)
+    }
+}
+
+/// Runs the inner service's `call`, and every poll and the drop of its future, in the
+/// context the request carries (put there by a [`CarryContextLayer`] above a worker task):
+/// the request's context, on the worker's side. Place it right below the worker;
+/// [`AcrossWorkerLayer`] does that for you.
+///
+/// A request that carries no context (no [`CarryContextLayer`] above the worker) is served
+/// in a copy of the request context it is called in, if a layer of this module entered one
+/// (so that this layer placed where no worker is changes nothing), else in an empty context
+/// of its own: the inner service's `set` never panics in the worker, which would close it for
+/// every later request. `poll_ready` belongs to no request: it runs in an empty context of
+/// its own, and what it sets is dropped.
+///
+/// ```
+/// use context_core::Context;
+/// use context_core::tower::{CarriesContext, ReenterContextLayer};
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+/// # use context_core::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+///
+/// /// Answers with the user its `call` sees.
+/// struct WhoAmI;
+/// impl Service<http::Request<()>> for WhoAmI {
+///     type Response = Option<&'static str>;
+///     type Error = ();
+///     type Future = std::future::Ready<Result<Option<&'static str>, ()>>;
+///     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
+///         std::task::Poll::Ready(Ok(()))
+///     }
+///     fn call(&mut self, _: http::Request<()>) -> Self::Future {
+///         std::future::ready(Ok(USER.get()))
+///     }
+/// }
+///
+/// let mut service = ReenterContextLayer.layer(WhoAmI);
+/// let mut request = http::Request::new(());
+/// request.put_context(Context::new().with_value(&USER, "ann"));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert_eq!(service.call(request).await, Ok(Some("ann")));
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReenterContextLayer;
+
+impl<S> Layer<S> for ReenterContextLayer {
+    type Service = ReenterContext<S>;
+
+    fn layer(&self, inner: S) -> ReenterContext<S> {
+        ReenterContext { inner }
+    }
+}
+
+/// The service made by [`ReenterContextLayer`]: calls the inner service, and polls its
+/// future, in the context the request carries.
+///
+/// ```
+/// use context_core::tower::{ReenterContext, ReenterContextLayer};
+/// use tower_layer::Layer;
+///
+/// let service: ReenterContext<&str> = ReenterContextLayer.layer("inner");
+/// assert_eq!(*service.get_ref(), "inner");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ReenterContext<S> {
+    inner: S,
+}
+
+impl<S> ReenterContext<S> {
+    /// The wrapped service.
+    ///
+    /// ```
+    /// use context_core::tower::ReenterContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// assert_eq!(*ReenterContextLayer.layer(7).get_ref(), 7);
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, Request> Service<Request> for ReenterContext<S>
+where
+    S: Service<Request>,
+    Request: CarriesContext,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, KeepResponse>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        let inner = &mut self.inner;
+        Context::new().run(|| inner.poll_ready(cx))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let mut context = request
+            .take_context()
+            .unwrap_or_else(|| request_context(&Context::new()));
+        let inner = &mut self.inner;
+        let future = context.run(|| in_request(|| inner.call(request)));
+        ResponseFuture {
+            inner: future.with_context(context),
+            response: KeepResponse,
+        }
+    }
+}
+
+/// Carries each request's context across a worker task: wraps the worker's layer `L` (say
+/// `tower::buffer::BufferLayer`) between a [`CarryContextLayer`] above it and a
+/// [`ReenterContextLayer`] below it, so that the services under the worker run each request
+/// in that request's context. See [Shared workers](self#shared-workers-buffer-and-the-like).
+///
+/// ```
+/// use context_core::tower::{AcrossWorkerLayer, CarryContext, ReenterContext};
+/// use tower_layer::{Layer, layer_fn};
+///
+/// /// Stands for a worker's layer, such as `BufferLayer::new(1024)`.
+/// let worker = layer_fn(|inner| vec![inner]);
+/// let service: CarryContext<Vec<ReenterContext<&str>>> =
+///     AcrossWorkerLayer::new(worker).layer("inner");
+/// assert_eq!(*service.get_ref()[0].get_ref(), "inner");
+/// ```
+#[derive(Debug, Clone)]
+pub struct AcrossWorkerLayer<L> {
+    worker: L,
+}
+
+impl<L> AcrossWorkerLayer<L> {
+    /// Wraps the worker's layer.
+    ///
+    /// ```
+    /// use context_core::tower::AcrossWorkerLayer;
+    /// use tower_layer::Identity;
+    ///
+    /// let layer = AcrossWorkerLayer::new(Identity::new());
+    /// # let _ = layer;
+    /// ```
+    pub fn new(worker: L) -> Self {
+        AcrossWorkerLayer { worker }
+    }
+}
+
+impl<S, L: Layer<ReenterContext<S>>> Layer<S> for AcrossWorkerLayer<L> {
+    type Service = CarryContext<L::Service>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CarryContext {
+            inner: self.worker.layer(ReenterContext { inner }),
+        }
     }
 }
 

@@ -8,15 +8,36 @@
 //!
 //! ```text
 //! 2026-11-23T15:40:00.000000Z  INFO app: order placed amount=12 tenant="acme" request_id="r-17"
-//! {"timestamp":"…","level":"INFO","fields":{"message":"order placed","amount":12},"target":"app","context":{"tenant":"acme","request_id":"r-17"}}
+//! {"timestamp":"…","level":"INFO","fields":{"message":"order placed","amount":12},"target":"app","@contextvars":{"tenant":"acme","request_id":"r-17"}}
 //! ```
 //!
 //! - **Text** ([`ContextFields::text`]): after the event's own fields, as `name=value`, the
 //!   value formatted with `Debug` (as tracing writes `?value` fields).
-//! - **JSON** ([`ContextFields::json`]): one more top-level member, `"context"`, an object
-//!   of the variables. Strings, integers, floats, `bool` and `char` (also behind `Box`/`Arc`
-//!   for strings) are written as JSON values; any other type as the JSON string of its
-//!   `Debug` output.
+//! - **JSON** ([`ContextFields::json`]): one more top-level member, [`JSON_KEY`]
+//!   (`"@contextvars"`), an object of the variables. Strings, integers, floats, `bool` and
+//!   `char` (also behind `Box`/`Arc` for strings) are written as JSON values; any other type
+//!   as the JSON string of its `Debug` output.
+//!
+//! # A JSON key that cannot collide
+//!
+//! With `json().flatten_event(true)`, an event's fields are top-level members of the line,
+//! next to the formatter's own (`timestamp`, `level`, …), so a field named like the member
+//! this crate adds would make a line with the same key twice, which strict parsers reject and
+//! lenient ones resolve by dropping one. The member is therefore `"@contextvars"`: a field
+//! named with an identifier (`context = …`, `tenant.id = …`) can never be spelled so. Only a
+//! field named with that exact string literal (`"@contextvars" = …`) could, and then the
+//! member takes one more `@` (`"@@contextvars"`, and so on until the key is free): a line
+//! never has a key twice, and no field is lost.
+//!
+//! # Spans
+//!
+//! An event carries the fields of the context it is emitted in, whatever span it is in. The
+//! lines tracing-subscriber writes about a span itself (`with_span_events`: `new`, `enter`,
+//! `exit`, `close`) are events too, and by default carry the context current where they are
+//! written: for `close`, that is wherever the span's last handle is dropped, which may be
+//! another task than the one that created the span, or a task without a context. Add
+//! [`SpanContextLayer`] to the subscriber and they carry the context the span was *created*
+//! in instead, whoever enters, exits or drops it.
 //!
 //! The variables are read when the event is formatted, on the thread that emits it, so an
 //! event from a task spawned with [`spawn`](crate::spawn), a closure run by
@@ -88,9 +109,12 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
+use tracing_core::span::{Attributes, Id};
 use tracing_core::{Event, Subscriber};
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::context::{Context, ValueRef};
@@ -145,7 +169,8 @@ impl<F> ContextFields<F> {
     }
 
     /// For a format that writes one JSON object per line (`format().json()`): adds a
-    /// `"context"` member holding the variables.
+    /// [`JSON_KEY`] member holding the variables (see the [module docs](self) for why that
+    /// name).
     ///
     /// ```
     /// use context_core::tracing::ContextFields;
@@ -176,6 +201,15 @@ impl<F> ContextFields<F> {
     }
 }
 
+/// The member of a JSON line that holds the context variables: a name no field named with an
+/// identifier can have, so that it never collides with an event's own fields, even with
+/// `flatten_event(true)`. See [A JSON key that cannot collide](self#a-json-key-that-cannot-collide).
+///
+/// ```
+/// assert_eq!(context_core::tracing::JSON_KEY, "@contextvars");
+/// ```
+pub const JSON_KEY: &str = "@contextvars";
+
 /// A line buffer larger than this is not kept for the next event.
 const MAX_KEPT_LINE: usize = 64 * 1024;
 
@@ -196,7 +230,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let context = Context::current();
+        let context = span_context(ctx, event).unwrap_or_else(Context::current);
         let line = LINE.try_with(|line| {
             line.try_borrow_mut()
                 .map(|mut line| std::mem::take(&mut *line))
@@ -223,6 +257,62 @@ where
             }
         });
         result
+    }
+}
+
+/// For a line about a span itself (`new`, `enter`, `exit`, `close`), the context the span
+/// was created in, if a [`SpanContextLayer`] recorded it.
+fn span_context<S, N>(ctx: &FmtContext<'_, S, N>, event: &Event<'_>) -> Option<Context>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    if !event.metadata().is_span() {
+        return None;
+    }
+    let span = ctx.span(event.parent()?)?;
+    let extensions = span.extensions();
+    extensions
+        .get::<CreatedIn>()
+        .map(|CreatedIn(context)| context.clone())
+}
+
+/// The context a span was created in, in the span's extensions.
+struct CreatedIn(Context);
+
+/// A tracing-subscriber layer that records, for every span, a snapshot of the context it is
+/// created in, so that the lines [`ContextFields`] writes about the span itself (`new`,
+/// `enter`, `exit`, `close`, with `with_span_events`) carry that context's variables, not
+/// those of whatever code enters, exits or drops the span.
+///
+/// A snapshot costs a reference count; the span keeps the context's values alive until it
+/// closes. Events inside the span are not affected: each carries the context it is emitted
+/// in.
+///
+/// ```
+/// use context_core::tracing::{ContextFields, SpanContextLayer};
+/// use tracing_subscriber::fmt::{self, format::FmtSpan};
+/// use tracing_subscriber::prelude::*;
+///
+/// let subscriber = tracing_subscriber::registry().with(SpanContextLayer).with(
+///     fmt::layer()
+///         .json()
+///         .with_span_events(FmtSpan::CLOSE)
+///         .map_event_format(ContextFields::json),
+/// );
+/// # let _ = subscriber;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanContextLayer;
+
+impl<S> Layer<S> for SpanContextLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, _: &Attributes<'_>, id: &Id, ctx: LayerContext<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().replace(CreatedIn(Context::current()));
+        }
     }
 }
 
@@ -285,7 +375,16 @@ fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Re
         if !open.trim_end().ends_with('{') {
             writer.write_char(',')?;
         }
-        writer.write_str("\"context\":{")?;
+        let mut ats = 0;
+        while has_top_level_key(open, ats, JSON_KEY) {
+            ats += 1;
+        }
+        writer.write_char('"')?;
+        for _ in 0..ats {
+            writer.write_char('@')?;
+        }
+        writer.write_str(JSON_KEY)?;
+        writer.write_str("\":{")?;
         for (i, (name, value)) in fields.enumerate() {
             if i > 0 {
                 writer.write_char(',')?;
@@ -298,6 +397,41 @@ fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Re
     }
     writer.write_char('}')?;
     writer.write_str(end)
+}
+
+/// Whether the JSON object `object` (its closing brace cut off) has a member named `ats`
+/// times `@` followed by `key`, as written (the keys compared need no escapes).
+fn has_top_level_key(object: &str, ats: usize, key: &str) -> bool {
+    let bytes = object.as_bytes();
+    let mut depth = 0_usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = i.min(bytes.len());
+                let is_key = object
+                    .get(end + 1..)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'));
+                if depth == 1 && is_key {
+                    let name = &object[start..end];
+                    let (prefix, rest) = name.split_at(ats.min(name.len()));
+                    if prefix.len() == ats && prefix.bytes().all(|b| b == b'@') && rest == key {
+                        return true;
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Writes a bound value as JSON: a number, a boolean or a string where the type says what
@@ -361,6 +495,15 @@ fn write_json_string(writer: &mut Writer<'_>, string: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_level_keys_are_told_from_nested_keys_and_string_values() {
+        let line = r#"{"a":1,"x":{"@contextvars":2},"s":"\"@contextvars\":","@@contextvars":3"#;
+        assert!(!has_top_level_key(line, 0, JSON_KEY));
+        assert!(has_top_level_key(line, 1, JSON_KEY));
+        assert!(!has_top_level_key(line, 2, JSON_KEY));
+        assert!(has_top_level_key(r#"{"@contextvars" : 1"#, 0, JSON_KEY));
+    }
 
     #[test]
     fn json_strings_escape_what_json_requires() {
