@@ -110,7 +110,21 @@
 //! A thread from `std::thread::spawn` starts with an empty context, as in Python.
 //! [`thread::spawn`] and [`thread::Builder`] start it in a copy of the spawner's.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub use context_core::*;
+// Named again, under the feature that brings them, so that the docs show the feature and a
+// build without it says "the item is gated behind the `tower` feature" where it cannot find
+// `contextvars::tower`.
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use context_core::tower;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use context_core::tracing;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use context_core::{spawn, spawn_blocking, spawn_local};
 #[doc = include_str!("../docs/context_var.md")]
 pub use context_macros::context_var;
 

@@ -16,6 +16,7 @@
 //! counts. See `map.rs` and `current.rs`.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 mod current;
@@ -28,8 +29,10 @@ mod task;
 pub mod thread;
 mod token;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 #[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
 mod var;
 
@@ -38,6 +41,7 @@ pub use error::{LookupError, ResetError, SetError};
 pub use future::{FutureExt, WithContext};
 pub use guard::ScopeGuard;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use task::{spawn, spawn_blocking, spawn_local};
 pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};
