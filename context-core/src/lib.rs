@@ -21,6 +21,7 @@
 mod context;
 mod current;
 mod error;
+mod executor;
 mod future;
 mod guard;
 mod map;
@@ -38,6 +39,7 @@ mod var;
 
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};
+pub use executor::{Job, JobError, RunInExecutor, run_in_executor};
 pub use future::{FutureExt, WithContext};
 pub use guard::ScopeGuard;
 #[cfg(feature = "tokio")]
