@@ -164,8 +164,46 @@
 //!
 //! A thread from `std::thread::spawn` starts with an empty context, as in Python.
 //! [`thread::spawn`] and [`thread::Builder`] start it in a copy of the spawner's.
+//!
+//! A thread pool's workers were started long before the job, so the job brings its context
+//! along. [`run_in_executor`] does it for any pool and awaits the result (Python's
+//! `loop.run_in_executor` with `copy_context().run`): `submit` is how the pool takes a boxed
+//! job, and a panic in the job or a job the pool drops comes back as a [`JobError`].
+//!
+//! ```
+//! use contextvars::context_var;
+//!
+//! #[context_var]
+//! static TENANT: &str = "none";
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let _tenant = TENANT.scoped("acme");
+//! // Here a thread per job; with rayon, `|job| rayon::spawn(job)`.
+//! let report = contextvars::run_in_executor(
+//!     |job| drop(std::thread::spawn(job)),
+//!     || format!("report for {}", TENANT.get()),
+//! );
+//! assert_eq!(report.await.unwrap(), "report for acme");
+//! # });
+//! ```
+//!
+//! For a pool you call synchronously, [`Context::wrap`] makes the job by hand.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use context_core::*;
+// Named again, under the feature that brings them, so that the docs show the feature and a
+// build without it says "the item is gated behind the `tower` feature" where it cannot find
+// `contextvars::tower`.
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use context_core::tower;
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use context_core::tracing;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use context_core::{JoinHandle, spawn, spawn_blocking, spawn_local};
 #[doc = include_str!("../docs/context_var.md")]
 pub use context_macros::context_var;
 

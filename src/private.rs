@@ -2,6 +2,34 @@
 
 pub use context_core::{Context, ContextVar, FutureExt, Key, NoDefault, WithContext, WithDefault};
 
+/// What a context variable's value must be. `#[context_var]` makes its `Key` impl hold only
+/// where the value type implements this, so that a type that is not `Send + Sync + 'static`
+/// gives one error, on the type, with this message (instead of one per bound that fails).
+/// The lifetime lets the macro write the bound higher-ranked, which rustc accepts on an impl
+/// without generics.
+#[diagnostic::on_unimplemented(
+    message = "a context variable's value must be `Send + Sync + 'static`, and `{Self}` is not",
+    label = "not `Send + Sync + 'static`",
+    note = "the value is shared between tasks and threads: use `Arc` for `Rc`, and \
+            `Mutex`, `RwLock` or an atomic for `Cell` and `RefCell`"
+)]
+pub trait SendSyncStatic<'a>: Send + Sync + 'static {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Send + Sync + 'static> SendSyncStatic<'_> for T {}
+
+/// Reads a `static`'s type as `#[context_var]` writes it, `fn(&'static ()) -> Type`: there,
+/// as in the `static`, every elided lifetime is `'static` (`Cow<str>` is
+/// `Cow<'static, str>`).
+pub trait Returns {
+    /// `Type`.
+    type Output;
+}
+
+impl<R> Returns for fn(&'static ()) -> R {
+    type Output = R;
+}
+
 /// Formats a value with `Debug` where its type has it, else as the type's name, chosen at
 /// the macro's call site, where the type is concrete (auto-ref specialization).
 pub struct DebugProbe<'a, T: ?Sized>(pub &'a T);

@@ -19,7 +19,7 @@ mod tenants;
 const CONNECTIONS: usize = 64;
 const REQUESTS_PER_CONNECTION: usize = 80; // 5,120 in all
 /// A guard against a hang, not a performance claim.
-const GIVE_UP_AFTER: Duration = Duration::from_mins(5);
+const GIVE_UP_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// One HTTP/1.1 response: status and body.
 struct Answer {

@@ -141,7 +141,7 @@ fn without_deadlock<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     std::thread::spawn(move || {
         let _ = done.send(catch_unwind(AssertUnwindSafe(f)));
     });
-    match outcome.recv_timeout(Duration::from_mins(1)) {
+    match outcome.recv_timeout(Duration::from_secs(60)) {
         Ok(Ok(value)) => value,
         Ok(Err(payload)) => resume_unwind(payload),
         Err(err) => panic!("no answer within a minute ({err}): deadlock"),

@@ -158,19 +158,19 @@ async fn made_in_request(id: u64, counters: Arc<Counters>, done: oneshot::Sender
 /// Checks that the request itself makes (children included), by which features it uses.
 fn checks_of(id: u64) -> u64 {
     let mut checks = 7;
-    if id.is_multiple_of(5) {
+    if id % 5 == 0 {
         checks += 3; // grandchild
     }
-    if id.is_multiple_of(4) {
+    if id % 4 == 0 {
         checks += 3; // spawn_blocking
     }
-    if id.is_multiple_of(3) {
+    if id % 3 == 0 {
         checks += 5; // a future spawned later, and the dispatcher that spawns it
     }
-    if id.is_multiple_of(7) {
+    if id % 7 == 0 {
         checks += 3; // aborted child
     }
-    if id.is_multiple_of(11) {
+    if id % 11 == 0 {
         checks += 3; // panicking child
     }
     checks
@@ -194,7 +194,7 @@ async fn request(id: u64, counters: Arc<Counters>, later: mpsc::UnboundedSender<
             let _step = STEP.scoped(2);
             pause(id, 1).await;
             c.check("child after await", Some(id), tenant, Some(2));
-            if id.is_multiple_of(5) {
+            if id % 5 == 0 {
                 let grandchild = {
                     let c = Arc::clone(&c);
                     contextvars::spawn(async move {
@@ -214,7 +214,7 @@ async fn request(id: u64, counters: Arc<Counters>, later: mpsc::UnboundedSender<
     child.await.expect("the child does not panic");
     c.check("after child", Some(id), tenant, Some(1));
 
-    if id.is_multiple_of(4) {
+    if id % 4 == 0 {
         let blocking = {
             let c = Arc::clone(c);
             contextvars::spawn_blocking(move || {
@@ -227,7 +227,7 @@ async fn request(id: u64, counters: Arc<Counters>, later: mpsc::UnboundedSender<
         c.check("after blocking", Some(id), tenant, Some(1));
     }
 
-    if id.is_multiple_of(3) {
+    if id % 3 == 0 {
         let (done, ran) = oneshot::channel();
         // The context is captured here, at the call; the set below comes too late for it.
         let future = made_in_request(id, Arc::clone(c), done);
@@ -249,7 +249,7 @@ async fn request(id: u64, counters: Arc<Counters>, later: mpsc::UnboundedSender<
         c.check("after the made future", Some(id), tenant, Some(1));
     }
 
-    if id.is_multiple_of(7) {
+    if id % 7 == 0 {
         let (started, has_started) = oneshot::channel();
         let doomed = {
             let c = Arc::clone(c);
@@ -277,7 +277,7 @@ async fn request(id: u64, counters: Arc<Counters>, later: mpsc::UnboundedSender<
         c.check("after aborting a child", Some(id), tenant, Some(1));
     }
 
-    if id.is_multiple_of(11) {
+    if id % 11 == 0 {
         let panicking = {
             let c = Arc::clone(c);
             contextvars::spawn(async move {
@@ -371,7 +371,7 @@ pub(crate) fn run(config: Config) -> Report {
             };
             // Two ways into a request's context: a context built for it and
             // `contextvars::spawn`, or a plain task that enters it with `scope`.
-            if id.is_multiple_of(2) {
+            if id % 2 == 0 {
                 handles.push(
                     Context::new()
                         .with_value(&REQUEST, id)

@@ -207,3 +207,52 @@ fn values_without_clone_are_borrowed_with_with() {
     LOCKED.with(|locked| locked.lock().unwrap().push(3));
     assert_eq!(LOCKED.with(|locked| locked.lock().unwrap().clone()), [3]);
 }
+
+// ---------------------------------------------------------------------------------------
+// Elided lifetimes in a `static`'s type mean `'static`, with the attribute as without it.
+
+#[context_var]
+static ROLE: &str = "member";
+
+#[context_var]
+static TAGS: &'_ [&str] = &["a", "b"];
+
+#[context_var]
+static GREETING: std::borrow::Cow<str> = std::borrow::Cow::Borrowed("hello");
+
+#[context_var]
+static PARSER: Option<fn(&str) -> &str> = None;
+
+type Namer = std::sync::Arc<dyn Fn(&str) -> &str + Send + Sync>;
+
+#[context_var]
+static NAMER: Option<Namer> = None;
+
+fn first_word(s: &str) -> &str {
+    s.split(' ').next().unwrap_or(s)
+}
+
+#[test]
+fn elided_lifetimes_in_the_type_are_static() {
+    let role: &'static str = ROLE.get();
+    assert_eq!(role, "member");
+    let tags: &'static [&'static str] = TAGS.get();
+    assert_eq!(tags, ["a", "b"]);
+    let greeting: std::borrow::Cow<'static, str> = GREETING.get();
+    assert_eq!(greeting, "hello");
+    // A value made at run time, leaked to `'static`, is accepted like a literal.
+    let owned: &'static str = Box::leak(String::from("admin").into_boxed_str());
+    ROLE.sync_scope(owned, || assert_eq!(ROLE.get(), "admin"));
+    GREETING.sync_scope(std::borrow::Cow::Owned("hi".to_string()), || {
+        assert_eq!(GREETING.get(), "hi");
+    });
+    // Lifetimes of function types inside the type stay the function's own.
+    PARSER.sync_scope(Some(first_word), || {
+        let local = String::from("two words");
+        assert_eq!(PARSER.get().unwrap()(&local), "two");
+    });
+    NAMER.sync_scope(Some(std::sync::Arc::new(first_word)), || {
+        let local = String::from("three little words");
+        assert_eq!(NAMER.with(|n| n.as_ref().unwrap()(&local).len()), 5);
+    });
+}

@@ -16,10 +16,12 @@
 //! counts. See `map.rs` and `current.rs`.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 mod current;
 mod error;
+mod executor;
 mod future;
 mod gather;
 mod guard;
@@ -29,17 +31,21 @@ mod task;
 pub mod thread;
 mod token;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 #[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
 mod var;
 
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};
+pub use executor::{Job, JobError, RunInExecutor, run_in_executor};
 pub use future::{FutureExt, WithContext};
 pub use gather::{Gather, gather};
 pub use guard::ScopeGuard;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};
 pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};

@@ -19,6 +19,8 @@ use crate::future::{FutureExt, WithContext};
 /// # Panics
 /// As [`tokio::spawn`]: when called outside a tokio runtime.
 ///
+/// [`tokio::spawn`]: https://docs.rs/tokio/1/tokio/fn.spawn.html
+///
 /// ```
 /// # use context_core::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
@@ -51,6 +53,8 @@ where
 /// # Panics
 /// As [`tokio::task::spawn_blocking`]: when called outside a tokio runtime.
 ///
+/// [`tokio::task::spawn_blocking`]: https://docs.rs/tokio/1/tokio/task/fn.spawn_blocking.html
+///
 /// ```
 /// # use context_core::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
@@ -81,6 +85,8 @@ where
 ///
 /// # Panics
 /// As [`tokio::task::spawn_local`]: when called outside a `LocalSet` (or a local runtime).
+///
+/// [`tokio::task::spawn_local`]: https://docs.rs/tokio/1/tokio/task/fn.spawn_local.html
 ///
 /// ```
 /// # use context_core::{ContextVar, Key, NoDefault};
@@ -146,7 +152,7 @@ impl<T> Drop for Finished<T> {
 }
 
 /// An owned permission to await a task spawned by [`spawn`], [`spawn_blocking`] or
-/// [`spawn_local`]: tokio's [`JoinHandle`](tokio::task::JoinHandle), with the same methods.
+/// [`spawn_local`]: tokio's [`JoinHandle`][tokio-join-handle], with the same methods.
 ///
 /// Awaiting it gives the task's output, or a [`JoinError`] if the task panicked or was
 /// aborted. Dropping it detaches the task, which runs on.
@@ -158,6 +164,8 @@ impl<T> Drop for Finished<T> {
 /// context). That is the one context that exists wherever tokio drops it: the dropping code
 /// may be another task, a worker thread between polls, or no task at all. An output that is
 /// awaited belongs to the awaiting code from then on, like any value.
+///
+/// [tokio-join-handle]: https://docs.rs/tokio/1/tokio/task/struct.JoinHandle.html
 ///
 /// ```
 /// # use context_core::{ContextVar, Key, NoDefault};
@@ -177,7 +185,7 @@ pub struct JoinHandle<T> {
 }
 
 impl<T> JoinHandle<T> {
-    /// Aborts the task, as [`tokio::task::JoinHandle::abort`]: awaiting the handle then gives
+    /// Aborts the task, as tokio's `JoinHandle::abort`: awaiting the handle then gives
     /// a cancelled [`JoinError`], unless the task finished first. The task's future is dropped
     /// inside its context.
     pub fn abort(&self) {
@@ -196,7 +204,7 @@ impl<T> JoinHandle<T> {
         self.inner.abort_handle()
     }
 
-    /// The task's id, as [`tokio::task::JoinHandle::id`].
+    /// The task's id, as tokio's `JoinHandle::id`.
     #[must_use]
     pub fn id(&self) -> Id {
         self.inner.id()

@@ -122,8 +122,11 @@ use crate::context::{Context, ValueRef};
 /// An event formatter that writes what `inner` writes, plus the context variables that opted
 /// into logs. See the [module docs](self).
 ///
-/// Use it with [`fmt().event_format(…)`](tracing_subscriber::fmt::SubscriberBuilder::event_format)
-/// or a layer's [`map_event_format`](tracing_subscriber::fmt::Layer::map_event_format):
+/// Use it with [`fmt().event_format(…)`][event_format]
+/// or a layer's [`map_event_format`][map_event_format]:
+///
+/// [event_format]: https://docs.rs/tracing-subscriber/0.3/tracing_subscriber/fmt/struct.SubscriberBuilder.html#method.event_format
+/// [map_event_format]: https://docs.rs/tracing-subscriber/0.3/tracing_subscriber/fmt/struct.Layer.html#method.map_event_format
 ///
 /// ```
 /// use context_core::tracing::ContextFields;

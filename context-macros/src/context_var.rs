@@ -11,8 +11,12 @@
 //! #[doc(hidden)]
 //! #[allow(non_camel_case_types)]
 //! pub struct TENANT {}
-//! impl ::contextvars::__private::Key for TENANT {
-//!     type Value = u64;
+//! impl ::contextvars::__private::Key for TENANT
+//! where
+//!     for<'v> <fn(&'static ()) -> u64 as ::contextvars::__private::Returns>::Output:
+//!         ::contextvars::__private::SendSyncStatic<'v>,
+//! {
+//!     type Value = <fn(&'static ()) -> u64 as ::contextvars::__private::Returns>::Output;
 //!     type Default = ::contextvars::__private::WithDefault;
 //!     const LOG: bool = false;
 //!     fn fmt_value(..) { /* the value's Debug, or its type name */ }
@@ -21,12 +25,27 @@
 //!
 //! The struct lives in the type namespace and the static in the value namespace, so both
 //! carry the user's name: `Token<TENANT>` is the token of `TENANT` and of nothing else.
+//!
+//! Two rewrites of the user's type, both only where the meaning stays the same:
+//!
+//! - Elided lifetimes mean `'static`, as in any `static`. `&str` and `&'_ str` are written
+//!   `&'static str`. A path's hidden lifetime (`Cow<str>`) cannot be seen without type
+//!   information, so the value type is read as the return type of `fn(&'static ()) -> Type`:
+//!   by the elision rules, every elided lifetime there is the one input lifetime, `'static`,
+//!   while `fn(&str) -> &str` pointers and `Fn(&str) -> &str` bounds inside it keep their
+//!   own (a `type Value = Cow<str>;` would not compile).
+//! - A type that is not `Send + Sync + 'static` is reported once, on the type: the `Key`
+//!   impl holds only where the type is, so neither the impl's own bounds nor the static's
+//!   `Sync` check report it a second time. The bound is higher-ranked (`for<'v>`) because
+//!   rustc rejects a where-clause without generics that does not hold (a trivial bound)
+//!   instead of leaving the impl unusable; `SendSyncStatic` carries the message.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{Attribute, Expr, Ident, LitStr, Token, Type, Visibility};
+use syn::visit_mut::VisitMut;
+use syn::{Attribute, Expr, Ident, Lifetime, LitStr, Token, Type, Visibility};
 
 use crate::args::{self, Arg, Args};
 
@@ -153,6 +172,7 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
         default,
         ..
     } = item;
+    let ty = &with_static_lifetimes(ty.clone());
     let private = args.private();
     let name = match &args.name {
         Some(name) => name.clone(),
@@ -166,16 +186,13 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
             (quote!(WithDefault), quote!(with_default(#name, #init)))
         }
     };
-    // The bound `Send + Sync + 'static` sits on `Key::Value`: spanning this line with the
-    // type puts a violation's error on the user's type (B4).
-    let value = quote_spanned!(ty.span()=> type Value = #ty;);
-    let ty_tokens = ty.to_token_stream();
-    // The static must be `Sync`, which needs the value type `Send + Sync` again: span its
-    // type with the user's, so that this check too points at it.
-    let private_at_ty = args.private_at(ty.span());
-    let static_ty = quote_spanned!(ty.span()=> #private_at_ty::ContextVar<#ident>);
-    // The type and its `Key` impl come first: a type that is not `Send + Sync` is then
-    // reported on the `Key` impl's line (the user's type) before the static's own check.
+    // The static's type spans the user's type, from its first token to its last, so that
+    // the one error about a value that is not `Send + Sync + 'static` underlines that type.
+    let (first, last) = first_and_last_span(ty);
+    let private_at_ty = args.private_at(first);
+    let close = quote_spanned!(last=> >);
+    let static_ty = quote_spanned!(first=> #private_at_ty::ContextVar<#ident #close);
+    let value = quote!(<fn(&'static ()) -> #ty as #private::Returns>::Output);
     // `#[cfg]` on the static goes on the type and the impl too: all three or none exist.
     let cfgs: Vec<_> = attrs
         .iter()
@@ -188,13 +205,19 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
         #vis struct #ident {}
 
         #(#cfgs)*
-        impl #private::Key for #ident {
-            #value
+        // Rust 1.85 to 1.88 warn that a hidden lifetime in `fn(&'static ()) -> Cow<str>`
+        // resolves to `'static`: that is the point.
+        #[allow(unknown_lints, elided_named_lifetimes)]
+        impl #private::Key for #ident
+        where
+            for<'__v> #value: #private::SendSyncStatic<'__v>,
+        {
+            type Value = #value;
             type Default = #private::#kind;
             const LOG: bool = #log;
 
             fn fmt_value(
-                value: &#ty_tokens,
+                value: &Self::Value,
                 f: &mut ::core::fmt::Formatter<'_>,
             ) -> ::core::fmt::Result {
                 #[allow(unused_imports)]
@@ -205,5 +228,54 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
 
         #(#attrs)*
         #vis static #ident: #static_ty = #private::ContextVar::#constructor;
+    }
+}
+
+/// The spans of the first and the last token of `ty`.
+fn first_and_last_span(ty: &Type) -> (Span, Span) {
+    let mut tokens = ty.to_token_stream().into_iter();
+    let first = tokens.next().map_or_else(Span::call_site, |t| t.span());
+    let last = tokens.last().map_or(first, |t| t.span());
+    (first, last)
+}
+
+/// `ty` with its elided reference lifetimes written `'static`, which is what they mean in a
+/// `static` (hidden ones in paths are left to `fn(&'static ()) -> ty`).
+///
+/// ```text
+/// // Input:                       // Output:
+/// &str                            &'static str
+/// Option<&'_ [u8]>                Option<&'static [u8]>
+/// Box<dyn Fn(&str) -> &str>       Box<dyn Fn(&str) -> &str>     (the closure's own)
+/// ```
+fn with_static_lifetimes(mut ty: Type) -> Type {
+    StaticLifetimes.visit_type_mut(&mut ty);
+    ty
+}
+
+struct StaticLifetimes;
+
+impl VisitMut for StaticLifetimes {
+    fn visit_type_reference_mut(&mut self, reference: &mut syn::TypeReference) {
+        if reference.lifetime.is_none() {
+            reference.lifetime = Some(Lifetime::new("'static", reference.and_token.span));
+        }
+        syn::visit_mut::visit_type_reference_mut(self, reference);
+    }
+
+    fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
+        if lifetime.ident == "_" {
+            *lifetime = Lifetime::new("'static", lifetime.apostrophe);
+        }
+    }
+
+    // In `fn(&str) -> &str` and `Fn(&str) -> &str`, elision binds to the function's own
+    // arguments: `'static` there would change the type.
+    fn visit_type_bare_fn_mut(&mut self, _: &mut syn::TypeBareFn) {}
+
+    fn visit_parenthesized_generic_arguments_mut(
+        &mut self,
+        _: &mut syn::ParenthesizedGenericArguments,
+    ) {
     }
 }

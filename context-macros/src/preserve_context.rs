@@ -174,15 +174,15 @@ fn validate(function: &Function) -> syn::Result<()> {
              captures the caller's context for the future an `async fn` returns)",
         ));
     }
-    if let ReturnType::Type(_, ty) = &sig.output
-        && let Type::Never(never) = &**ty
-    {
-        return Err(syn::Error::new(
-            never.bang_token.span,
-            "#[preserve_context] cannot rewrite an `async fn` that returns `!`: the future's \
-             `Output = !` needs the unstable never type; return `std::convert::Infallible` \
-             instead",
-        ));
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Type::Never(never) = &**ty {
+            return Err(syn::Error::new(
+                never.bang_token.span,
+                "#[preserve_context] cannot rewrite an `async fn` that returns `!`: the \
+                 future's `Output = !` needs the unstable never type; return \
+                 `std::convert::Infallible` instead",
+            ));
+        }
     }
     if let Some(semi) = function.semi {
         return Err(syn::Error::new(

@@ -148,10 +148,10 @@ impl VisitMut for Lifetimes {
     }
 
     fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
-        if lifetime.ident == "_"
-            && let Some(named) = self.elided(lifetime.apostrophe)
-        {
-            *lifetime = named;
+        if lifetime.ident == "_" {
+            if let Some(named) = self.elided(lifetime.apostrophe) {
+                *lifetime = named;
+            }
         }
         self.mention(lifetime);
     }
