@@ -24,7 +24,8 @@ use crate::var::{ContextVar, DefaultKind, Key, downcast};
 /// (behind `Arc`), never copy them.
 ///
 /// ```
-/// # use context_core::{Context, ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{Context, ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -44,7 +45,8 @@ pub struct Context {
 /// Python's `contextvars.copy_context()`.
 ///
 /// ```
-/// # use context_core::{copy_context, ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{copy_context, ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -62,7 +64,8 @@ impl Context {
     /// An empty context: every variable reads as its default, or as unset.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -81,7 +84,8 @@ impl Context {
     /// (B26).
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -112,7 +116,8 @@ impl Context {
     /// (Python raises `RuntimeError` at run time).
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct COUNT {}
     /// # impl Key for COUNT { type Value = u32; type Default = WithDefault; }
     /// # static COUNT: ContextVar<COUNT> = ContextVar::with_default("count", || 0);
@@ -139,7 +144,8 @@ impl Context {
     /// with overrides without touching the caller's (B22).
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault, WithDefault};
     /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
     /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
     /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
@@ -165,7 +171,8 @@ impl Context {
     /// The value bound to `var` in this context; defaults are not bindings (B20).
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct RETRIES {}
     /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
     /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
@@ -183,7 +190,8 @@ impl Context {
     /// Whether `var` is bound in this context.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -198,7 +206,8 @@ impl Context {
     /// How many variables are bound in this context.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -212,7 +221,8 @@ impl Context {
     /// Whether no variable is bound in this context.
     ///
     /// ```
-    /// # use context_core::Context;
+    /// # use context_core as contextvars;
+    /// # use contextvars::Context;
     /// assert!(Context::new().is_empty());
     /// ```
     #[must_use]
@@ -224,7 +234,8 @@ impl Context {
     /// the variable's type has it (else as the type's name) and can be downcast.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault;
     /// #   fn fmt_value(v: &&'static str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }
@@ -245,7 +256,8 @@ impl Context {
     /// `AsyncContext.Snapshot.wrap` and Node's `AsyncResource.bind`.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -268,7 +280,8 @@ impl Context {
     /// copy of this context, so nothing one call sets is seen by the next.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct HITS {}
     /// # impl Key for HITS { type Value = u32; type Default = WithDefault; }
     /// # static HITS: ContextVar<HITS> = ContextVar::with_default("hits", || 0);
@@ -359,7 +372,8 @@ impl<'a> ValueRef<'a> {
     /// The value as a `T`, if it is one.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct PORT {}
     /// # impl Key for PORT { type Value = u16; type Default = NoDefault; }
     /// # static PORT: ContextVar<PORT> = ContextVar::new("port");

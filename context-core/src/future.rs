@@ -18,7 +18,8 @@ pin_project! {
     /// dropped inside the context, so its `Drop` sees the same values as its body.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, FutureExt, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, FutureExt, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -131,7 +132,8 @@ impl<F: std::fmt::Debug> std::fmt::Debug for WithContext<F> {
 /// the inner type is one and a `Stream` when it is one (feature `stream`).
 ///
 /// ```
-/// # use context_core::{ContextVar, FutureExt, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, FutureExt, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct TENANT {}
 /// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
 /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");

@@ -28,7 +28,8 @@ use crate::var::{VarMeta, restore};
 /// cannot be misused that way. Clippy's `let_underscore_must_use` lint catches the mistake.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct TENANT {}
 /// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
 /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");

@@ -16,7 +16,8 @@ use crate::var::{ContextVar, Key};
 /// Dropping a token without using it leaves the variable as it is.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = String; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");

@@ -24,7 +24,8 @@ use crate::token::Token;
 /// without the macro:
 ///
 /// ```
-/// use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// use contextvars::{ContextVar, Key, NoDefault};
 ///
 /// #[allow(non_camel_case_types)]
 /// pub struct REQUEST_ID {}
@@ -187,7 +188,8 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// A variable without a default, named `name` in errors, `Debug` output and logs.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct TENANT {}
     /// # impl Key for TENANT { type Value = u64; type Default = NoDefault; }
     /// static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
@@ -206,7 +208,8 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// The value in the current context, or `None` where it is not set (B5).
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = String; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -226,7 +229,8 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// (B8). `f` may read and set context variables.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct BODY {}
     /// # impl Key for BODY { type Value = Vec<u8>; type Default = NoDefault; }
     /// # static BODY: ContextVar<BODY> = ContextVar::new("body");
@@ -250,7 +254,8 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// the two would wait for each other forever.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = String; type Default = WithDefault; }
     /// static USER: ContextVar<USER> = ContextVar::with_default("user", || "guest".to_string());
@@ -276,7 +281,8 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// initializer again), or if the initializer reads this variable itself.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct RETRIES {}
     /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
     /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
@@ -301,7 +307,8 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// As [`get`](Self::get), if the default's initializer panics.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct GREETING {}
     /// # impl Key for GREETING { type Value = String; type Default = WithDefault; }
     /// # static GREETING: ContextVar<GREETING> = ContextVar::with_default("greeting", || "hello".into());
@@ -362,7 +369,8 @@ impl<K: Key> ContextVar<K> {
     /// If the default's initializer panics.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct TRACE_ID {}
     /// # impl Key for TRACE_ID { type Value = u128; type Default = NoDefault; }
     /// # static TRACE_ID: ContextVar<TRACE_ID> = ContextVar::new("trace_id");
@@ -385,7 +393,8 @@ impl<K: Key> ContextVar<K> {
     /// variable's own default, as in Python's `var.get(default)` (B7).
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct RETRIES {}
     /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
     /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
@@ -419,7 +428,8 @@ impl<K: Key> ContextVar<K> {
     /// token that resets nothing: a panic there would abort the process.)
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = String; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -466,7 +476,8 @@ impl<K: Key> ContextVar<K> {
     /// [`ResetError`] if the token was made in a different context (B14); nothing changes.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct LEVEL {}
     /// # impl Key for LEVEL { type Value = u8; type Default = WithDefault; }
     /// # static LEVEL: ContextVar<LEVEL> = ContextVar::with_default("level", || 0);
@@ -494,7 +505,8 @@ impl<K: Key> ContextVar<K> {
     /// [`ScopeGuard`].
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -514,7 +526,8 @@ impl<K: Key> ContextVar<K> {
     /// `f` sets reaches the caller (B15). The name follows `tokio::task_local!`.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct DEPTH {}
     /// # impl Key for DEPTH { type Value = u32; type Default = WithDefault; }
     /// # static DEPTH: ContextVar<DEPTH> = ContextVar::with_default("depth", || 0);
@@ -530,7 +543,8 @@ impl<K: Key> ContextVar<K> {
     /// including one spawned without a context.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
     /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
     /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
