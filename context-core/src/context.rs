@@ -10,17 +10,17 @@ use crate::var::{ContextVar, DefaultKind, Key, downcast};
 /// A mapping from context variables to values: Python's `contextvars.Context`.
 ///
 /// - [`Context::current()`] (or [`copy_context()`]) snapshots the current bindings in O(1),
-///   whatever their number (B17). [`Context::new()`] is empty (B18).
+///   whatever their number. [`Context::new()`] is empty.
 /// - [`run`](Context::run) makes a context current for the length of a closure; what the
-///   closure sets stays in the context (B19). A future runs in one with
+///   closure sets stays in the context. A future runs in one with
 ///   [`FutureExt::with_context`](crate::FutureExt::with_context).
 /// - The mapping view ([`get`](Context::get), [`contains`](Context::contains),
 ///   [`len`](Context::len), [`iter`](Context::iter), `Debug`) shows bindings, never
-///   defaults (B20).
+///   defaults.
 ///
 /// Every `Context` value is its own context: a clone, [`Context::new()`] and
 /// [`Context::current()`] each make a new one, independent of the original both ways, and a
-/// [`Token`](crate::Token) made in one is refused by another (B14). Clones share the values
+/// [`Token`](crate::Token) made in one is refused by another. Clones share the values
 /// (behind `Arc`), never copy them.
 ///
 /// ```
@@ -80,8 +80,8 @@ impl Context {
     }
 
     /// A snapshot of the current context, in O(1): later sets on either side are not seen by
-    /// the other (B17). In a tokio task that runs outside any context, an empty context
-    /// (B26).
+    /// the other. In a tokio task that runs outside any context, an empty context, so that such
+    /// a task never sees another's values.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -108,7 +108,7 @@ impl Context {
         }
     }
 
-    /// Runs `f` with this context current and returns what `f` returns (B19). What `f` sets
+    /// Runs `f` with this context current and returns what `f` returns. What `f` sets
     /// stays in this context; the caller's context is restored when `f` returns and when it
     /// panics (the panic goes on).
     ///
@@ -141,7 +141,7 @@ impl Context {
     }
 
     /// This context with `var` bound to `value`: the one-expression way to build a context
-    /// with overrides without touching the caller's (B22).
+    /// with overrides without touching the caller's.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -168,7 +168,7 @@ impl Context {
         self
     }
 
-    /// The value bound to `var` in this context; defaults are not bindings (B20).
+    /// The value bound to `var` in this context; defaults are not bindings.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -252,7 +252,7 @@ impl Context {
     }
 
     /// A closure that runs `f` in a copy of this context (taken now) wherever and whenever it
-    /// is called: the way into a thread pool or any executor (B21). Like TC39's
+    /// is called: the way into a thread pool or any executor. Like TC39's
     /// `AsyncContext.Snapshot.wrap` and Node's `AsyncResource.bind`.
     ///
     /// ```

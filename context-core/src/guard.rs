@@ -6,7 +6,7 @@ use crate::error::ResetError;
 use crate::map::Value;
 use crate::var::{VarMeta, restore};
 
-/// Undoes a [`ContextVar::scoped`](crate::ContextVar::scoped) when dropped (B15).
+/// Undoes a [`ContextVar::scoped`](crate::ContextVar::scoped) when dropped.
 ///
 /// Dropping the guard restores **its own variable** to what it was before the `scoped` call,
 /// exactly like passing a [`Token`](crate::Token) to [`reset`](crate::ContextVar::reset): on
@@ -17,7 +17,7 @@ use crate::var::{VarMeta, restore};
 /// tokens reset out of order do.
 ///
 /// A guard is `Send + 'static`, so it can be held across `.await` in a spawned task. It must
-/// be dropped in the context it was made in (B16): the same task, thread or
+/// be dropped in the context it was made in: the same task, thread or
 /// [`Context::run`](crate::Context::run) closure. Dropped anywhere else it changes nothing and
 /// panics with a message that says so, unless the thread is already panicking, in which case
 /// it only changes nothing (a panic during unwinding would abort the process).

@@ -7,7 +7,7 @@
 //! seven levels that 32 bits allow, so there are no collision nodes.
 //!
 //! Nodes sit behind `Arc` and every write goes through [`Arc::make_mut`]:
-//! - a snapshot is one `Arc::clone` of the root, whatever the number of bindings (B17);
+//! - a snapshot is one `Arc::clone` of the root, whatever the number of bindings;
 //! - a write to a map nobody else shares mutates in place, with no copying at all;
 //! - a write to a shared map copies only the nodes on the path to the key (one node below
 //!   32 bindings, two below 1,024).

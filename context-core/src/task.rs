@@ -1,4 +1,4 @@
-//! Spawning tokio tasks that inherit the spawner's context (B25).
+//! Spawning tokio tasks that inherit the spawner's context.
 //!
 //! Each helper snapshots the caller's context at the call, as asyncio's `create_task` does:
 //! later sets by the caller are invisible to the task, and the task's sets are invisible to

@@ -1,4 +1,4 @@
-//! Threads that inherit the spawner's context (B30).
+//! Threads that inherit the spawner's context.
 //!
 //! A thread started with [`std::thread::spawn`] starts with an empty context, as in Python.
 //! [`spawn`] and [`Builder`] start it in a copy of the spawner's context instead, like Python

@@ -20,7 +20,7 @@ use crate::token::Token;
 ///
 /// `#[context_var]` implements it on a type it generates for each variable, named like the
 /// static, so that every variable has a type of its own: a [`Token`] of one variable cannot
-/// reset another, which the compiler checks (B13). Write it by hand only to declare a variable
+/// reset another, which the compiler checks. Write it by hand only to declare a variable
 /// without the macro:
 ///
 /// ```
@@ -94,7 +94,7 @@ impl DefaultKind for NoDefault {
     }
 }
 
-/// A default evaluated on first need, once per process (B3).
+/// A default evaluated on first need, once per process.
 #[doc(hidden)]
 pub struct Lazy<T> {
     cell: OnceLock<T>,
@@ -205,7 +205,7 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
         }
     }
 
-    /// The value in the current context, or `None` where it is not set (B5).
+    /// The value in the current context, or `None` where it is not set.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -225,8 +225,8 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
         self.lookup()
     }
 
-    /// Lends the value to `f` without cloning it: `Some(&value)` where it is set, else `None`
-    /// (B8). `f` may read and set context variables.
+    /// Lends the value to `f` without cloning it: `Some(&value)` where it is set, else `None`.
+    /// `f` may read and set context variables.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -246,7 +246,7 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
 
 impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// A variable whose default is `init()`, evaluated on first need, at most once per
-    /// process (B3). The default is not a binding: no context lists it.
+    /// process. The default is not a binding: no context lists it.
     ///
     /// As with `std::sync::LazyLock`, other threads that need the default while `init`
     /// runs wait for it. So `init` must not read this variable (that panics, naming it) and
@@ -274,7 +274,7 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
         }
     }
 
-    /// The value in the current context, else the default (B5).
+    /// The value in the current context, else the default.
     ///
     /// # Panics
     /// If the default's initializer panics (the panic is passed on; the next read runs the
@@ -300,7 +300,7 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
             .unwrap_or_else(|| self.default_value().clone())
     }
 
-    /// Lends the value (or the default) to `f` without cloning it (B8). `f` may read and set
+    /// Lends the value (or the default) to `f` without cloning it. `f` may read and set
     /// context variables.
     ///
     /// # Panics
@@ -335,7 +335,7 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
 
 impl<K: Key> ContextVar<K> {
     /// The variable's name: the static's identifier, or the `name = "…"` it was declared with.
-    /// Two variables may share a name; they are still different variables (B2).
+    /// Two variables may share a name; they are still different variables.
     #[must_use]
     pub fn name(&self) -> &'static str {
         self.name
@@ -359,7 +359,7 @@ impl<K: Key> ContextVar<K> {
         K::Default::default_ref(&self.default, self.name)
     }
 
-    /// The value in the current context, else the default, else [`LookupError`] (B6), which
+    /// The value in the current context, else the default, else [`LookupError`], which
     /// names the variable.
     ///
     /// # Errors
@@ -390,7 +390,7 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// The value if it is set in the current context, else `fallback`, which wins over the
-    /// variable's own default, as in Python's `var.get(default)` (B7).
+    /// variable's own default, as in Python's `var.get(default)`.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -416,12 +416,12 @@ impl<K: Key> ContextVar<K> {
         current::find(self.key(), |_| ()).is_some()
     }
 
-    /// Binds `value` in the current context until reset or until that context ends (B9).
+    /// Binds `value` in the current context until reset or until that context ends.
     /// The value is moved in, never cloned. The returned [`Token`] restores the previous
     /// state with [`reset`](Self::reset).
     ///
     /// # Panics
-    /// In a tokio task that runs outside any context (see the crate docs, B26): setting there
+    /// In a tokio task that runs outside any context (see the crate docs): setting there
     /// would leak the value to the next task on the worker thread. The message names the fix;
     /// [`try_set`](Self::try_set) returns the error instead. (While the thread's locals are
     /// being destroyed, in a value's `Drop` at thread exit, `set` does nothing and returns a
@@ -468,12 +468,12 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// Restores the variable to what it was before the `set` that made `token`, including
-    /// "unset", which removes it from the context (B11). Out-of-order resets restore that
-    /// token's old value. A token can be used once (B12) and only on its own variable (B13):
+    /// "unset", which removes it from the context. Out-of-order resets restore that
+    /// token's old value. A token can be used once and only on its own variable:
     /// both are compile errors.
     ///
     /// # Errors
-    /// [`ResetError`] if the token was made in a different context (B14); nothing changes.
+    /// [`ResetError`] if the token was made in a different context; nothing changes.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -494,8 +494,8 @@ impl<K: Key> ContextVar<K> {
         restore(self, self.key(), context, old.map(|old| old as Value))
     }
 
-    /// Sets `value` until the returned guard is dropped, also when unwinding from a panic
-    /// (B15). Dropping the guard restores this variable, and only this one, to what it was
+    /// Sets `value` until the returned guard is dropped, also when unwinding from a panic.
+    /// Dropping the guard restores this variable, and only this one, to what it was
     /// before, exactly as [`reset`](Self::reset) does with a token: sets of other variables
     /// made meanwhile stay. `let _ = V.scoped(value)` resets at once (see [`ScopeGuard`]).
     ///
@@ -523,7 +523,7 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// Runs `f` in a copy of the current context with the variable set to `value`; nothing
-    /// `f` sets reaches the caller (B15). The name follows `tokio::task_local!`.
+    /// `f` sets reaches the caller. The name follows `tokio::task_local!`.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -539,7 +539,7 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// A future that runs `future` in a copy of the current context (taken now) with the
-    /// variable set to `value`; nothing it sets reaches the caller (B15). Works in any task,
+    /// variable set to `value`; nothing it sets reaches the caller. Works in any task,
     /// including one spawned without a context.
     ///
     /// ```
