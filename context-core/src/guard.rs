@@ -3,8 +3,8 @@
 use std::fmt;
 
 use crate::error::ResetError;
-use crate::map::Value;
-use crate::var::{VarMeta, restore};
+use crate::map::{Value, VarMeta};
+use crate::var::restore;
 
 /// Undoes a [`ContextVar::scoped`](crate::ContextVar::scoped) when dropped.
 ///

@@ -20,12 +20,21 @@
 
 use std::any::Any;
 use std::cmp::Ordering;
+use std::fmt;
 use std::sync::Arc;
-
-use crate::var::VarMeta;
 
 /// A value as the map stores it.
 pub(crate) type Value = Arc<dyn Any + Send + Sync>;
+
+/// What the map needs to know about a variable without knowing its type: its name, whether
+/// it appears in logs, and how to format its values. `ContextVar` implements it; the map
+/// knows nothing else of variables.
+pub(crate) trait VarMeta: Sync {
+    fn name(&self) -> &'static str;
+    fn log(&self) -> bool;
+    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
+    -> fmt::Result;
+}
 
 const BITS: u32 = 5;
 const MASK: u32 = (1 << BITS) - 1;

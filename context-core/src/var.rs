@@ -13,7 +13,7 @@ use crate::current;
 use crate::error::{LookupError, ResetError, SetError};
 use crate::future::WithContext;
 use crate::guard::ScopeGuard;
-use crate::map::{Leaf, Value};
+use crate::map::{Leaf, Value, VarMeta};
 use crate::token::Token;
 
 /// The identity and value type of one context variable.
@@ -154,15 +154,6 @@ impl DefaultKind for WithDefault {
     ) -> Option<&'a T> {
         Some(slot.force(var))
     }
-}
-
-/// What the map needs to know about a variable without knowing its type: its name, and how
-/// to format its values.
-pub(crate) trait VarMeta: Sync {
-    fn name(&self) -> &'static str;
-    fn log(&self) -> bool;
-    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
-    -> fmt::Result;
 }
 
 /// A context variable: a typed key whose value depends on the current context.
