@@ -231,7 +231,17 @@ impl Context {
     }
 
     /// The bindings: each variable's name and its value, which formats with `Debug` where
-    /// the variable's type has it (else as the type's name) and can be downcast.
+    /// the variable's type has it (else as the type's name) and can be downcast to that type
+    /// with [`ValueRef::downcast_ref`]. Defaults are not bindings, so they are not listed.
+    ///
+    /// # Order
+    ///
+    /// The order is unspecified: it is neither the order of the `set`s nor that of the names.
+    /// It depends only on which variables are bound, so within one process two contexts
+    /// holding the same variables list them in the same order (and so does `Debug`), whatever
+    /// the order they were set in. It can change between runs, since it follows the order in
+    /// which the process first used (read or set) each variable, and between versions of this
+    /// crate. For a dump that reads the same every time, sort by name.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -240,9 +250,34 @@ impl Context {
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault;
     /// #   fn fmt_value(v: &&'static str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
-    /// let ctx = Context::new().with_value(&USER, "ann");
-    /// let dump: Vec<String> = ctx.iter().map(|(name, value)| format!("{name}={value:?}")).collect();
-    /// assert_eq!(dump, ["user=\"ann\""]);
+    /// # #[allow(non_camel_case_types)] struct PORT {}
+    /// # impl Key for PORT { type Value = u16; type Default = NoDefault;
+    /// #   fn fmt_value(v: &u16, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }
+    /// # static PORT: ContextVar<PORT> = ContextVar::new("port");
+    /// use contextvars::ValueRef;
+    ///
+    /// let ctx = Context::new().with_value(&USER, "ann").with_value(&PORT, 8080);
+    ///
+    /// // Sorted by name, so that the dump is the same in every run.
+    /// let mut bindings: Vec<(&str, ValueRef<'_>)> = ctx.iter().collect();
+    /// bindings.sort_by_key(|&(name, _)| name);
+    ///
+    /// // `Debug` text, as the variables' types format themselves.
+    /// let text: Vec<String> = bindings.iter().map(|(name, value)| format!("{name}={value:?}")).collect();
+    /// assert_eq!(text, ["port=8080", "user=\"ann\""]);
+    ///
+    /// // Typed values: downcast to the types the dump knows, `Debug` text for the others.
+    /// fn render(value: ValueRef<'_>) -> String {
+    ///     if let Some(port) = value.downcast_ref::<u16>() {
+    ///         port.to_string()
+    ///     } else if let Some(user) = value.downcast_ref::<&str>() {
+    ///         (*user).to_owned()
+    ///     } else {
+    ///         format!("{value:?}")
+    ///     }
+    /// }
+    /// let plain: Vec<String> = bindings.iter().map(|&(name, value)| format!("{name}={}", render(value))).collect();
+    /// assert_eq!(plain, ["port=8080", "user=ann"]);
     /// ```
     #[must_use]
     pub fn iter(&self) -> Iter<'_> {
@@ -341,7 +376,7 @@ impl<'a> IntoIterator for &'a Context {
     }
 }
 
-/// An iterator over a context's bindings, from [`Context::iter`].
+/// An iterator over a context's bindings, from [`Context::iter`], in the order it describes.
 pub struct Iter<'a> {
     leaves: map::Iter<'a>,
 }
@@ -362,7 +397,11 @@ impl fmt::Debug for Iter<'_> {
     }
 }
 
-/// A bound value as [`Context::iter`] shows it: it formats with `Debug` and can be downcast.
+/// A bound value as [`Context::iter`] shows it.
+///
+/// Its `Debug` output is the variable's own: the value's `Debug` text where the variable's
+/// type has one, else the type's name. [`downcast_ref`](Self::downcast_ref) gives the value
+/// itself, typed, for code that knows (or tries) the type.
 #[derive(Clone, Copy)]
 pub struct ValueRef<'a> {
     leaf: &'a map::Leaf,
