@@ -236,7 +236,7 @@ impl Context {
     ///
     /// # Order
     ///
-    /// The order is unspecified: it is neither the order of the `set`s nor that of the names.
+    /// The order is unspecified: expect neither the order of the `set`s nor that of the names.
     /// It depends only on which variables are bound, so within one process two contexts
     /// holding the same variables list them in the same order (and so does `Debug`), whatever
     /// the order they were set in. It can change between runs, since it follows the order in
