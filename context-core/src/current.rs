@@ -5,11 +5,12 @@
 //! when none is, the thread's own context. Entering a context swaps its frame with the
 //! thread's; leaving swaps them back. Both are moves: no reference counts change.
 //!
-//! The B26 rule lives here too. The frame belongs to the task that made it current (none,
-//! for the thread's own context): a tokio task spawned without a context, polled while
-//! another task's context or the thread's own is current, must not see it, since what it
-//! holds belongs to someone else. Such a task reads an empty context instead, and cannot
-//! write. Entering a context records the running task (`tokio::task::try_id`) as the owner.
+//! The rule for tasks spawned without a context lives here too. The frame belongs to the task
+//! that made it current (none, for the thread's own context): a tokio task spawned without a
+//! context, polled while another task's context or the thread's own is current, must not see
+//! it, since what it holds belongs to someone else. Such a task reads an empty context instead,
+//! and cannot write. Entering a context records the running task (`tokio::task::try_id`) as the
+//! owner.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use crate::map::{Leaf, Map};
 /// What a context holds while it is not entered, and what the thread holds while it is.
 pub(crate) struct Frame {
     pub(crate) map: Map,
-    /// The context's identity for tokens and guards (B14); `0` until something needs it.
+    /// The context's identity, which tokens and guards check; `0` until something needs it.
     pub(crate) id: u64,
 }
 
@@ -98,7 +99,7 @@ struct Current {
     /// context entered outside any task. Only code of that task sees the frame. Any other
     /// task polled meanwhile on this thread (a task spawned without a context, polled by a
     /// runtime driven inside `Context::run`, or by a `LocalSet` inside a context's future)
-    /// sees an empty context and cannot write (B26).
+    /// sees an empty context and cannot write.
     owner: Task,
 }
 

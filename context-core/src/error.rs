@@ -9,7 +9,8 @@ use std::fmt;
 /// `LookupError`.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # struct REQUEST_ID {}
 /// # impl Key for REQUEST_ID { type Value = String; type Default = NoDefault; }
 /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
@@ -46,7 +47,8 @@ impl Error for LookupError {}
 /// Why a [`Token`](crate::Token) did not reset its variable. Nothing was changed.
 ///
 /// ```
-/// # use context_core::{Context, ContextVar, Key, NoDefault, ResetError};
+/// # use context_core as contextvars;
+/// # use contextvars::{Context, ContextVar, Key, NoDefault, ResetError};
 /// # struct USER {}
 /// # impl Key for USER { type Value = String; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
