@@ -243,12 +243,18 @@ async fn get_on(
         .unwrap();
     let mut status = String::new();
     let read = stream.read_line(&mut status).await.unwrap();
-    assert_ne!(read, 0, "the server closed the connection instead of answering");
+    assert_ne!(
+        read, 0,
+        "the server closed the connection instead of answering"
+    );
     let mut length = 0;
     loop {
         let mut line = String::new();
         let read = stream.read_line(&mut line).await.unwrap();
-        assert_ne!(read, 0, "the server closed the connection midway through an answer");
+        assert_ne!(
+            read, 0,
+            "the server closed the connection midway through an answer"
+        );
         if line == "\r\n" {
             break;
         }
