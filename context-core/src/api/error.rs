@@ -3,6 +3,8 @@
 use std::error::Error;
 use std::fmt;
 
+use crate::current::Unwritable;
+
 /// A variable without a default was read where it is not set.
 ///
 /// Returned by [`ContextVar::try_get`](crate::ContextVar::try_get), the Rust form of Python's
@@ -151,3 +153,13 @@ impl fmt::Display for SetError {
 }
 
 impl Error for SetError {}
+
+impl SetError {
+    /// The error for a `set` of `var` where the engine found no frame to write to.
+    pub(crate) fn new(why: Unwritable, var: &'static str) -> Self {
+        match why {
+            Unwritable::NoContext => SetError::NoContext { var },
+            Unwritable::ThreadExiting => SetError::ThreadExiting { var },
+        }
+    }
+}

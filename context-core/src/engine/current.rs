@@ -15,7 +15,6 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::SetError;
 use crate::map::{Leaf, Map};
 
 /// What a context holds while it is not entered, and what the thread holds while it is.
@@ -141,12 +140,20 @@ pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
         .flatten()
 }
 
+/// Why there is no frame to write to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unwritable {
+    /// A tokio task polled outside any context.
+    NoContext,
+    /// A thread whose context is already torn down (a value's `Drop` at thread exit).
+    ThreadExiting,
+}
+
 /// Runs `f` on the frame that `set` writes to.
 ///
 /// # Errors
-/// [`SetError`] where there is none: a tokio task polled outside any context, or a thread
-/// whose context is already torn down.
-pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Result<R, SetError> {
+/// [`Unwritable`] where there is none.
+pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable> {
     // `f` owns values (the one being set, a token's old value, a guard's saved map): where it
     // is not called, it is dropped after the borrow ends, so that their `Drop` may read
     // variables.
@@ -156,10 +163,10 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
         if current.visible() {
             Ok(f.take().expect("called once")(&mut current.frame))
         } else {
-            Err(SetError::NoContext { var })
+            Err(Unwritable::NoContext)
         }
     });
-    result.unwrap_or(Err(SetError::ThreadExiting { var }))
+    result.unwrap_or(Err(Unwritable::ThreadExiting))
 }
 
 /// Drops every binding of the current context, inside it, one at a time: while a value is

@@ -3,15 +3,13 @@
 use std::any::{Any, type_name};
 use std::cell::RefCell;
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::context::Context;
-use crate::current;
+use crate::current::{self, Unwritable};
 use crate::error::{LookupError, ResetError, SetError};
-use crate::future::WithContext;
 use crate::guard::ScopeGuard;
 use crate::map::{Leaf, Value, VarMeta};
 use crate::token::Token;
@@ -449,8 +447,8 @@ impl<K: Key> ContextVar<K> {
     /// [`SetError::ThreadExiting`] while the thread's locals are being destroyed.
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
         let leaf = self.leaf(value);
-        let (context, old) =
-            current::write(self.name, |frame| (frame.id(), frame.map.insert(leaf)))?;
+        let (context, old) = current::write(|frame| (frame.id(), frame.map.insert(leaf)))
+            .map_err(|why| SetError::new(why, self.name))?;
         let old = old.map(|old| {
             old.downcast::<K::Value>()
                 .unwrap_or_else(|_| wrong_type::<K>())
@@ -529,25 +527,6 @@ impl<K: Key> ContextVar<K> {
         Context::current().with_value(self, value).run(f)
     }
 
-    /// A future that runs `future` in a copy of the current context (taken now) with the
-    /// variable set to `value`; nothing it sets reaches the caller. Works in any task,
-    /// including one spawned without a context.
-    ///
-    /// ```
-    /// # use context_core as contextvars;
-    /// # use contextvars::{ContextVar, Key, NoDefault};
-    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
-    /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
-    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let seen = REQUEST_ID.scope(7, async { REQUEST_ID.get() }).await;
-    /// assert_eq!((seen, REQUEST_ID.get()), (Some(7), None));
-    /// # });
-    /// ```
-    pub fn scope<F: Future>(&'static self, value: K::Value, future: F) -> WithContext<F> {
-        WithContext::new(future, Context::current().with_value(self, value))
-    }
-
     pub(crate) fn leaf(&'static self, value: K::Value) -> Leaf {
         Leaf {
             key: self.key(),
@@ -622,7 +601,7 @@ pub(crate) fn restore(
     old: Option<Value>,
 ) -> Result<(), ResetError> {
     let name = var.name();
-    let replaced = current::write(name, |frame| {
+    let replaced = current::write(|frame| {
         // `0`: a token made where no context was left (thread exit); no context owns it.
         if context == 0 || frame.id != context {
             return Err((ResetError::OtherContext { var: name }, old));
@@ -636,8 +615,8 @@ pub(crate) fn restore(
     match replaced {
         Ok(Ok(_replaced)) => Ok(()),
         Ok(Err((err, _old))) => Err(err),
-        Err(SetError::ThreadExiting { .. }) => Err(ResetError::ThreadExiting { var: name }),
-        Err(_) => Err(ResetError::NoContext { var: name }),
+        Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: name }),
+        Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: name }),
     }
 }
 
