@@ -201,6 +201,10 @@ pub use context_core::tower;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub use context_core::tracing;
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+#[doc = include_str!("../docs/baggage.md")]
+pub use context_core::baggage;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use context_core::{JoinHandle, spawn, spawn_blocking, spawn_local};

@@ -2,6 +2,10 @@
 
 pub use context_core::{Context, ContextVar, FutureExt, Key, NoDefault, WithContext, WithDefault};
 
+/// `#[context_var(baggage = "…")]`: the key's impl and its claim with the `baggage` feature
+/// of the runtime, one clear error without it.
+pub use context_core::__claim_baggage as claim_baggage;
+
 /// What a context variable's value must be. `#[context_var]` makes its `Key` impl hold only
 /// where the value type implements this, so that a type that is not `Send + Sync + 'static`
 /// gives one error, on the type, with this message (instead of one per bound that fails).

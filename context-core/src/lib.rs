@@ -26,6 +26,7 @@ mod future;
 mod gather;
 mod guard;
 mod map;
+pub mod metadata;
 #[cfg(feature = "tokio")]
 mod task;
 pub mod thread;
@@ -37,6 +38,23 @@ pub mod tower;
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub mod tracing;
 mod var;
+
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub mod baggage;
+
+/// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error.
+#[cfg(not(feature = "baggage"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __claim_baggage {
+    ($($tokens:tt)*) => {
+        ::core::compile_error!(
+            "`#[context_var(baggage = \"...\")]` needs the `baggage` feature of `contextvars`: \
+             `contextvars = { version = \"...\", features = [\"baggage\"] }`"
+        );
+    };
+}
 
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};

@@ -144,7 +144,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let mut errors = Vec::new();
-    let args = args::parse(attr, "context_var", &[Arg::Name, Arg::Crate, Arg::Log]).unwrap_or_else(
+    let accepted = [Arg::Name, Arg::Crate, Arg::Log, Arg::Baggage];
+    let args = args::parse(attr, "context_var", &accepted).unwrap_or_else(
         |err| {
             errors.push(err);
             Args::default()
@@ -193,6 +194,7 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
     let close = quote_spanned!(last=> >);
     let static_ty = quote_spanned!(first=> #private_at_ty::ContextVar<#ident #close);
     let value = quote!(<fn(&'static ()) -> #ty as #private::Returns>::Output);
+    let baggage = baggage_claim(item, args, &value);
     // `#[cfg]` on the static goes on the type and the impl too: all three or none exist.
     let cfgs: Vec<_> = attrs
         .iter()
@@ -228,6 +230,36 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
 
         #(#attrs)*
         #vis static #ident: #static_ty = #private::ContextVar::#constructor;
+
+        #baggage
+    }
+}
+
+/// With `baggage = "key"`: the key's impl and the variable's claim on it, through a macro of
+/// the runtime that is one clear error without its `baggage` feature.
+///
+/// ```text
+/// // Input:
+/// #[context_var(baggage = "tenant")]
+/// static TENANT: String;
+///
+/// // Output (besides the variable):
+/// ::contextvars::__private::claim_baggage! { TENANT; "tenant"; <fn(&'static ()) -> String as …>::Output }
+/// // which, with the feature, expands to:
+/// impl BaggageKey for TENANT where for<'v> String: BaggageValue<'v> { const KEY: &str = "tenant"; }
+/// inventory::submit! { Claim::new(&TENANT) }
+/// ```
+fn baggage_claim(item: &StaticItem, args: &Args, value: &TokenStream) -> TokenStream {
+    let Some(key) = &args.baggage else {
+        return TokenStream::new();
+    };
+    let ident = &item.ident;
+    let cfgs = item.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
+    // The macro's path spans the key, so that the error without the feature lands there.
+    let private = args.private_at(key.span());
+    quote! {
+        #(#cfgs)*
+        #private::claim_baggage! { #ident; #key; #value }
     }
 }
 
