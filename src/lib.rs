@@ -195,16 +195,16 @@ pub use context_core::*;
 // Named again, under the feature that brings them, so that the docs show the feature and a
 // build without it says "the item is gated behind the `tower` feature" where it cannot find
 // `contextvars::tower`.
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+#[doc = include_str!("../docs/baggage.md")]
+pub use context_core::baggage;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use context_core::tower;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub use context_core::tracing;
-#[cfg(feature = "baggage")]
-#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
-#[doc = include_str!("../docs/baggage.md")]
-pub use context_core::baggage;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use context_core::{JoinHandle, spawn, spawn_blocking, spawn_local};

@@ -8,5 +8,8 @@ static USER_ID: u64;
 
 #[test]
 fn claimed() {
-    assert_eq!(contextvars::baggage::claimed_keys(), [("tenant", "TENANT"), ("user_id", "USER_ID")]);
+    assert_eq!(
+        contextvars::baggage::claimed_keys(),
+        [("tenant", "TENANT"), ("user_id", "USER_ID")]
+    );
 }

@@ -43,19 +43,6 @@ mod var;
 #[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
 pub mod baggage;
 
-/// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error.
-#[cfg(not(feature = "baggage"))]
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __claim_baggage {
-    ($($tokens:tt)*) => {
-        ::core::compile_error!(
-            "`#[context_var(baggage = \"...\")]` needs the `baggage` feature of `contextvars`: \
-             `contextvars = { version = \"...\", features = [\"baggage\"] }`"
-        );
-    };
-}
-
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};
 pub use executor::{Job, JobError, RunInExecutor, run_in_executor};
@@ -67,3 +54,24 @@ pub use guard::ScopeGuard;
 pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};
 pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};
+
+/// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error, on
+/// the argument; the variable is still declared, without its claim.
+#[cfg(not(feature = "baggage"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __baggage_feature {
+    () => {
+        ::core::compile_error!(
+            "`#[context_var(baggage = \"...\")]` needs the `baggage` feature of `contextvars`: \
+             `contextvars = { version = \"...\", features = [\"baggage\"] }`"
+        );
+    };
+}
+
+#[cfg(not(feature = "baggage"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __claim_baggage {
+    ($($tokens:tt)*) => {};
+}

@@ -143,7 +143,10 @@ pub(crate) fn parse(tokens: TokenStream, attr: &str, accepted: &[Arg]) -> syn::R
 fn check_baggage_key(key: &LitStr) -> syn::Result<()> {
     let text = key.value();
     if text.is_empty() {
-        return Err(syn::Error::new(key.span(), "the baggage key must not be empty"));
+        return Err(syn::Error::new(
+            key.span(),
+            "the baggage key must not be empty",
+        ));
     }
     if let Some(bad) = text
         .chars()

@@ -158,10 +158,9 @@ impl fmt::Display for BaggageError {
                 f,
                 "the value of `{key}` holds a `%` that does not start an escape such as `%2C`"
             ),
-            BaggageError::NotUtf8 { key } => write!(
-                f,
-                "the value of `{key}` does not decode to UTF-8 text"
-            ),
+            BaggageError::NotUtf8 { key } => {
+                write!(f, "the value of `{key}` does not decode to UTF-8 text")
+            }
             BaggageError::BadValue {
                 key,
                 var,

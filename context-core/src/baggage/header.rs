@@ -278,7 +278,10 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_entry() {
-        assert!(matches!(err("a=1,,b=2"), BaggageError::Malformed { entry: 1, .. }));
+        assert!(matches!(
+            err("a=1,,b=2"),
+            BaggageError::Malformed { entry: 1, .. }
+        ));
         assert!(matches!(err("a"), BaggageError::Malformed { entry: 0, .. }));
         assert!(matches!(err("a b=1"), BaggageError::Malformed { .. }));
         assert!(matches!(err("a=\"q\""), BaggageError::Malformed { .. }));
@@ -286,9 +289,7 @@ mod tests {
         assert!(matches!(err("a=%zz"), BaggageError::BadEscape { .. }));
         assert!(matches!(err("a=%4"), BaggageError::BadEscape { .. }));
         assert!(matches!(err("a=%FF%FE"), BaggageError::NotUtf8 { .. }));
-        assert!(
-            matches!(err("a=1,b=2,a=3"), BaggageError::DuplicateKey { key } if key == "a")
-        );
+        assert!(matches!(err("a=1,b=2,a=3"), BaggageError::DuplicateKey { key } if key == "a"));
     }
 
     #[test]

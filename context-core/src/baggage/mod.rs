@@ -32,9 +32,9 @@ use crate::metadata::{self, Entry, METADATA, MetadataFlags};
 pub use client::{BaggageLayer, BaggageService};
 pub use error::BaggageError;
 pub use header::{MAX_BYTES, MAX_ENTRIES, is_baggage_key};
-#[doc(hidden)]
-pub use registry::{BaggageKey, BaggageValue, Claim, Claims, Staged};
 pub use registry::claimed_keys;
+#[doc(hidden)]
+pub use registry::{BaggageKey, Claim, Claims, Staged, TextProbe, ViaNothing, ViaText};
 pub use server::{AcceptBaggage, AcceptBaggageLayer, AcceptFuture};
 
 #[doc(hidden)]
@@ -226,15 +226,31 @@ pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), Baggage
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __claim_baggage {
-    ($var:ident; $key:literal; $value:ty) => {
-        impl $crate::baggage::BaggageKey for $var
-        where
-            for<'__v> $value: $crate::baggage::BaggageValue<'__v>,
-        {
+    ($var:ident; $key:literal) => {
+        impl $crate::baggage::BaggageKey for $var {
             const KEY: &'static str = $key;
+            fn to_text(value: &Self::Value) -> ::std::string::String {
+                #[allow(unused_imports)]
+                use $crate::baggage::{ViaNothing as _, ViaText as _};
+                (&&$crate::baggage::TextProbe::<Self::Value>::new()).to_text(value)
+            }
+            fn from_text(
+                text: &::core::primitive::str,
+            ) -> ::core::result::Result<Self::Value, ::std::string::String> {
+                #[allow(unused_imports)]
+                use $crate::baggage::{ViaNothing as _, ViaText as _};
+                (&&$crate::baggage::TextProbe::<Self::Value>::new()).from_text(text)
+            }
         }
         $crate::baggage::inventory::submit! {
             $crate::baggage::Claim::new(&$var)
         }
     };
+}
+
+/// With the feature, `#[context_var(baggage = …)]` needs nothing more.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __baggage_feature {
+    () => {};
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
+use std::marker::PhantomData;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
@@ -17,26 +18,87 @@ use crate::var::{ContextVar, Key};
 use super::error::BaggageError;
 use super::header::excerpt;
 
-/// What a variable propagated as baggage must be: written with `Display`, read back with
-/// `FromStr`, whose error says what is wrong with `Display`. The lifetime lets generated
-/// code write the bound higher-ranked (see `SendSyncStatic` in the facade).
+/// A variable's baggage key and codec, implemented by `#[context_var(baggage = "…")]`.
+///
+/// The generated impl holds for any value type: its methods go through [`TextProbe`], which
+/// picks `Display` and `FromStr` where the type has them. A type that has not is refused by
+/// a separate check in the generated code, one error on the type, so the impl itself never
+/// adds errors of its own.
 #[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "a variable propagated as baggage must have a value that is `Display + FromStr`, and `{Self}` is not",
-    label = "not `Display + FromStr` (with an error that is `Display`)",
-    note = "the value crosses the hop as text: it is written with `Display` and read back with \
-            `FromStr`; wrap the type in a newtype that implements both"
-)]
-pub trait BaggageValue<'a>: Display + FromStr<Err: Display> {}
-
-#[diagnostic::do_not_recommend]
-impl<T: Display + FromStr<Err: Display>> BaggageValue<'_> for T {}
-
-/// A variable's baggage key, implemented by `#[context_var(baggage = "…")]`.
-#[doc(hidden)]
-pub trait BaggageKey: Key<Value: for<'a> BaggageValue<'a>> {
+pub trait BaggageKey: Key {
     /// The key in the `baggage` header.
     const KEY: &'static str;
+    /// The value as text: its `Display`.
+    fn to_text(value: &Self::Value) -> String;
+    /// A value from text: its `FromStr`, the error as text.
+    ///
+    /// # Errors
+    /// `FromStr`'s, displayed.
+    fn from_text(text: &str) -> Result<Self::Value, String>;
+}
+
+/// Chooses a value type's text codec at the macro's call site, where the type is concrete
+/// (auto-ref specialization): [`ViaText`] where it is `Display + FromStr`, else
+/// [`ViaNothing`], which is never run (the code does not compile then).
+#[doc(hidden)]
+pub struct TextProbe<T>(PhantomData<fn() -> T>);
+
+impl<T> TextProbe<T> {
+    /// The probe.
+    #[must_use]
+    pub const fn new() -> Self {
+        TextProbe(PhantomData)
+    }
+}
+
+impl<T> Default for TextProbe<T> {
+    fn default() -> Self {
+        TextProbe::new()
+    }
+}
+
+/// The codec of a `Display + FromStr` type.
+#[doc(hidden)]
+pub trait ViaText<T> {
+    /// `Display`.
+    fn to_text(&self, value: &T) -> String;
+    /// `FromStr`, the error displayed.
+    ///
+    /// # Errors
+    /// `FromStr`'s.
+    fn from_text(&self, text: &str) -> Result<T, String>;
+}
+
+impl<T: Display + FromStr<Err: Display>> ViaText<T> for &TextProbe<T> {
+    fn to_text(&self, value: &T) -> String {
+        value.to_string()
+    }
+
+    fn from_text(&self, text: &str) -> Result<T, String> {
+        text.parse().map_err(|err: T::Err| err.to_string())
+    }
+}
+
+/// The fallback for other types: the generated check refuses them, so this never runs.
+#[doc(hidden)]
+pub trait ViaNothing<T> {
+    /// Never called.
+    fn to_text(&self, value: &T) -> String;
+    /// Never called.
+    ///
+    /// # Errors
+    /// Always.
+    fn from_text(&self, text: &str) -> Result<T, String>;
+}
+
+impl<T> ViaNothing<T> for TextProbe<T> {
+    fn to_text(&self, _: &T) -> String {
+        String::new()
+    }
+
+    fn from_text(&self, _: &str) -> Result<T, String> {
+        Err("this type has no text form".to_string())
+    }
 }
 
 /// A variable that claims a baggage key, without its type.
@@ -67,19 +129,19 @@ impl<K: BaggageKey> Claims for ContextVar<K> {
     }
 
     fn parse(&'static self, value: &str) -> Result<Staged, BaggageError> {
-        match value.parse::<K::Value>() {
+        match K::from_text(value) {
             Ok(parsed) => Ok(Staged(self.leaf(parsed))),
-            Err(err) => Err(BaggageError::BadValue {
+            Err(reason) => Err(BaggageError::BadValue {
                 key: K::KEY.to_string(),
                 var: ContextVar::name(self),
                 value: excerpt(value),
-                reason: err.to_string(),
+                reason,
             }),
         }
     }
 
     fn value_in(&self, context: &Context) -> Option<String> {
-        context.get(self).map(ToString::to_string)
+        context.get(self).map(K::to_text)
     }
 }
 

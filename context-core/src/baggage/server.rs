@@ -88,7 +88,10 @@ impl<L> AcceptBaggageLayer<L> {
     /// # let _ = layer;
     /// ```
     #[must_use]
-    pub fn ignore_bad_entries(self, report: impl Fn(&BaggageError) + Send + Sync + 'static) -> Self {
+    pub fn ignore_bad_entries(
+        self,
+        report: impl Fn(&BaggageError) + Send + Sync + 'static,
+    ) -> Self {
         AcceptBaggageLayer {
             layer: self.layer,
             policy: Policy::Ignore(Arc::new(report)),
