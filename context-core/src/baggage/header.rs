@@ -105,7 +105,7 @@ fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
 }
 
 /// Checks the properties after a member's value (`text` starts after the first `;`).
-fn check_properties(text: &str, entry: usize, key: &str) -> Result<Arc<str>, BaggageError> {
+fn check_properties(text: &str, entry: usize) -> Result<Arc<str>, BaggageError> {
     let mut out = String::with_capacity(text.len());
     for property in text.split(';') {
         let property = trim_ows(property);
@@ -120,9 +120,8 @@ fn check_properties(text: &str, entry: usize, key: &str) -> Result<Arc<str>, Bag
                 reason: "a property of the entry is not `key` or `key=value`",
             });
         }
-        if let Some(value) = value {
-            decode_value(value, key)?;
-        }
+        // Properties are passed on as they came (opaque, as OpenTelemetry treats them):
+        // their values are checked for the characters a value may hold, not decoded.
         if !out.is_empty() {
             out.push(';');
         }
@@ -165,7 +164,7 @@ fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
     }
     let value = decode_value(value, key)?;
     let properties = properties
-        .map(|text| check_properties(text, entry, key))
+        .map(|text| check_properties(text, entry))
         .transpose()?;
     Ok(Member {
         key,
