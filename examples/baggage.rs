@@ -93,7 +93,11 @@ async fn handle(name: &str, next: Option<SocketAddr>, client: BaggageClient) -> 
         // `BaggageLayer` adds `tenant`, `user_id` and the forwarded entries here.
         match client.oneshot(request).await {
             Ok(response) => {
-                let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(http_body_util::Collected::to_bytes);
                 match body.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
                     Some(downstream) => seen.extend::<Vec<Seen>>(downstream),
                     None => seen.push(failed("a bad answer")),

@@ -388,6 +388,9 @@ async fn metadata_is_copy_on_write_and_inherited_by_spawned_tasks() {
 
 #[test]
 fn metadata_entries_opted_into_logs_are_fields_of_their_own() {
+    use tracing_subscriber::fmt::format;
+    use tracing_subscriber::prelude::*;
+
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Buffer {
@@ -400,8 +403,6 @@ fn metadata_entries_opted_into_logs_are_fields_of_their_own() {
     }
     let (text, json) = (Buffer::default(), Buffer::default());
     let (text_out, json_out) = (text.clone(), json.clone());
-    use tracing_subscriber::fmt::format;
-    use tracing_subscriber::prelude::*;
     let subscriber = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()

@@ -137,11 +137,10 @@ impl fmt::Debug for Metadata {
     }
 }
 
-/// The key type of [`METADATA`](static@METADATA).
-#[allow(non_camel_case_types)]
-pub(crate) struct METADATA {}
+/// The key type of [`METADATA`].
+pub(crate) struct MetadataVar {}
 
-impl Key for METADATA {
+impl Key for MetadataVar {
     type Value = Metadata;
     type Default = NoDefault;
 
@@ -151,7 +150,7 @@ impl Key for METADATA {
 }
 
 /// The variable that holds the map. Its own `LOG` is off: logs write its entries one by one.
-pub(crate) static METADATA: ContextVar<METADATA> = ContextVar::new("metadata");
+pub(crate) static METADATA: ContextVar<MetadataVar> = ContextVar::new("metadata");
 
 /// Sets `key` to `value` in the current context's metadata, neither logged nor propagated
 /// (see [`set_metadata_with`] to opt in). Replaces an entry of the same key, flags included.

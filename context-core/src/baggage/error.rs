@@ -1,7 +1,7 @@
 //! What can be wrong with a received `baggage` header.
 
 use std::error::Error;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use super::header::{MAX_BYTES, MAX_ENTRIES};
 
@@ -124,7 +124,9 @@ fn json_string(out: &mut String, text: &str) {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c < ' ' => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
             c => out.push(c),
         }
     }

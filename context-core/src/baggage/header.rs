@@ -98,7 +98,7 @@ fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
     }
     percent_decode_str(raw)
         .decode_utf8()
-        .map(|value| value.into_owned())
+        .map(std::borrow::Cow::into_owned)
         .map_err(|_| BaggageError::NotUtf8 {
             key: key.to_string(),
         })

@@ -232,14 +232,14 @@ macro_rules! __claim_baggage {
             fn to_text(value: &Self::Value) -> ::std::string::String {
                 #[allow(unused_imports)]
                 use $crate::baggage::{ViaNothing as _, ViaText as _};
-                (&&$crate::baggage::TextProbe::<Self::Value>::new()).to_text(value)
+                (&&$crate::baggage::TextProbe::<Self::Value>::new()).encode(value)
             }
             fn from_text(
                 text: &::core::primitive::str,
             ) -> ::core::result::Result<Self::Value, ::std::string::String> {
                 #[allow(unused_imports)]
                 use $crate::baggage::{ViaNothing as _, ViaText as _};
-                (&&$crate::baggage::TextProbe::<Self::Value>::new()).from_text(text)
+                (&&$crate::baggage::TextProbe::<Self::Value>::new()).decode(text)
             }
         }
         $crate::baggage::inventory::submit! {

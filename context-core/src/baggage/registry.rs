@@ -61,20 +61,20 @@ impl<T> Default for TextProbe<T> {
 #[doc(hidden)]
 pub trait ViaText<T> {
     /// `Display`.
-    fn to_text(&self, value: &T) -> String;
+    fn encode(&self, value: &T) -> String;
     /// `FromStr`, the error displayed.
     ///
     /// # Errors
     /// `FromStr`'s.
-    fn from_text(&self, text: &str) -> Result<T, String>;
+    fn decode(&self, text: &str) -> Result<T, String>;
 }
 
 impl<T: Display + FromStr<Err: Display>> ViaText<T> for &TextProbe<T> {
-    fn to_text(&self, value: &T) -> String {
+    fn encode(&self, value: &T) -> String {
         value.to_string()
     }
 
-    fn from_text(&self, text: &str) -> Result<T, String> {
+    fn decode(&self, text: &str) -> Result<T, String> {
         text.parse().map_err(|err: T::Err| err.to_string())
     }
 }
@@ -83,20 +83,20 @@ impl<T: Display + FromStr<Err: Display>> ViaText<T> for &TextProbe<T> {
 #[doc(hidden)]
 pub trait ViaNothing<T> {
     /// Never called.
-    fn to_text(&self, value: &T) -> String;
+    fn encode(&self, value: &T) -> String;
     /// Never called.
     ///
     /// # Errors
     /// Always.
-    fn from_text(&self, text: &str) -> Result<T, String>;
+    fn decode(&self, text: &str) -> Result<T, String>;
 }
 
 impl<T> ViaNothing<T> for TextProbe<T> {
-    fn to_text(&self, _: &T) -> String {
+    fn encode(&self, _: &T) -> String {
         String::new()
     }
 
-    fn from_text(&self, _: &str) -> Result<T, String> {
+    fn decode(&self, _: &str) -> Result<T, String> {
         Err("this type has no text form".to_string())
     }
 }
