@@ -198,7 +198,9 @@ pub use context_core::*;
 #[cfg(feature = "baggage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
 #[doc = include_str!("../docs/baggage.md")]
-pub use context_core::baggage;
+pub mod baggage {
+    pub use context_core::baggage::*;
+}
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use context_core::tower;
@@ -222,3 +224,9 @@ pub mod __private;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The baggage guide's examples, compiled whatever the features (the tests enable the
+/// runtime's `baggage` feature).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/baggage.md")]
+struct BaggageDoctests;

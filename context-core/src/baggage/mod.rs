@@ -44,7 +44,7 @@ pub use inventory;
 pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// Writes the current context's baggage into `headers`: every variable declared with
-/// `#[context_var(baggage = "…")]` that is set here, then every [metadata](crate::metadata)
+/// `#[context_var(baggage = "…")]` that is set here, then every [metadata map](crate::metadata)
 /// entry set with [`MetadataFlags::BAGGAGE`] (which includes the entries a server received and
 /// no variable claimed). For clients that are not tower services; [`BaggageLayer`] does this
 /// for those that are.
@@ -243,7 +243,7 @@ macro_rules! __claim_baggage {
             }
         }
         $crate::baggage::inventory::submit! {
-            $crate::baggage::Claim::new(&$var)
+            $crate::baggage::Claim::new(&$var, ::core::module_path!())
         }
     };
 }

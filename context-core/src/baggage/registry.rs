@@ -145,15 +145,16 @@ impl<K: BaggageKey> Claims for ContextVar<K> {
     }
 }
 
-/// One variable's claim on a baggage key, as submitted by `#[context_var(baggage = "…")]`.
+/// One variable's claim on a baggage key, as submitted by `#[context_var(baggage = "…")]`,
+/// with the module that declares it (for the message about a key claimed twice).
 #[doc(hidden)]
-pub struct Claim(pub(crate) &'static dyn Claims);
+pub struct Claim(pub(crate) &'static dyn Claims, pub(crate) &'static str);
 
 impl Claim {
-    /// The claim of `var`.
+    /// The claim of `var`, declared in `module`.
     #[must_use]
-    pub const fn new<K: BaggageKey>(var: &'static ContextVar<K>) -> Claim {
-        Claim(var)
+    pub const fn new<K: BaggageKey>(var: &'static ContextVar<K>, module: &'static str) -> Claim {
+        Claim(var, module)
     }
 }
 
@@ -164,8 +165,8 @@ pub(crate) struct Registry {
     pub(crate) by_key: HashMap<&'static str, &'static dyn Claims>,
     /// Claims in declaration order of discovery, for writing.
     pub(crate) all: Vec<&'static dyn Claims>,
-    /// A key claimed twice, and the names of two of its claimants.
-    pub(crate) conflict: Option<(&'static str, &'static str, &'static str)>,
+    /// A key claimed twice, and two of its claimants (`module::NAME`).
+    pub(crate) conflict: Option<(&'static str, String, String)>,
 }
 
 pub(crate) fn registry() -> &'static Registry {
@@ -176,13 +177,17 @@ pub(crate) fn registry() -> &'static Registry {
             all: Vec::new(),
             conflict: None,
         };
-        for Claim(claim) in inventory::iter::<Claim> {
+        let mut modules = HashMap::new();
+        for Claim(claim, module) in inventory::iter::<Claim> {
             // Each declaration submits one claim; two that name one key conflict.
             if let Some(first) = registry.by_key.insert(claim.key(), *claim) {
+                let first = format!("{}::{}", modules[claim.key()], first.name());
+                let second = format!("{module}::{}", claim.name());
                 registry
                     .conflict
-                    .get_or_insert((claim.key(), first.name(), claim.name()));
+                    .get_or_insert((claim.key(), first, second));
             } else {
+                modules.insert(claim.key(), *module);
                 registry.all.push(*claim);
             }
         }
@@ -194,7 +199,7 @@ pub(crate) fn registry() -> &'static Registry {
 /// Panics if two variables claim one key: the server could not tell which to set.
 #[track_caller]
 pub(crate) fn assert_no_conflict() {
-    if let Some((key, a, b)) = registry().conflict {
+    if let Some((key, a, b)) = &registry().conflict {
         panic!(
             "contextvars: the baggage key `{key}` is claimed by two variables, `{a}` and `{b}`; \
              give each `#[context_var(baggage = \"...\")]` a key of its own"

@@ -18,7 +18,7 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// Reads each request's `baggage` header into the request's context, before the inner
     /// service runs: every variable declared with `#[context_var(baggage = "key")]` whose key
     /// the header holds is set, its value parsed with `FromStr`, and the entries no variable
-    /// claims are kept in the request's [metadata](crate::metadata), where
+    /// claims are kept in the request's [metadata map](crate::metadata), where
     /// [`get_metadata`](crate::metadata::get_metadata) reads them and outgoing requests
     /// ([`BaggageLayer`](crate::baggage::BaggageLayer), [`inject`](crate::baggage::inject))
     /// forward them.
