@@ -56,7 +56,7 @@ pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};
 
 /// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error, on
-/// the argument; the variable is still declared, without its claim.
+/// the attribute, that names the feature; the variable is still declared, without its claim.
 #[cfg(not(feature = "baggage"))]
 #[doc(hidden)]
 #[macro_export]

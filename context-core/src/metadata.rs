@@ -40,7 +40,6 @@ use std::fmt;
 use std::ops::BitOr;
 use std::sync::Arc;
 
-use crate::context::Context;
 use crate::error::SetError;
 use crate::var::{ContextVar, Key, NoDefault};
 
@@ -115,6 +114,7 @@ pub(crate) struct Entry {
     pub(crate) flags: MetadataFlags,
     /// Baggage properties (`;k=v` after the value) of an entry that arrived in a `baggage`
     /// header, already in header form; sent on with the entry.
+    #[cfg_attr(not(feature = "baggage"), allow(dead_code))]
     pub(crate) properties: Option<Arc<str>>,
 }
 
@@ -303,7 +303,8 @@ pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
 }
 
 /// Calls `f` with each entry of `context`'s metadata that opted into logs.
-pub(crate) fn for_each_logged(context: &Context, mut f: impl FnMut(&str, &str)) {
+#[cfg(feature = "tracing")]
+pub(crate) fn for_each_logged(context: &crate::Context, mut f: impl FnMut(&str, &str)) {
     if let Some(map) = context.get(&METADATA) {
         for (key, entry) in &map.0 {
             if entry.flags.logged() {

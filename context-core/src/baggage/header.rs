@@ -205,10 +205,14 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
         .collect();
     if !twice.is_empty() {
         for member in &mut members {
-            if let Ok(m) = member
-                && twice.binary_search(&m.key).is_ok()
-            {
-                let key = m.key.to_string();
+            let duplicate = match member {
+                Ok(m) => twice
+                    .binary_search(&m.key)
+                    .is_ok()
+                    .then(|| m.key.to_string()),
+                Err(_) => None,
+            };
+            if let Some(key) = duplicate {
                 *member = Err(BaggageError::DuplicateKey { key });
             }
         }

@@ -138,10 +138,10 @@ pub fn inject_from(context: &Context, headers: &mut HeaderMap) -> usize {
             }
         }
     }
-    if added > 0
-        && let Ok(value) = HeaderValue::from_str(&out)
-    {
-        headers.insert(BAGGAGE, value);
+    if added > 0 {
+        if let Ok(value) = HeaderValue::from_str(&out) {
+            headers.insert(BAGGAGE, value);
+        }
     }
     left_out
 }
