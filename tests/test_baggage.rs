@@ -97,6 +97,14 @@ async fn a_request_gets_its_claimed_variables_typed_and_keeps_the_rest_as_metada
     assert_eq!(json["retries"], 5);
     assert_eq!(json["metadata"], serde_json::json!({"region": "eu-west"}));
 
+    // An empty header (as some proxies send) is no entries, not a bad one.
+    let (status, json) = call(app(ContextLayer::new()), request(&["", "tenant=x"])).await;
+    assert_eq!(
+        (status, &json["tenant"]),
+        (200, &serde_json::json!("x")),
+        "{json}"
+    );
+
     // A request without the header sees nothing of the previous one.
     let (status, json) = call(app(ContextLayer::new()), request(&[])).await;
     assert_eq!(status, 200);

@@ -183,6 +183,10 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
             bytes: header.len(),
         });
     }
+    // A header with nothing in it (some proxies send one) has no entries.
+    if trim_ows(header).is_empty() {
+        return Ok(Vec::new());
+    }
     let count = header.split(',').count();
     if count > MAX_ENTRIES {
         return Err(BaggageError::TooManyEntries { entries: count });
@@ -277,6 +281,7 @@ mod tests {
             ]
         );
         assert_eq!(ok("empty="), [("empty".into(), String::new(), None)]);
+        assert!(ok(" \t").is_empty());
     }
 
     #[test]

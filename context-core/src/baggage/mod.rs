@@ -175,6 +175,9 @@ pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), Baggage
         let Ok(text) = value.to_str() else {
             return fail(BaggageError::NotText);
         };
+        if text.trim_matches([' ', '\t']).is_empty() {
+            continue;
+        }
         if !joined.is_empty() {
             joined.push(',');
         }
