@@ -209,6 +209,29 @@ async fn a_rejected_header_sets_nothing_not_even_its_good_entries() {
 }
 
 #[tokio::test]
+async fn reject_with_answers_a_bad_header_as_the_application_says() {
+    let app = Router::new().route("/", get(seen)).layer(
+        ContextLayer::new()
+            .accept_baggage()
+            .reject_with(|err: &BaggageError| {
+                let mut response = http::Response::new(Body::from(format!(
+                    "refused: {}",
+                    err.key().unwrap_or("-")
+                )));
+                *response.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+                response
+            }),
+    );
+    let response = app.clone().oneshot(request(&["user_id=x"])).await.unwrap();
+    assert_eq!(response.status(), 422);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "refused: user_id");
+    // Good headers are not affected.
+    let (status, json) = call(app, request(&["user_id=3"])).await;
+    assert_eq!((status, &json["user_id"]), (200, &serde_json::json!(3)));
+}
+
+#[tokio::test]
 async fn ignoring_drops_a_header_over_the_limits_whole() {
     let reports = Arc::new(AtomicUsize::new(0));
     let reported = Arc::clone(&reports);

@@ -35,7 +35,7 @@ pub use header::{MAX_BYTES, MAX_ENTRIES, is_baggage_key};
 pub use registry::claimed_keys;
 #[doc(hidden)]
 pub use registry::{BaggageKey, Claim, Claims, Staged, TextProbe, ViaNothing, ViaText};
-pub use server::{AcceptBaggage, AcceptBaggageLayer, AcceptFuture};
+pub use server::{AcceptBaggage, AcceptBaggageLayer, AcceptFuture, JsonBadRequest, Reject};
 
 #[doc(hidden)]
 pub use inventory;

@@ -30,7 +30,8 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// ([`BaggageError::to_json`]); the inner service is not called, nothing is set from the
     /// header, and the connection stays open for the next request.
     /// [`ignore_bad_entries`](AcceptBaggageLayer::ignore_bad_entries) skips bad entries
-    /// instead. Nothing panics on any input.
+    /// instead; [`reject_with`](AcceptBaggageLayer::reject_with) answers otherwise. Nothing
+    /// panics on any input.
     ///
     /// Call it last, after [`on_request`](Self::on_request),
     /// [`on_request_async`](Self::on_request_async) and
@@ -55,12 +56,14 @@ impl<H, M, A> ContextLayer<H, M, A> {
         AcceptBaggageLayer {
             layer: self,
             policy: Policy::Reject,
+            reject: Arc::new(JsonBadRequest),
         }
     }
 }
 
 /// A [`ContextLayer`] that reads each request's `baggage` header into the request's context:
-/// made by [`ContextLayer::accept_baggage`].
+/// made by [`ContextLayer::accept_baggage`]. `R` makes the answer to a bad header
+/// ([`JsonBadRequest`] unless [`reject_with`](Self::reject_with) says otherwise).
 ///
 /// ```
 /// use context_core::baggage::AcceptBaggageLayer;
@@ -69,13 +72,14 @@ impl<H, M, A> ContextLayer<H, M, A> {
 /// let layer: AcceptBaggageLayer<ContextLayer> = ContextLayer::new().accept_baggage();
 /// # let _ = layer;
 /// ```
-pub struct AcceptBaggageLayer<L> {
+pub struct AcceptBaggageLayer<L, R = JsonBadRequest> {
     layer: L,
     policy: Policy,
+    reject: Arc<R>,
 }
 
-impl<L> AcceptBaggageLayer<L> {
-    /// Skips what is bad instead of answering `400`: a bad entry is left out (the others are
+impl<L, R> AcceptBaggageLayer<L, R> {
+    /// Skips what is bad instead of answering: a bad entry is left out (the others are
     /// set), a bad header as a whole (over the limits, not text) is left out whole, and each
     /// error is passed to `report`, in the request's context, which is the place to log it:
     ///
@@ -95,6 +99,30 @@ impl<L> AcceptBaggageLayer<L> {
         AcceptBaggageLayer {
             layer: self.layer,
             policy: Policy::Ignore(Arc::new(report)),
+            reject: self.reject,
+        }
+    }
+
+    /// Answers a bad header with `reject(&error)` instead of the JSON `400`: for a protocol
+    /// with errors of its own (gRPC wants `grpc-status` 3, `INVALID_ARGUMENT`), or a body type
+    /// that is not `From<String>`. Any `Fn(&BaggageError) -> http::Response<B>` will do.
+    ///
+    /// ```
+    /// use context_core::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new().accept_baggage().reject_with(|err| {
+    ///     let mut response = http::Response::new(err.to_string());
+    ///     *response.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+    ///     response
+    /// });
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn reject_with<R2>(self, reject: R2) -> AcceptBaggageLayer<L, R2> {
+        AcceptBaggageLayer {
+            layer: self.layer,
+            policy: self.policy,
+            reject: Arc::new(reject),
         }
     }
 
@@ -112,20 +140,22 @@ impl<L> AcceptBaggageLayer<L> {
     }
 }
 
-impl<L: Clone> Clone for AcceptBaggageLayer<L> {
+impl<L: Clone, R> Clone for AcceptBaggageLayer<L, R> {
     fn clone(&self) -> Self {
         AcceptBaggageLayer {
             layer: self.layer.clone(),
             policy: self.policy.clone(),
+            reject: Arc::clone(&self.reject),
         }
     }
 }
 
-impl<L: fmt::Debug> fmt::Debug for AcceptBaggageLayer<L> {
+impl<L: fmt::Debug, R> fmt::Debug for AcceptBaggageLayer<L, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcceptBaggageLayer")
             .field("layer", &self.layer)
             .field("policy", &self.policy)
+            .field("reject", &std::any::type_name::<R>())
             .finish()
     }
 }
@@ -139,20 +169,69 @@ impl fmt::Debug for Policy {
     }
 }
 
-impl<S, L: Layer<AcceptBaggage<S>>> Layer<S> for AcceptBaggageLayer<L> {
+impl<S, L: Layer<AcceptBaggage<S, R>>, R> Layer<S> for AcceptBaggageLayer<L, R> {
     type Service = L::Service;
 
     fn layer(&self, inner: S) -> L::Service {
         self.layer.layer(AcceptBaggage {
             inner,
             policy: self.policy.clone(),
+            reject: Arc::clone(&self.reject),
         })
+    }
+}
+
+/// How a server answers a bad `baggage` header: implemented by [`JsonBadRequest`] (the
+/// default) and by every `Fn(&BaggageError) -> http::Response<B>`
+/// ([`AcceptBaggageLayer::reject_with`]).
+///
+/// ```
+/// use context_core::baggage::{BaggageError, JsonBadRequest, Reject};
+///
+/// let response: http::Response<String> = JsonBadRequest.reject(&BaggageError::NotText);
+/// assert_eq!(response.status(), 400);
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// ```
+pub trait Reject<B> {
+    /// The answer to a request whose header is refused for `error`.
+    fn reject(&self, error: &BaggageError) -> http::Response<B>;
+}
+
+impl<B, F: Fn(&BaggageError) -> http::Response<B>> Reject<B> for F {
+    fn reject(&self, error: &BaggageError) -> http::Response<B> {
+        self(error)
+    }
+}
+
+/// The default answer to a bad `baggage` header: `400 Bad Request`, `application/json`, the
+/// body [`BaggageError::to_json`]. For any body type that is `From<String>` (axum's `Body`,
+/// `String`, `Full<Bytes>`).
+///
+/// ```
+/// use context_core::baggage::{BaggageError, JsonBadRequest, Reject};
+///
+/// let error = BaggageError::DuplicateKey { key: "tenant".into() };
+/// let response: http::Response<String> = JsonBadRequest.reject(&error);
+/// assert!(response.body().contains(r#""entry":"tenant""#));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBadRequest;
+
+impl<B: From<String>> Reject<B> for JsonBadRequest {
+    fn reject(&self, error: &BaggageError) -> http::Response<B> {
+        let mut response = http::Response::new(B::from(error.to_json()));
+        *response.status_mut() = http::StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 
 /// The service inside a [`ContextLayer`] that
 /// [accepts baggage](ContextLayer::accept_baggage): called in the request's context, it reads
-/// the `baggage` header into it, then calls the wrapped service, or answers `400` itself.
+/// the `baggage` header into it, then calls the wrapped service, or answers itself.
 ///
 /// ```
 /// use context_core::tower::ContextLayer;
@@ -161,12 +240,13 @@ impl<S, L: Layer<AcceptBaggage<S>>> Layer<S> for AcceptBaggageLayer<L> {
 /// let service = ContextLayer::new().accept_baggage().layer("inner");
 /// assert_eq!(*service.get_ref().get_ref(), "inner");
 /// ```
-pub struct AcceptBaggage<S> {
+pub struct AcceptBaggage<S, R = JsonBadRequest> {
     inner: S,
     policy: Policy,
+    reject: Arc<R>,
 }
 
-impl<S> AcceptBaggage<S> {
+impl<S, R> AcceptBaggage<S, R> {
     /// The wrapped service.
     ///
     /// ```
@@ -181,28 +261,30 @@ impl<S> AcceptBaggage<S> {
     }
 }
 
-impl<S: Clone> Clone for AcceptBaggage<S> {
+impl<S: Clone, R> Clone for AcceptBaggage<S, R> {
     fn clone(&self) -> Self {
         AcceptBaggage {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
+            reject: Arc::clone(&self.reject),
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for AcceptBaggage<S> {
+impl<S: fmt::Debug, R> fmt::Debug for AcceptBaggage<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcceptBaggage")
             .field("inner", &self.inner)
             .field("policy", &self.policy)
+            .field("reject", &std::any::type_name::<R>())
             .finish()
     }
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AcceptBaggage<S>
+impl<S, R, ReqBody, ResBody> Service<http::Request<ReqBody>> for AcceptBaggage<S, R>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    ResBody: From<String>,
+    R: Reject<ResBody>,
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
@@ -221,26 +303,15 @@ where
             },
             Err(err) => AcceptFuture {
                 state: State::Rejected {
-                    response: Some(bad_request(&err)),
+                    response: Some(self.reject.reject(&err)),
                 },
             },
         }
     }
 }
 
-/// The `400` answer to a bad `baggage` header.
-fn bad_request<B: From<String>>(err: &BaggageError) -> http::Response<B> {
-    let mut response = http::Response::new(B::from(err.to_json()));
-    *response.status_mut() = http::StatusCode::BAD_REQUEST;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 pin_project! {
-    /// The future of [`AcceptBaggage`]: the wrapped service's, or a `400` answer.
+    /// The future of [`AcceptBaggage`]: the wrapped service's, or the answer to a bad header.
     ///
     /// ```
     /// use context_core::baggage::AcceptFuture;
