@@ -105,7 +105,7 @@ impl<L, R> AcceptBaggageLayer<L, R> {
 
     /// Answers a bad header with `reject(&error)` instead of the JSON `400`: for a protocol
     /// with errors of its own (gRPC wants `grpc-status` 3, `INVALID_ARGUMENT`), or a body type
-    /// that is not `From<String>`. Any `Fn(&BaggageError) -> http::Response<B>` will do.
+    /// that is not `From<String>`.
     ///
     /// ```
     /// use context_core::tower::ContextLayer;
@@ -118,7 +118,10 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// # let _ = layer;
     /// ```
     #[must_use]
-    pub fn reject_with<R2>(self, reject: R2) -> AcceptBaggageLayer<L, R2> {
+    pub fn reject_with<F, B>(self, reject: F) -> AcceptBaggageLayer<L, F>
+    where
+        F: Fn(&BaggageError) -> http::Response<B>,
+    {
         AcceptBaggageLayer {
             layer: self.layer,
             policy: self.policy,
