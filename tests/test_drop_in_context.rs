@@ -242,11 +242,19 @@ async fn get_on(
         .await
         .unwrap();
     let mut status = String::new();
-    stream.read_line(&mut status).await.unwrap();
+    let read = stream.read_line(&mut status).await.unwrap();
+    assert_ne!(
+        read, 0,
+        "the server closed the connection instead of answering"
+    );
     let mut length = 0;
     loop {
         let mut line = String::new();
-        stream.read_line(&mut line).await.unwrap();
+        let read = stream.read_line(&mut line).await.unwrap();
+        assert_ne!(
+            read, 0,
+            "the server closed the connection midway through an answer"
+        );
         if line == "\r\n" {
             break;
         }

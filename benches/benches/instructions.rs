@@ -24,6 +24,7 @@ const OPS: &[(&str, Op)] = &[
     ("get/task_local", get_task_local),
     ("set_reset/contextvars", set_reset),
     ("set_reset/task_local_sync_scope", set_reset_task_local),
+    ("scoped/contextvars", scoped),
     ("current/contextvars/8", current_8),
     ("current/contextvars/1000", current_1000),
     ("current/arc_clone_drop", arc_clone_drop),
@@ -72,6 +73,14 @@ fn set_reset(iterations: u64) {
         for _ in 0..iterations {
             let token = REQUEST_ID.set(black_box(8));
             REQUEST_ID.reset(token).expect("same context");
+        }
+    });
+}
+
+fn scoped(iterations: u64) {
+    context_with(8).run(|| {
+        for _ in 0..iterations {
+            drop(REQUEST_ID.scoped(black_box(8)));
         }
     });
 }

@@ -13,35 +13,37 @@
 //! increment whatever the number of bindings; writes copy only the path to the key, and not
 //! even that while nobody shares the map. Each thread holds the context being run in a
 //! thread-local; entering and leaving a context swap it in and out without touching reference
-//! counts. See `map.rs` and `current.rs`.
+//! counts. See `engine/map.rs` and `engine/current.rs`.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod context;
-mod current;
-mod error;
-mod executor;
-mod future;
-mod gather;
-mod guard;
-mod map;
-pub mod metadata;
+// The layers, each built on the ones before it: the engine knows nothing of the API, the
+// API nothing of propagation, and so on. The imports below keep every file's `crate::map`,
+// `crate::var`, … paths short.
+mod api;
+mod engine;
+mod integrations;
+mod propagation;
+
+pub use api::metadata;
+use api::{context, error, guard, token, var};
+use engine::{current, map};
 #[cfg(feature = "tokio")]
-mod task;
-pub mod thread;
-mod token;
+use propagation::task;
+use propagation::{executor, future, gather};
+
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub mod tower;
+pub use integrations::tower;
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub mod tracing;
-mod var;
+pub use integrations::tracing;
+pub use propagation::thread;
 
 #[cfg(feature = "baggage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
-pub mod baggage;
+pub use integrations::baggage;
 
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};

@@ -1,5 +1,5 @@
 //! `#[preserve_context]`: an `async fn` whose future captures the caller's context when the
-//! function is *called*, and runs (and is dropped) inside it on every poll (B27).
+//! function is *called*, and runs (and is dropped) inside it on every poll.
 //!
 //! ```text
 //! // Input:

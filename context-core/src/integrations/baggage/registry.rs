@@ -210,8 +210,9 @@ pub(crate) fn assert_no_conflict() {
 /// The variables that claim a baggage key, with their keys: for diagnostics and tests.
 ///
 /// ```
+/// # use context_core as contextvars;
 /// // With no `#[context_var(baggage = "…")]` in this program, nothing is claimed.
-/// assert!(context_core::baggage::claimed_keys().is_empty());
+/// assert!(contextvars::baggage::claimed_keys().is_empty());
 /// ```
 #[must_use]
 pub fn claimed_keys() -> Vec<(&'static str, &'static str)> {

@@ -45,7 +45,8 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// sets would be a guess. The message names both.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     ///
     /// let layer = ContextLayer::new().body_in_context().accept_baggage();
     /// # let _ = layer;
@@ -66,8 +67,9 @@ impl<H, M, A> ContextLayer<H, M, A> {
 /// ([`JsonBadRequest`] unless [`reject_with`](Self::reject_with) says otherwise).
 ///
 /// ```
-/// use context_core::baggage::AcceptBaggageLayer;
-/// use context_core::tower::ContextLayer;
+/// # use context_core as contextvars;
+/// use contextvars::baggage::AcceptBaggageLayer;
+/// use contextvars::tower::ContextLayer;
 ///
 /// let layer: AcceptBaggageLayer<ContextLayer> = ContextLayer::new().accept_baggage();
 /// # let _ = layer;
@@ -84,7 +86,8 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// error is passed to `report`, in the request's context, which is the place to log it:
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     ///
     /// let layer = ContextLayer::new()
     ///     .accept_baggage()
@@ -108,7 +111,8 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// that is not `From<String>`.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     ///
     /// let layer = ContextLayer::new().accept_baggage().reject_with(|err| {
     ///     let mut response = http::Response::new(err.to_string());
@@ -132,7 +136,8 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// The [`ContextLayer`] inside.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     ///
     /// let layer = ContextLayer::new().accept_baggage();
     /// assert!(layer.get_ref().base().is_empty());
@@ -189,7 +194,8 @@ impl<S, L: Layer<AcceptBaggage<S, R>>, R> Layer<S> for AcceptBaggageLayer<L, R> 
 /// ([`AcceptBaggageLayer::reject_with`]).
 ///
 /// ```
-/// use context_core::baggage::{BaggageError, JsonBadRequest, Reject};
+/// # use context_core as contextvars;
+/// use contextvars::baggage::{BaggageError, JsonBadRequest, Reject};
 ///
 /// let response: http::Response<String> = JsonBadRequest.reject(&BaggageError::NotText);
 /// assert_eq!(response.status(), 400);
@@ -211,7 +217,8 @@ impl<B, F: Fn(&BaggageError) -> http::Response<B>> Reject<B> for F {
 /// `String`, `Full<Bytes>`).
 ///
 /// ```
-/// use context_core::baggage::{BaggageError, JsonBadRequest, Reject};
+/// # use context_core as contextvars;
+/// use contextvars::baggage::{BaggageError, JsonBadRequest, Reject};
 ///
 /// let error = BaggageError::DuplicateKey { key: "tenant".into() };
 /// let response: http::Response<String> = JsonBadRequest.reject(&error);
@@ -237,7 +244,8 @@ impl<B: From<String>> Reject<B> for JsonBadRequest {
 /// the `baggage` header into it, then calls the wrapped service, or answers itself.
 ///
 /// ```
-/// use context_core::tower::ContextLayer;
+/// # use context_core as contextvars;
+/// use contextvars::tower::ContextLayer;
 /// use tower_layer::Layer;
 ///
 /// let service = ContextLayer::new().accept_baggage().layer("inner");
@@ -253,7 +261,8 @@ impl<S, R> AcceptBaggage<S, R> {
     /// The wrapped service.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     /// use tower_layer::Layer;
     ///
     /// assert_eq!(*ContextLayer::new().accept_baggage().layer(7).get_ref().get_ref(), 7);
@@ -317,7 +326,8 @@ pin_project! {
     /// The future of [`AcceptBaggage`]: the wrapped service's, or the answer to a bad header.
     ///
     /// ```
-    /// use context_core::baggage::AcceptFuture;
+    /// # use context_core as contextvars;
+    /// use contextvars::baggage::AcceptFuture;
     ///
     /// fn is_a_future<F: std::future::Future>(_: &F) {}
     /// # let _ = is_a_future::<AcceptFuture<std::future::Ready<Result<http::Response<String>, ()>>, String>>;

@@ -3,13 +3,16 @@
 use std::error::Error;
 use std::fmt;
 
+use crate::current::Unwritable;
+
 /// A variable without a default was read where it is not set.
 ///
 /// Returned by [`ContextVar::try_get`](crate::ContextVar::try_get), the Rust form of Python's
 /// `LookupError`.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # struct REQUEST_ID {}
 /// # impl Key for REQUEST_ID { type Value = String; type Default = NoDefault; }
 /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
@@ -46,7 +49,8 @@ impl Error for LookupError {}
 /// Why a [`Token`](crate::Token) did not reset its variable. Nothing was changed.
 ///
 /// ```
-/// # use context_core::{Context, ContextVar, Key, NoDefault, ResetError};
+/// # use context_core as contextvars;
+/// # use contextvars::{Context, ContextVar, Key, NoDefault, ResetError};
 /// # struct USER {}
 /// # impl Key for USER { type Value = String; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -149,3 +153,13 @@ impl fmt::Display for SetError {
 }
 
 impl Error for SetError {}
+
+impl SetError {
+    /// The error for a `set` of `var` where the engine found no frame to write to.
+    pub(crate) fn new(why: Unwritable, var: &'static str) -> Self {
+        match why {
+            Unwritable::NoContext => SetError::NoContext { var },
+            Unwritable::ThreadExiting => SetError::ThreadExiting { var },
+        }
+    }
+}

@@ -7,18 +7,20 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
+use crate::var::{ContextVar, Key};
 
 pin_project! {
-    /// A future (or stream) that runs in its own [`Context`] on every poll (B24).
+    /// A future (or stream) that runs in its own [`Context`] on every poll.
     ///
     /// Made by [`FutureExt::with_context`], [`FutureExt::in_current_context`],
     /// [`ContextVar::scope`](crate::ContextVar::scope) and the spawn helpers. What the inner
     /// future sets stays in the wrapper's context, across `.await`s and whichever thread
-    /// polls it (B23), and never reaches the code that polls it. The inner future is also
+    /// polls it, and never reaches the code that polls it. The inner future is also
     /// dropped inside the context, so its `Drop` sees the same values as its body.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, FutureExt, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, FutureExt, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -125,13 +127,14 @@ impl<F: std::fmt::Debug> std::fmt::Debug for WithContext<F> {
 }
 
 /// Runs futures and streams in a context: `fut.with_context(ctx)`,
-/// `fut.in_current_context()` (B24, B29).
+/// `fut.in_current_context()`.
 ///
 /// Implemented for every type, like `tracing::Instrument`; the wrapper is a `Future` when
 /// the inner type is one and a `Stream` when it is one (feature `stream`).
 ///
 /// ```
-/// # use context_core::{ContextVar, FutureExt, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, FutureExt, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct TENANT {}
 /// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
 /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
@@ -157,3 +160,26 @@ pub trait FutureExt: Sized {
 }
 
 impl<T> FutureExt for T {}
+
+// `scope` lives here, beside the wrapper it returns, so that variables (the API layer) need
+// nothing from propagation.
+impl<K: Key> ContextVar<K> {
+    /// A future that runs `future` in a copy of the current context (taken now) with the
+    /// variable set to `value`; nothing it sets reaches the caller. Works in any task,
+    /// including one spawned without a context.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
+    /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
+    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let seen = REQUEST_ID.scope(7, async { REQUEST_ID.get() }).await;
+    /// assert_eq!((seen, REQUEST_ID.get()), (Some(7), None));
+    /// # });
+    /// ```
+    pub fn scope<F: Future>(&'static self, value: K::Value, future: F) -> WithContext<F> {
+        WithContext::new(future, Context::current().with_value(self, value))
+    }
+}

@@ -62,8 +62,9 @@
 //! inner format: `format().with_ansi(true)`.
 //!
 //! ```
-//! use context_core::tracing::ContextFields;
-//! use context_core::{ContextVar, Key, NoDefault};
+//! # use context_core as contextvars;
+//! use contextvars::tracing::ContextFields;
+//! use contextvars::{ContextVar, Key, NoDefault};
 //! use tracing_subscriber::fmt::format;
 //! # use std::sync::{Arc, Mutex};
 //! # use std::io::Write;
@@ -129,7 +130,8 @@ use crate::context::{Context, ValueRef};
 /// [map_event_format]: https://docs.rs/tracing-subscriber/0.3/tracing_subscriber/fmt/struct.Layer.html#method.map_event_format
 ///
 /// ```
-/// use context_core::tracing::ContextFields;
+/// # use context_core as contextvars;
+/// use contextvars::tracing::ContextFields;
 /// use tracing_subscriber::fmt;
 /// use tracing_subscriber::prelude::*;
 ///
@@ -156,7 +158,8 @@ impl<F> ContextFields<F> {
     /// an event over several lines, at the end of its last line).
     ///
     /// ```
-    /// use context_core::tracing::ContextFields;
+    /// # use context_core as contextvars;
+    /// use contextvars::tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
     /// let subscriber = tracing_subscriber::fmt()
@@ -176,7 +179,8 @@ impl<F> ContextFields<F> {
     /// name).
     ///
     /// ```
-    /// use context_core::tracing::ContextFields;
+    /// # use context_core as contextvars;
+    /// use contextvars::tracing::ContextFields;
     /// use tracing_subscriber::fmt::format;
     ///
     /// let subscriber = tracing_subscriber::fmt()
@@ -194,7 +198,8 @@ impl<F> ContextFields<F> {
     /// The wrapped formatter.
     ///
     /// ```
-    /// use context_core::tracing::ContextFields;
+    /// # use context_core as contextvars;
+    /// use contextvars::tracing::ContextFields;
     ///
     /// assert_eq!(*ContextFields::text(7).get_ref(), 7);
     /// ```
@@ -209,7 +214,8 @@ impl<F> ContextFields<F> {
 /// `flatten_event(true)`. See [A JSON key that cannot collide](self#a-json-key-that-cannot-collide).
 ///
 /// ```
-/// assert_eq!(context_core::tracing::JSON_KEY, "@contextvars");
+/// # use context_core as contextvars;
+/// assert_eq!(contextvars::tracing::JSON_KEY, "@contextvars");
 /// ```
 pub const JSON_KEY: &str = "@contextvars";
 
@@ -293,7 +299,8 @@ struct CreatedIn(Context);
 /// in.
 ///
 /// ```
-/// use context_core::tracing::{ContextFields, SpanContextLayer};
+/// # use context_core as contextvars;
+/// use contextvars::tracing::{ContextFields, SpanContextLayer};
 /// use tracing_subscriber::fmt::{self, format::FmtSpan};
 /// use tracing_subscriber::prelude::*;
 ///
@@ -324,8 +331,9 @@ where
 /// integration (an OpenTelemetry exporter, a custom formatter).
 ///
 /// ```
-/// use context_core::tracing::for_each_logged;
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// use contextvars::tracing::for_each_logged;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct TENANT {}
 /// # impl Key for TENANT { type Value = &'static str; type Default = NoDefault; const LOG: bool = true;
 /// #   fn fmt_value(v: &&'static str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }

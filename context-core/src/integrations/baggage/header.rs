@@ -36,7 +36,8 @@ fn is_tchar(byte: u8) -> bool {
 /// Whether `key` is a valid baggage key: a non-empty HTTP token.
 ///
 /// ```
-/// use context_core::baggage::is_baggage_key;
+/// # use context_core as contextvars;
+/// use contextvars::baggage::is_baggage_key;
 ///
 /// assert!(is_baggage_key("tenant.id"));
 /// assert!(!is_baggage_key("tenant id"));

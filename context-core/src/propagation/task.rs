@@ -1,4 +1,4 @@
-//! Spawning tokio tasks that inherit the spawner's context (B25).
+//! Spawning tokio tasks that inherit the spawner's context.
 //!
 //! Each helper snapshots the caller's context at the call, as asyncio's `create_task` does:
 //! later sets by the caller are invisible to the task, and the task's sets are invisible to
@@ -22,13 +22,14 @@ use crate::future::{FutureExt, WithContext};
 /// [`tokio::spawn`]: https://docs.rs/tokio/1/tokio/fn.spawn.html
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
 /// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
 /// let _token = USER.set("ann");
-/// let child = context_core::spawn(async {
+/// let child = contextvars::spawn(async {
 ///     let _ = USER.set("bob"); // stays in the child
 ///     USER.get()
 /// });
@@ -56,13 +57,14 @@ where
 /// [`tokio::task::spawn_blocking`]: https://docs.rs/tokio/1/tokio/task/fn.spawn_blocking.html
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
 /// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
 /// let _token = USER.set("ann");
-/// let seen = context_core::spawn_blocking(|| USER.get()).await.unwrap();
+/// let seen = contextvars::spawn_blocking(|| USER.get()).await.unwrap();
 /// assert_eq!(seen, Some("ann"));
 /// # });
 /// ```
@@ -89,7 +91,8 @@ where
 /// [`tokio::task::spawn_local`]: https://docs.rs/tokio/1/tokio/task/fn.spawn_local.html
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -97,7 +100,7 @@ where
 /// let local = tokio::task::LocalSet::new();
 /// local.block_on(&rt, async {
 ///     let _token = USER.set("ann");
-///     let seen = context_core::spawn_local(async { USER.get() }).await.unwrap();
+///     let seen = contextvars::spawn_local(async { USER.get() }).await.unwrap();
 ///     assert_eq!(seen, Some("ann"));
 /// });
 /// ```
@@ -168,13 +171,14 @@ impl<T> Drop for Finished<T> {
 /// [tokio-join-handle]: https://docs.rs/tokio/1/tokio/task/struct.JoinHandle.html
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
 /// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
 /// let _token = USER.set("ann");
-/// let handle = context_core::spawn(async { USER.get() });
+/// let handle = contextvars::spawn(async { USER.get() });
 /// println!("task {} spawned", handle.id());
 /// assert_eq!(handle.await.unwrap(), Some("ann"));
 /// # });

@@ -56,8 +56,9 @@ pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 /// left as it was.
 ///
 /// ```
-/// use context_core::baggage::inject;
-/// use context_core::metadata::{MetadataFlags, set_metadata, set_metadata_with};
+/// # use context_core as contextvars;
+/// use contextvars::baggage::inject;
+/// use contextvars::metadata::{MetadataFlags, set_metadata, set_metadata_with};
 ///
 /// set_metadata_with("region", "eu west", MetadataFlags::BAGGAGE);
 /// set_metadata("secret", "not sent"); // not opted into baggage
@@ -78,9 +79,10 @@ pub fn inject(headers: &mut HeaderMap) -> usize {
 /// [`inject`] from `context` instead of the current one.
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::baggage::inject_from;
-/// use context_core::metadata::{MetadataFlags, set_metadata_with};
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::baggage::inject_from;
+/// use contextvars::metadata::{MetadataFlags, set_metadata_with};
 ///
 /// let context = Context::new().wrap(|| {
 ///     set_metadata_with("region", "eu", MetadataFlags::BAGGAGE);
@@ -209,7 +211,7 @@ pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), Baggage
         }
     }
     if !staged.is_empty() {
-        let replaced = current::write("baggage", |frame| {
+        let replaced = current::write(|frame| {
             staged
                 .into_iter()
                 .filter_map(|leaf| frame.map.insert(leaf))

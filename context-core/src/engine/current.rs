@@ -5,22 +5,22 @@
 //! when none is, the thread's own context. Entering a context swaps its frame with the
 //! thread's; leaving swaps them back. Both are moves: no reference counts change.
 //!
-//! The B26 rule lives here too. The frame belongs to the task that made it current (none,
-//! for the thread's own context): a tokio task spawned without a context, polled while
-//! another task's context or the thread's own is current, must not see it, since what it
-//! holds belongs to someone else. Such a task reads an empty context instead, and cannot
-//! write. Entering a context records the running task (`tokio::task::try_id`) as the owner.
+//! The rule for tasks spawned without a context lives here too. The frame belongs to the task
+//! that made it current (none, for the thread's own context): a tokio task spawned without a
+//! context, polled while another task's context or the thread's own is current, must not see
+//! it, since what it holds belongs to someone else. Such a task reads an empty context instead,
+//! and cannot write. Entering a context records the running task (`tokio::task::try_id`) as the
+//! owner.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::error::SetError;
 use crate::map::{Leaf, Map};
 
 /// What a context holds while it is not entered, and what the thread holds while it is.
 pub(crate) struct Frame {
     pub(crate) map: Map,
-    /// The context's identity for tokens and guards (B14); `0` until something needs it.
+    /// The context's identity, which tokens and guards check; `0` until something needs it.
     pub(crate) id: u64,
 }
 
@@ -98,7 +98,7 @@ struct Current {
     /// context entered outside any task. Only code of that task sees the frame. Any other
     /// task polled meanwhile on this thread (a task spawned without a context, polled by a
     /// runtime driven inside `Context::run`, or by a `LocalSet` inside a context's future)
-    /// sees an empty context and cannot write (B26).
+    /// sees an empty context and cannot write.
     owner: Task,
 }
 
@@ -140,12 +140,20 @@ pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
         .flatten()
 }
 
+/// Why there is no frame to write to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unwritable {
+    /// A tokio task polled outside any context.
+    NoContext,
+    /// A thread whose context is already torn down (a value's `Drop` at thread exit).
+    ThreadExiting,
+}
+
 /// Runs `f` on the frame that `set` writes to.
 ///
 /// # Errors
-/// [`SetError`] where there is none: a tokio task polled outside any context, or a thread
-/// whose context is already torn down.
-pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Result<R, SetError> {
+/// [`Unwritable`] where there is none.
+pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable> {
     // `f` owns values (the one being set, a token's old value, a guard's saved map): where it
     // is not called, it is dropped after the borrow ends, so that their `Drop` may read
     // variables.
@@ -155,10 +163,10 @@ pub(crate) fn write<R>(var: &'static str, f: impl FnOnce(&mut Frame) -> R) -> Re
         if current.visible() {
             Ok(f.take().expect("called once")(&mut current.frame))
         } else {
-            Err(SetError::NoContext { var })
+            Err(Unwritable::NoContext)
         }
     });
-    result.unwrap_or(Err(SetError::ThreadExiting { var }))
+    result.unwrap_or(Err(Unwritable::ThreadExiting))
 }
 
 /// Drops every binding of the current context, inside it, one at a time: while a value is

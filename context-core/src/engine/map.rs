@@ -7,7 +7,7 @@
 //! seven levels that 32 bits allow, so there are no collision nodes.
 //!
 //! Nodes sit behind `Arc` and every write goes through [`Arc::make_mut`]:
-//! - a snapshot is one `Arc::clone` of the root, whatever the number of bindings (B17);
+//! - a snapshot is one `Arc::clone` of the root, whatever the number of bindings;
 //! - a write to a map nobody else shares mutates in place, with no copying at all;
 //! - a write to a shared map copies only the nodes on the path to the key (one node below
 //!   32 bindings, two below 1,024).
@@ -20,12 +20,21 @@
 
 use std::any::Any;
 use std::cmp::Ordering;
+use std::fmt;
 use std::sync::Arc;
-
-use crate::var::VarMeta;
 
 /// A value as the map stores it.
 pub(crate) type Value = Arc<dyn Any + Send + Sync>;
+
+/// What the map needs to know about a variable without knowing its type: its name, whether
+/// it appears in logs, and how to format its values. `ContextVar` implements it; the map
+/// knows nothing else of variables.
+pub(crate) trait VarMeta: Sync {
+    fn name(&self) -> &'static str;
+    fn log(&self) -> bool;
+    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
+    -> fmt::Result;
+}
 
 const BITS: u32 = 5;
 const MASK: u32 = (1 << BITS) - 1;

@@ -27,12 +27,13 @@
 //!   reads context variables while streaming reads them as unset.
 //!
 //! ```
+//! # use context_core as contextvars;
 //! use std::convert::Infallible;
 //! use std::future::{Ready, ready};
 //! use std::task::{Context as TaskContext, Poll};
 //!
-//! use context_core::tower::ContextLayer;
-//! use context_core::{ContextVar, Key, NoDefault};
+//! use contextvars::tower::ContextLayer;
+//! use contextvars::{ContextVar, Key, NoDefault};
 //! use tower_layer::Layer;
 //! use tower_service::Service;
 //!
@@ -179,7 +180,8 @@ pub use crate::baggage::{AcceptBaggage, AcceptBaggageLayer, BaggageLayer, Baggag
 /// ([`on_request_async`](Self::on_request_async)), if there is one instead of `H`.
 ///
 /// ```
-/// use context_core::tower::ContextLayer;
+/// # use context_core as contextvars;
+/// use contextvars::tower::ContextLayer;
 ///
 /// // Requests start with a copy of the context current here.
 /// let layer = ContextLayer::new();
@@ -196,8 +198,9 @@ impl ContextLayer {
     /// A layer whose requests start with a copy of the current context, snapshotted now.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct REGION {}
     /// # impl Key for REGION { type Value = &'static str; type Default = NoDefault; }
     /// # static REGION: ContextVar<REGION> = ContextVar::new("region");
@@ -215,8 +218,9 @@ impl ContextLayer {
     /// A layer whose requests start with a copy of `base`.
     ///
     /// ```
-    /// use context_core::Context;
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::Context;
+    /// use contextvars::tower::ContextLayer;
     ///
     /// let layer = ContextLayer::with_base(Context::new());
     /// assert!(layer.base().is_empty());
@@ -242,8 +246,9 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// The hook replaces any earlier one, asynchronous or not.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
     /// # impl Key for REQUEST_ID { type Value = String; type Default = NoDefault; }
     /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
@@ -284,10 +289,11 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// `Clone` (as axum's routers, handlers and the usual tower middleware are).
     ///
     /// ```
+    /// # use context_core as contextvars;
     /// use std::convert::Infallible;
     ///
-    /// use context_core::tower::ContextLayer;
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// use contextvars::tower::ContextLayer;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct TENANT {}
     /// # impl Key for TENANT { type Value = String; type Default = NoDefault; }
     /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
@@ -348,7 +354,8 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// `http::Response<B>`, as axum, tonic and hyper services do.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     ///
     /// let layer = ContextLayer::new().body_in_context();
     /// # let _ = layer;
@@ -366,8 +373,9 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// The context every request starts from (a copy of it).
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct REGION {}
     /// # impl Key for REGION { type Value = &'static str; type Default = NoDefault; }
     /// # static REGION: ContextVar<REGION> = ContextVar::new("region");
@@ -444,8 +452,9 @@ impl<S, M: Clone, F> Layer<S> for ContextLayer<NoHook, M, AsyncHook<F>> {
 /// request's new context, before the inner service's `call`.
 ///
 /// ```
-/// use context_core::tower::OnRequest;
-/// # use context_core::{Context, ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// use contextvars::tower::OnRequest;
+/// # use contextvars::{Context, ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct PATH {}
 /// # impl Key for PATH { type Value = String; type Default = NoDefault; }
 /// # static PATH: ContextVar<PATH> = ContextVar::new("path");
@@ -480,7 +489,8 @@ impl<Request, F: Fn(&mut Request)> OnRequest<Request> for F {
 /// The hook of a layer built without [`ContextLayer::on_request`]: does nothing.
 ///
 /// ```
-/// use context_core::tower::{NoHook, OnRequest};
+/// # use context_core as contextvars;
+/// use contextvars::tower::{NoHook, OnRequest};
 ///
 /// let mut request = ();
 /// NoHook.on_request(&mut request); // nothing happens
@@ -500,9 +510,10 @@ impl<Request> OnRequest<Request> for NoHook {
 /// implement it on a type of your own when a closure will not do.
 ///
 /// ```
+/// # use context_core as contextvars;
 /// use std::future::{Ready, ready};
 ///
-/// use context_core::tower::OnRequestAsync;
+/// use contextvars::tower::OnRequestAsync;
 ///
 /// /// Refuses requests without a body.
 /// struct RequireBody;
@@ -543,7 +554,8 @@ where
 /// [`OnRequestAsync`], shared by the layer's services.
 ///
 /// ```
-/// use context_core::tower::{AsyncHook, ContextLayer, NoHook};
+/// # use context_core as contextvars;
+/// use contextvars::tower::{AsyncHook, ContextLayer, NoHook};
 ///
 /// let layer: ContextLayer<NoHook, _, AsyncHook<_>> =
 ///     ContextLayer::new().on_request_async(|request: String| async { Ok::<_, ()>(request) });
@@ -570,8 +582,9 @@ impl<F> fmt::Debug for AsyncHook<F> {
 /// [`ContextBody`].
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::tower::{KeepResponse, WrapResponse};
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::tower::{KeepResponse, WrapResponse};
 ///
 /// let response = KeepResponse.wrap_response("done", &Context::new());
 /// assert_eq!(response, "done");
@@ -587,8 +600,9 @@ pub trait WrapResponse<Response> {
 /// Passes responses on untouched: the default of [`ContextLayer`].
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::tower::{KeepResponse, WrapResponse};
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::tower::{KeepResponse, WrapResponse};
 ///
 /// assert_eq!(KeepResponse.wrap_response(7, &Context::new()), 7);
 /// ```
@@ -607,8 +621,9 @@ impl<Response> WrapResponse<Response> for KeepResponse {
 /// request's context: set by [`ContextLayer::body_in_context`].
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::tower::{BodyInContext, WrapResponse};
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::tower::{BodyInContext, WrapResponse};
 ///
 /// let response = http::Response::new("hello");
 /// let wrapped = BodyInContext.wrap_response(response, &Context::new());
@@ -632,12 +647,13 @@ impl<B> WrapResponse<http::Response<B>> for BodyInContext {
 /// app-wide values), and nothing it sets is kept.
 ///
 /// ```
+/// # use context_core as contextvars;
 /// use std::convert::Infallible;
 /// use std::future::{Ready, ready};
 /// use std::task::{Context as TaskContext, Poll};
 ///
-/// use context_core::tower::{ContextLayer, ContextService};
-/// use context_core::{ContextVar, Key, WithDefault};
+/// use contextvars::tower::{ContextLayer, ContextService};
+/// use contextvars::{ContextVar, Key, WithDefault};
 /// use tower_layer::Layer;
 /// use tower_service::Service;
 /// # #[allow(non_camel_case_types)] struct HITS {}
@@ -682,7 +698,8 @@ impl<S, H, M> ContextService<S, H, M> {
     /// The wrapped service.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     /// use tower_layer::Layer;
     ///
     /// let service = ContextLayer::new().layer("inner");
@@ -696,7 +713,8 @@ impl<S, H, M> ContextService<S, H, M> {
     /// The wrapped service, mutably.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     /// use tower_layer::Layer;
     ///
     /// let mut service = ContextLayer::new().layer(1);
@@ -710,7 +728,8 @@ impl<S, H, M> ContextService<S, H, M> {
     /// The wrapped service, unwrapped.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     /// use tower_layer::Layer;
     ///
     /// assert_eq!(ContextLayer::new().layer("inner").into_inner(), "inner");
@@ -777,11 +796,12 @@ pin_project! {
     /// in the request's context; its response goes through the layer's [`WrapResponse`].
     ///
     /// ```
+    /// # use context_core as contextvars;
     /// use std::convert::Infallible;
     /// use std::future::{Ready, ready};
     /// use std::task::{Context as TaskContext, Poll};
     ///
-    /// use context_core::tower::{ContextLayer, KeepResponse, ResponseFuture};
+    /// use contextvars::tower::{ContextLayer, KeepResponse, ResponseFuture};
     /// use tower_layer::Layer;
     /// use tower_service::Service;
     ///
@@ -819,11 +839,12 @@ impl<F, M> ResponseFuture<F, M> {
     /// The request's context, with what the service has set in it so far.
     ///
     /// ```
+    /// # use context_core as contextvars;
     /// use std::future::{Ready, ready};
     /// use std::task::{Context as TaskContext, Poll};
     ///
-    /// use context_core::tower::ContextLayer;
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// use contextvars::tower::ContextLayer;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -886,7 +907,8 @@ impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
 /// runs the hook's future, then the wrapped service, unless the hook answered early.
 ///
 /// ```
-/// use context_core::tower::{AsyncHookService, ContextLayer, ContextService, NoHook};
+/// # use context_core as contextvars;
+/// use contextvars::tower::{AsyncHookService, ContextLayer, ContextService, NoHook};
 /// use tower_layer::Layer;
 ///
 /// let layer = ContextLayer::new().on_request_async(|n: u32| async move { Ok::<_, u32>(n) });
@@ -902,7 +924,8 @@ impl<S, F> AsyncHookService<S, F> {
     /// The wrapped service.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     /// use tower_layer::Layer;
     ///
     /// let layer = ContextLayer::new().on_request_async(|n: u32| async move { Ok::<_, u32>(n) });
@@ -964,7 +987,8 @@ pin_project! {
     /// future, then the inner service's call and its future, unless the hook answered early.
     ///
     /// ```
-    /// use context_core::tower::ContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
     /// use tower_layer::Layer;
     /// use tower_service::Service;
     ///
@@ -1090,8 +1114,9 @@ fn request_context(base: &Context) -> Context {
 /// it a field for the context:
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::tower::CarriesContext;
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::tower::CarriesContext;
 ///
 /// struct Job {
 ///     name: String,
@@ -1137,11 +1162,12 @@ impl<B> CarriesContext for http::Request<B> {
 /// right above the worker; [`AcrossWorkerLayer`] does that for you.
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::tower::{CarriesContext, CarryContextLayer};
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::tower::{CarriesContext, CarryContextLayer};
 /// use tower_layer::Layer;
 /// use tower_service::Service;
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -1183,7 +1209,8 @@ impl<S> Layer<S> for CarryContextLayer {
 /// every request, then calls the inner service.
 ///
 /// ```
-/// use context_core::tower::{CarryContext, CarryContextLayer};
+/// # use context_core as contextvars;
+/// use contextvars::tower::{CarryContext, CarryContextLayer};
 /// use tower_layer::Layer;
 ///
 /// let service: CarryContext<&str> = CarryContextLayer.layer("worker");
@@ -1198,7 +1225,8 @@ impl<S> CarryContext<S> {
     /// The wrapped service.
     ///
     /// ```
-    /// use context_core::tower::CarryContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::CarryContextLayer;
     /// use tower_layer::Layer;
     ///
     /// assert_eq!(*CarryContextLayer.layer(7).get_ref(), 7);
@@ -1241,11 +1269,12 @@ where
 /// its own, and what it sets is dropped.
 ///
 /// ```
-/// use context_core::Context;
-/// use context_core::tower::{CarriesContext, ReenterContextLayer};
+/// # use context_core as contextvars;
+/// use contextvars::Context;
+/// use contextvars::tower::{CarriesContext, ReenterContextLayer};
 /// use tower_layer::Layer;
 /// use tower_service::Service;
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -1286,7 +1315,8 @@ impl<S> Layer<S> for ReenterContextLayer {
 /// future, in the context the request carries.
 ///
 /// ```
-/// use context_core::tower::{ReenterContext, ReenterContextLayer};
+/// # use context_core as contextvars;
+/// use contextvars::tower::{ReenterContext, ReenterContextLayer};
 /// use tower_layer::Layer;
 ///
 /// let service: ReenterContext<&str> = ReenterContextLayer.layer("inner");
@@ -1301,7 +1331,8 @@ impl<S> ReenterContext<S> {
     /// The wrapped service.
     ///
     /// ```
-    /// use context_core::tower::ReenterContextLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ReenterContextLayer;
     /// use tower_layer::Layer;
     ///
     /// assert_eq!(*ReenterContextLayer.layer(7).get_ref(), 7);
@@ -1345,7 +1376,8 @@ where
 /// in that request's context. See [Shared workers](self#shared-workers-buffer-and-the-like).
 ///
 /// ```
-/// use context_core::tower::{AcrossWorkerLayer, CarryContext, ReenterContext};
+/// # use context_core as contextvars;
+/// use contextvars::tower::{AcrossWorkerLayer, CarryContext, ReenterContext};
 /// use tower_layer::{Layer, layer_fn};
 ///
 /// /// Stands for a worker's layer, such as `BufferLayer::new(1024)`.
@@ -1363,7 +1395,8 @@ impl<L> AcrossWorkerLayer<L> {
     /// Wraps the worker's layer.
     ///
     /// ```
-    /// use context_core::tower::AcrossWorkerLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::AcrossWorkerLayer;
     /// use tower_layer::Identity;
     ///
     /// let layer = AcrossWorkerLayer::new(Identity::new());
@@ -1390,13 +1423,14 @@ pin_project! {
     /// or by hand with [`ContextBody::new`].
     ///
     /// ```
+    /// # use context_core as contextvars;
     /// use std::pin::Pin;
     /// use std::task::{Context as TaskContext, Poll};
     ///
-    /// use context_core::Context;
-    /// use context_core::tower::ContextBody;
+    /// use contextvars::Context;
+    /// use contextvars::tower::ContextBody;
     /// use http_body::{Body, Frame};
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct TENANT {}
     /// # impl Key for TENANT { type Value = &'static str; type Default = NoDefault; }
     /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
@@ -1446,8 +1480,9 @@ impl<B> ContextBody<B> {
     /// polled stays in `context`, from one poll to the next.
     ///
     /// ```
-    /// use context_core::Context;
-    /// use context_core::tower::ContextBody;
+    /// # use context_core as contextvars;
+    /// use contextvars::Context;
+    /// use contextvars::tower::ContextBody;
     ///
     /// let body = ContextBody::new(String::from("hi"), Context::new());
     /// assert_eq!(body.get_ref(), "hi");
@@ -1462,8 +1497,9 @@ impl<B> ContextBody<B> {
     /// The wrapped body.
     ///
     /// ```
-    /// use context_core::Context;
-    /// use context_core::tower::ContextBody;
+    /// # use context_core as contextvars;
+    /// use contextvars::Context;
+    /// use contextvars::tower::ContextBody;
     ///
     /// assert_eq!(*ContextBody::new(3, Context::new()).get_ref(), 3);
     /// ```
@@ -1479,8 +1515,9 @@ impl<B> ContextBody<B> {
     /// The context the body polls in.
     ///
     /// ```
-    /// use context_core::Context;
-    /// use context_core::tower::ContextBody;
+    /// # use context_core as contextvars;
+    /// use contextvars::Context;
+    /// use contextvars::tower::ContextBody;
     ///
     /// assert!(ContextBody::new((), Context::new()).context().is_empty());
     /// ```

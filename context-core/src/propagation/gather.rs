@@ -17,13 +17,14 @@ use crate::future::{FutureExt, WithContext};
 /// another branch or the caller.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = u32; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let _token = USER.set(0);
-/// let seen = context_core::gather((1..=3).map(|user| async move {
+/// let seen = contextvars::gather((1..=3).map(|user| async move {
 ///     let _ = USER.set(user);
 ///     tokio::task::yield_now().await; // the other branches run and set theirs
 ///     USER.get()

@@ -14,7 +14,8 @@ use super::header::{MAX_BYTES, MAX_ENTRIES};
 /// handed to your callback and the entry is skipped.
 ///
 /// ```
-/// use context_core::baggage::BaggageError;
+/// # use context_core as contextvars;
+/// use contextvars::baggage::BaggageError;
 ///
 /// let err = BaggageError::DuplicateKey { key: "tenant".into() };
 /// assert_eq!(err.key(), Some("tenant"));
@@ -76,7 +77,8 @@ impl BaggageError {
     /// The key of the offending entry, where it is known.
     ///
     /// ```
-    /// use context_core::baggage::BaggageError;
+    /// # use context_core as contextvars;
+    /// use contextvars::baggage::BaggageError;
     ///
     /// assert_eq!(BaggageError::TooLong { bytes: 9000 }.key(), None);
     /// ```
@@ -95,7 +97,8 @@ impl BaggageError {
     /// "<the key, or the entry's text>"}` (`entry` is `null` for the header as a whole).
     ///
     /// ```
-    /// use context_core::baggage::BaggageError;
+    /// # use context_core as contextvars;
+    /// use contextvars::baggage::BaggageError;
     ///
     /// let json = BaggageError::NotUtf8 { key: "user".into() }.to_json();
     /// assert!(json.starts_with(r#"{"error":"bad baggage header: the value of `user`"#), "{json}");

@@ -3,10 +3,10 @@
 use std::fmt;
 
 use crate::error::ResetError;
-use crate::map::Value;
-use crate::var::{VarMeta, restore};
+use crate::map::{Value, VarMeta};
+use crate::var::restore;
 
-/// Undoes a [`ContextVar::scoped`](crate::ContextVar::scoped) when dropped (B15).
+/// Undoes a [`ContextVar::scoped`](crate::ContextVar::scoped) when dropped.
 ///
 /// Dropping the guard restores **its own variable** to what it was before the `scoped` call,
 /// exactly like passing a [`Token`](crate::Token) to [`reset`](crate::ContextVar::reset): on
@@ -17,7 +17,7 @@ use crate::var::{VarMeta, restore};
 /// tokens reset out of order do.
 ///
 /// A guard is `Send + 'static`, so it can be held across `.await` in a spawned task. It must
-/// be dropped in the context it was made in (B16): the same task, thread or
+/// be dropped in the context it was made in: the same task, thread or
 /// [`Context::run`](crate::Context::run) closure. Dropped anywhere else it changes nothing and
 /// panics with a message that says so, unless the thread is already panicking, in which case
 /// it only changes nothing (a panic during unwinding would abort the process).
@@ -28,7 +28,8 @@ use crate::var::{VarMeta, restore};
 /// cannot be misused that way. Clippy's `let_underscore_must_use` lint catches the mistake.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct TENANT {}
 /// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
 /// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");

@@ -19,8 +19,9 @@ use super::inject;
 /// in: the request's, when called from a handler served through `ContextLayer`.
 ///
 /// ```
-/// use context_core::baggage::BaggageLayer;
-/// use context_core::metadata::{MetadataFlags, set_metadata_with};
+/// # use context_core as contextvars;
+/// use contextvars::baggage::BaggageLayer;
+/// use contextvars::metadata::{MetadataFlags, set_metadata_with};
 /// use tower_layer::Layer;
 /// use tower_service::Service;
 ///
@@ -55,7 +56,8 @@ impl BaggageLayer {
     /// The layer.
     ///
     /// ```
-    /// let layer = context_core::baggage::BaggageLayer::new();
+    /// # use context_core as contextvars;
+    /// let layer = contextvars::baggage::BaggageLayer::new();
     /// # let _ = layer;
     /// ```
     #[must_use]
@@ -76,7 +78,8 @@ impl<S> Layer<S> for BaggageLayer {
 /// request, then calls the wrapped client.
 ///
 /// ```
-/// use context_core::baggage::BaggageLayer;
+/// # use context_core as contextvars;
+/// use contextvars::baggage::BaggageLayer;
 /// use tower_layer::Layer;
 ///
 /// let service = BaggageLayer::new().layer("client");
@@ -91,7 +94,8 @@ impl<S> BaggageService<S> {
     /// The wrapped client.
     ///
     /// ```
-    /// use context_core::baggage::BaggageLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::baggage::BaggageLayer;
     /// use tower_layer::Layer;
     ///
     /// assert_eq!(*BaggageLayer::new().layer(7).get_ref(), 7);
@@ -104,7 +108,8 @@ impl<S> BaggageService<S> {
     /// The wrapped client, unwrapped.
     ///
     /// ```
-    /// use context_core::baggage::BaggageLayer;
+    /// # use context_core as contextvars;
+    /// use contextvars::baggage::BaggageLayer;
     /// use tower_layer::Layer;
     ///
     /// assert_eq!(BaggageLayer::new().layer(7).into_inner(), 7);

@@ -3,28 +3,27 @@
 use std::any::{Any, type_name};
 use std::cell::RefCell;
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::context::Context;
-use crate::current;
+use crate::current::{self, Unwritable};
 use crate::error::{LookupError, ResetError, SetError};
-use crate::future::WithContext;
 use crate::guard::ScopeGuard;
-use crate::map::{Leaf, Value};
+use crate::map::{Leaf, Value, VarMeta};
 use crate::token::Token;
 
 /// The identity and value type of one context variable.
 ///
 /// `#[context_var]` implements it on a type it generates for each variable, named like the
 /// static, so that every variable has a type of its own: a [`Token`] of one variable cannot
-/// reset another, which the compiler checks (B13). Write it by hand only to declare a variable
+/// reset another, which the compiler checks. Write it by hand only to declare a variable
 /// without the macro:
 ///
 /// ```
-/// use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// use contextvars::{ContextVar, Key, NoDefault};
 ///
 /// #[allow(non_camel_case_types)]
 /// pub struct REQUEST_ID {}
@@ -93,7 +92,7 @@ impl DefaultKind for NoDefault {
     }
 }
 
-/// A default evaluated on first need, once per process (B3).
+/// A default evaluated on first need, once per process.
 #[doc(hidden)]
 pub struct Lazy<T> {
     cell: OnceLock<T>,
@@ -155,15 +154,6 @@ impl DefaultKind for WithDefault {
     }
 }
 
-/// What the map needs to know about a variable without knowing its type: its name, and how
-/// to format its values.
-pub(crate) trait VarMeta: Sync {
-    fn name(&self) -> &'static str;
-    fn log(&self) -> bool;
-    fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
-    -> fmt::Result;
-}
-
 /// A context variable: a typed key whose value depends on the current context.
 ///
 /// Declare one with `#[context_var]` on a `static` (the macro crate); this is the type it
@@ -187,7 +177,8 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// A variable without a default, named `name` in errors, `Debug` output and logs.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct TENANT {}
     /// # impl Key for TENANT { type Value = u64; type Default = NoDefault; }
     /// static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
@@ -203,10 +194,11 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
         }
     }
 
-    /// The value in the current context, or `None` where it is not set (B5).
+    /// The value in the current context, or `None` where it is not set.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = String; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -222,11 +214,12 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
         self.lookup()
     }
 
-    /// Lends the value to `f` without cloning it: `Some(&value)` where it is set, else `None`
-    /// (B8). `f` may read and set context variables.
+    /// Lends the value to `f` without cloning it: `Some(&value)` where it is set, else `None`.
+    /// `f` may read and set context variables.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct BODY {}
     /// # impl Key for BODY { type Value = Vec<u8>; type Default = NoDefault; }
     /// # static BODY: ContextVar<BODY> = ContextVar::new("body");
@@ -242,7 +235,7 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
 
 impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// A variable whose default is `init()`, evaluated on first need, at most once per
-    /// process (B3). The default is not a binding: no context lists it.
+    /// process. The default is not a binding: no context lists it.
     ///
     /// As with `std::sync::LazyLock`, other threads that need the default while `init`
     /// runs wait for it. So `init` must not read this variable (that panics, naming it) and
@@ -250,7 +243,8 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// the two would wait for each other forever.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = String; type Default = WithDefault; }
     /// static USER: ContextVar<USER> = ContextVar::with_default("user", || "guest".to_string());
@@ -269,14 +263,15 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
         }
     }
 
-    /// The value in the current context, else the default (B5).
+    /// The value in the current context, else the default.
     ///
     /// # Panics
     /// If the default's initializer panics (the panic is passed on; the next read runs the
     /// initializer again), or if the initializer reads this variable itself.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct RETRIES {}
     /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
     /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
@@ -294,14 +289,15 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
             .unwrap_or_else(|| self.default_value().clone())
     }
 
-    /// Lends the value (or the default) to `f` without cloning it (B8). `f` may read and set
+    /// Lends the value (or the default) to `f` without cloning it. `f` may read and set
     /// context variables.
     ///
     /// # Panics
     /// As [`get`](Self::get), if the default's initializer panics.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct GREETING {}
     /// # impl Key for GREETING { type Value = String; type Default = WithDefault; }
     /// # static GREETING: ContextVar<GREETING> = ContextVar::with_default("greeting", || "hello".into());
@@ -328,7 +324,7 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
 
 impl<K: Key> ContextVar<K> {
     /// The variable's name: the static's identifier, or the `name = "…"` it was declared with.
-    /// Two variables may share a name; they are still different variables (B2).
+    /// Two variables may share a name; they are still different variables.
     #[must_use]
     pub fn name(&self) -> &'static str {
         self.name
@@ -352,7 +348,7 @@ impl<K: Key> ContextVar<K> {
         K::Default::default_ref(&self.default, self.name)
     }
 
-    /// The value in the current context, else the default, else [`LookupError`] (B6), which
+    /// The value in the current context, else the default, else [`LookupError`], which
     /// names the variable.
     ///
     /// # Errors
@@ -362,7 +358,8 @@ impl<K: Key> ContextVar<K> {
     /// If the default's initializer panics.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct TRACE_ID {}
     /// # impl Key for TRACE_ID { type Value = u128; type Default = NoDefault; }
     /// # static TRACE_ID: ContextVar<TRACE_ID> = ContextVar::new("trace_id");
@@ -382,10 +379,11 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// The value if it is set in the current context, else `fallback`, which wins over the
-    /// variable's own default, as in Python's `var.get(default)` (B7).
+    /// variable's own default, as in Python's `var.get(default)`.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct RETRIES {}
     /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
     /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
@@ -407,19 +405,20 @@ impl<K: Key> ContextVar<K> {
         current::find(self.key(), |_| ()).is_some()
     }
 
-    /// Binds `value` in the current context until reset or until that context ends (B9).
+    /// Binds `value` in the current context until reset or until that context ends.
     /// The value is moved in, never cloned. The returned [`Token`] restores the previous
     /// state with [`reset`](Self::reset).
     ///
     /// # Panics
-    /// In a tokio task that runs outside any context (see the crate docs, B26): setting there
+    /// In a tokio task that runs outside any context (see the crate docs): setting there
     /// would leak the value to the next task on the worker thread. The message names the fix;
     /// [`try_set`](Self::try_set) returns the error instead. (While the thread's locals are
     /// being destroyed, in a value's `Drop` at thread exit, `set` does nothing and returns a
     /// token that resets nothing: a panic there would abort the process.)
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = String; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -448,8 +447,8 @@ impl<K: Key> ContextVar<K> {
     /// [`SetError::ThreadExiting`] while the thread's locals are being destroyed.
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
         let leaf = self.leaf(value);
-        let (context, old) =
-            current::write(self.name, |frame| (frame.id(), frame.map.insert(leaf)))?;
+        let (context, old) = current::write(|frame| (frame.id(), frame.map.insert(leaf)))
+            .map_err(|why| SetError::new(why, self.name))?;
         let old = old.map(|old| {
             old.downcast::<K::Value>()
                 .unwrap_or_else(|_| wrong_type::<K>())
@@ -458,15 +457,16 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// Restores the variable to what it was before the `set` that made `token`, including
-    /// "unset", which removes it from the context (B11). Out-of-order resets restore that
-    /// token's old value. A token can be used once (B12) and only on its own variable (B13):
+    /// "unset", which removes it from the context. Out-of-order resets restore that
+    /// token's old value. A token can be used once and only on its own variable:
     /// both are compile errors.
     ///
     /// # Errors
-    /// [`ResetError`] if the token was made in a different context (B14); nothing changes.
+    /// [`ResetError`] if the token was made in a different context; nothing changes.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct LEVEL {}
     /// # impl Key for LEVEL { type Value = u8; type Default = WithDefault; }
     /// # static LEVEL: ContextVar<LEVEL> = ContextVar::with_default("level", || 0);
@@ -483,8 +483,8 @@ impl<K: Key> ContextVar<K> {
         restore(self, self.key(), context, old.map(|old| old as Value))
     }
 
-    /// Sets `value` until the returned guard is dropped, also when unwinding from a panic
-    /// (B15). Dropping the guard restores this variable, and only this one, to what it was
+    /// Sets `value` until the returned guard is dropped, also when unwinding from a panic.
+    /// Dropping the guard restores this variable, and only this one, to what it was
     /// before, exactly as [`reset`](Self::reset) does with a token: sets of other variables
     /// made meanwhile stay. `let _ = V.scoped(value)` resets at once (see [`ScopeGuard`]).
     ///
@@ -494,7 +494,8 @@ impl<K: Key> ContextVar<K> {
     /// [`ScopeGuard`].
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -511,10 +512,11 @@ impl<K: Key> ContextVar<K> {
     }
 
     /// Runs `f` in a copy of the current context with the variable set to `value`; nothing
-    /// `f` sets reaches the caller (B15). The name follows `tokio::task_local!`.
+    /// `f` sets reaches the caller. The name follows `tokio::task_local!`.
     ///
     /// ```
-    /// # use context_core::{ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct DEPTH {}
     /// # impl Key for DEPTH { type Value = u32; type Default = WithDefault; }
     /// # static DEPTH: ContextVar<DEPTH> = ContextVar::with_default("depth", || 0);
@@ -523,24 +525,6 @@ impl<K: Key> ContextVar<K> {
     /// ```
     pub fn sync_scope<R>(&'static self, value: K::Value, f: impl FnOnce() -> R) -> R {
         Context::current().with_value(self, value).run(f)
-    }
-
-    /// A future that runs `future` in a copy of the current context (taken now) with the
-    /// variable set to `value`; nothing it sets reaches the caller (B15). Works in any task,
-    /// including one spawned without a context.
-    ///
-    /// ```
-    /// # use context_core::{ContextVar, Key, NoDefault};
-    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
-    /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
-    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let seen = REQUEST_ID.scope(7, async { REQUEST_ID.get() }).await;
-    /// assert_eq!((seen, REQUEST_ID.get()), (Some(7), None));
-    /// # });
-    /// ```
-    pub fn scope<F: Future>(&'static self, value: K::Value, future: F) -> WithContext<F> {
-        WithContext::new(future, Context::current().with_value(self, value))
     }
 
     pub(crate) fn leaf(&'static self, value: K::Value) -> Leaf {
@@ -617,7 +601,7 @@ pub(crate) fn restore(
     old: Option<Value>,
 ) -> Result<(), ResetError> {
     let name = var.name();
-    let replaced = current::write(name, |frame| {
+    let replaced = current::write(|frame| {
         // `0`: a token made where no context was left (thread exit); no context owns it.
         if context == 0 || frame.id != context {
             return Err((ResetError::OtherContext { var: name }, old));
@@ -631,8 +615,8 @@ pub(crate) fn restore(
     match replaced {
         Ok(Ok(_replaced)) => Ok(()),
         Ok(Err((err, _old))) => Err(err),
-        Err(SetError::ThreadExiting { .. }) => Err(ResetError::ThreadExiting { var: name }),
-        Err(_) => Err(ResetError::NoContext { var: name }),
+        Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: name }),
+        Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: name }),
     }
 }
 

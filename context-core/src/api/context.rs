@@ -10,21 +10,22 @@ use crate::var::{ContextVar, DefaultKind, Key, downcast};
 /// A mapping from context variables to values: Python's `contextvars.Context`.
 ///
 /// - [`Context::current()`] (or [`copy_context()`]) snapshots the current bindings in O(1),
-///   whatever their number (B17). [`Context::new()`] is empty (B18).
+///   whatever their number. [`Context::new()`] is empty.
 /// - [`run`](Context::run) makes a context current for the length of a closure; what the
-///   closure sets stays in the context (B19). A future runs in one with
+///   closure sets stays in the context. A future runs in one with
 ///   [`FutureExt::with_context`](crate::FutureExt::with_context).
 /// - The mapping view ([`get`](Context::get), [`contains`](Context::contains),
 ///   [`len`](Context::len), [`iter`](Context::iter), `Debug`) shows bindings, never
-///   defaults (B20).
+///   defaults.
 ///
 /// Every `Context` value is its own context: a clone, [`Context::new()`] and
 /// [`Context::current()`] each make a new one, independent of the original both ways, and a
-/// [`Token`](crate::Token) made in one is refused by another (B14). Clones share the values
+/// [`Token`](crate::Token) made in one is refused by another. Clones share the values
 /// (behind `Arc`), never copy them.
 ///
 /// ```
-/// # use context_core::{Context, ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{Context, ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -44,7 +45,8 @@ pub struct Context {
 /// Python's `contextvars.copy_context()`.
 ///
 /// ```
-/// # use context_core::{copy_context, ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{copy_context, ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -62,7 +64,8 @@ impl Context {
     /// An empty context: every variable reads as its default, or as unset.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -77,11 +80,12 @@ impl Context {
     }
 
     /// A snapshot of the current context, in O(1): later sets on either side are not seen by
-    /// the other (B17). In a tokio task that runs outside any context, an empty context
-    /// (B26).
+    /// the other. In a tokio task that runs outside any context, an empty context, so that such
+    /// a task never sees another's values.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -104,7 +108,7 @@ impl Context {
         }
     }
 
-    /// Runs `f` with this context current and returns what `f` returns (B19). What `f` sets
+    /// Runs `f` with this context current and returns what `f` returns. What `f` sets
     /// stays in this context; the caller's context is restored when `f` returns and when it
     /// panics (the panic goes on).
     ///
@@ -112,7 +116,8 @@ impl Context {
     /// (Python raises `RuntimeError` at run time).
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct COUNT {}
     /// # impl Key for COUNT { type Value = u32; type Default = WithDefault; }
     /// # static COUNT: ContextVar<COUNT> = ContextVar::with_default("count", || 0);
@@ -136,10 +141,11 @@ impl Context {
     }
 
     /// This context with `var` bound to `value`: the one-expression way to build a context
-    /// with overrides without touching the caller's (B22).
+    /// with overrides without touching the caller's.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault, WithDefault};
     /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
     /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
     /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
@@ -162,10 +168,11 @@ impl Context {
         self
     }
 
-    /// The value bound to `var` in this context; defaults are not bindings (B20).
+    /// The value bound to `var` in this context; defaults are not bindings.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct RETRIES {}
     /// # impl Key for RETRIES { type Value = u32; type Default = WithDefault; }
     /// # static RETRIES: ContextVar<RETRIES> = ContextVar::with_default("retries", || 3);
@@ -183,7 +190,8 @@ impl Context {
     /// Whether `var` is bound in this context.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -198,7 +206,8 @@ impl Context {
     /// How many variables are bound in this context.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -212,7 +221,8 @@ impl Context {
     /// Whether no variable is bound in this context.
     ///
     /// ```
-    /// # use context_core::Context;
+    /// # use context_core as contextvars;
+    /// # use contextvars::Context;
     /// assert!(Context::new().is_empty());
     /// ```
     #[must_use]
@@ -221,17 +231,53 @@ impl Context {
     }
 
     /// The bindings: each variable's name and its value, which formats with `Debug` where
-    /// the variable's type has it (else as the type's name) and can be downcast.
+    /// the variable's type has it (else as the type's name) and can be downcast to that type
+    /// with [`ValueRef::downcast_ref`]. Defaults are not bindings, so they are not listed.
+    ///
+    /// # Order
+    ///
+    /// The order is unspecified: expect neither the order of the `set`s nor that of the names.
+    /// It depends only on which variables are bound, so within one process two contexts
+    /// holding the same variables list them in the same order (and so does `Debug`), whatever
+    /// the order they were set in. It can change between runs, since it follows the order in
+    /// which the process first used (read or set) each variable, and between versions of this
+    /// crate. For a dump that reads the same every time, sort by name.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault;
     /// #   fn fmt_value(v: &&'static str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
-    /// let ctx = Context::new().with_value(&USER, "ann");
-    /// let dump: Vec<String> = ctx.iter().map(|(name, value)| format!("{name}={value:?}")).collect();
-    /// assert_eq!(dump, ["user=\"ann\""]);
+    /// # #[allow(non_camel_case_types)] struct PORT {}
+    /// # impl Key for PORT { type Value = u16; type Default = NoDefault;
+    /// #   fn fmt_value(v: &u16, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) } }
+    /// # static PORT: ContextVar<PORT> = ContextVar::new("port");
+    /// use contextvars::ValueRef;
+    ///
+    /// let ctx = Context::new().with_value(&USER, "ann").with_value(&PORT, 8080);
+    ///
+    /// // Sorted by name, so that the dump is the same in every run.
+    /// let mut bindings: Vec<(&str, ValueRef<'_>)> = ctx.iter().collect();
+    /// bindings.sort_by_key(|&(name, _)| name);
+    ///
+    /// // `Debug` text, as the variables' types format themselves.
+    /// let text: Vec<String> = bindings.iter().map(|(name, value)| format!("{name}={value:?}")).collect();
+    /// assert_eq!(text, ["port=8080", "user=\"ann\""]);
+    ///
+    /// // Typed values: downcast to the types the dump knows, `Debug` text for the others.
+    /// fn render(value: ValueRef<'_>) -> String {
+    ///     if let Some(port) = value.downcast_ref::<u16>() {
+    ///         port.to_string()
+    ///     } else if let Some(user) = value.downcast_ref::<&str>() {
+    ///         (*user).to_owned()
+    ///     } else {
+    ///         format!("{value:?}")
+    ///     }
+    /// }
+    /// let plain: Vec<String> = bindings.iter().map(|&(name, value)| format!("{name}={}", render(value))).collect();
+    /// assert_eq!(plain, ["port=8080", "user=ann"]);
     /// ```
     #[must_use]
     pub fn iter(&self) -> Iter<'_> {
@@ -241,11 +287,12 @@ impl Context {
     }
 
     /// A closure that runs `f` in a copy of this context (taken now) wherever and whenever it
-    /// is called: the way into a thread pool or any executor (B21). Like TC39's
+    /// is called: the way into a thread pool or any executor. Like TC39's
     /// `AsyncContext.Snapshot.wrap` and Node's `AsyncResource.bind`.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct USER {}
     /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
     /// # static USER: ContextVar<USER> = ContextVar::new("user");
@@ -268,7 +315,8 @@ impl Context {
     /// copy of this context, so nothing one call sets is seen by the next.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, WithDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, WithDefault};
     /// # #[allow(non_camel_case_types)] struct HITS {}
     /// # impl Key for HITS { type Value = u32; type Default = WithDefault; }
     /// # static HITS: ContextVar<HITS> = ContextVar::with_default("hits", || 0);
@@ -328,7 +376,7 @@ impl<'a> IntoIterator for &'a Context {
     }
 }
 
-/// An iterator over a context's bindings, from [`Context::iter`].
+/// An iterator over a context's bindings, from [`Context::iter`], in the order it describes.
 pub struct Iter<'a> {
     leaves: map::Iter<'a>,
 }
@@ -349,7 +397,11 @@ impl fmt::Debug for Iter<'_> {
     }
 }
 
-/// A bound value as [`Context::iter`] shows it: it formats with `Debug` and can be downcast.
+/// A bound value as [`Context::iter`] shows it.
+///
+/// Its `Debug` output is the variable's own: the value's `Debug` text where the variable's
+/// type has one, else the type's name. [`downcast_ref`](Self::downcast_ref) gives the value
+/// itself, typed, for code that knows (or tries) the type.
 #[derive(Clone, Copy)]
 pub struct ValueRef<'a> {
     leaf: &'a map::Leaf,
@@ -359,7 +411,8 @@ impl<'a> ValueRef<'a> {
     /// The value as a `T`, if it is one.
     ///
     /// ```
-    /// # use context_core::{Context, ContextVar, Key, NoDefault};
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, Key, NoDefault};
     /// # #[allow(non_camel_case_types)] struct PORT {}
     /// # impl Key for PORT { type Value = u16; type Default = NoDefault; }
     /// # static PORT: ContextVar<PORT> = ContextVar::new("port");

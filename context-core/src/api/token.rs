@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::var::{ContextVar, Key};
 
 /// The receipt of [`ContextVar::set`]: pass it to [`ContextVar::reset`] to restore what the
-/// variable was before that `set` (B10–B14).
+/// variable was before that `set`.
 ///
 /// A token belongs to one variable, which its type names (`Token<REQUEST_ID>`), so it cannot
 /// reset another variable; `reset` takes it by value, so it cannot be used twice. Both are
@@ -16,7 +16,8 @@ use crate::var::{ContextVar, Key};
 /// Dropping a token without using it leaves the variable as it is.
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = String; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");

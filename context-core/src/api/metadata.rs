@@ -19,8 +19,9 @@
 //!   entry.
 //!
 //! ```
-//! use context_core::Context;
-//! use context_core::metadata::{get_all_metadata, get_metadata, set_metadata};
+//! # use context_core as contextvars;
+//! use contextvars::Context;
+//! use contextvars::metadata::{get_all_metadata, get_metadata, set_metadata};
 //!
 //! set_metadata("plan", "gold");
 //! let snapshot = Context::current();
@@ -47,7 +48,8 @@ use crate::var::{ContextVar, Key, NoDefault};
 /// the default), [`LOG`](Self::LOG), [`BAGGAGE`](Self::BAGGAGE), or both (`LOG | BAGGAGE`).
 ///
 /// ```
-/// use context_core::metadata::MetadataFlags;
+/// # use context_core as contextvars;
+/// use contextvars::metadata::MetadataFlags;
 ///
 /// let both = MetadataFlags::LOG | MetadataFlags::BAGGAGE;
 /// assert!(both.logged() && both.propagated());
@@ -68,7 +70,8 @@ impl MetadataFlags {
     /// Whether [`LOG`](Self::LOG) is set.
     ///
     /// ```
-    /// # use context_core::metadata::MetadataFlags;
+    /// # use context_core as contextvars;
+    /// # use contextvars::metadata::MetadataFlags;
     /// assert!(MetadataFlags::LOG.logged());
     /// ```
     #[must_use]
@@ -79,7 +82,8 @@ impl MetadataFlags {
     /// Whether [`BAGGAGE`](Self::BAGGAGE) is set.
     ///
     /// ```
-    /// # use context_core::metadata::MetadataFlags;
+    /// # use context_core as contextvars;
+    /// # use contextvars::metadata::MetadataFlags;
     /// assert!(MetadataFlags::BAGGAGE.propagated());
     /// ```
     #[must_use]
@@ -160,7 +164,8 @@ pub(crate) static METADATA: ContextVar<MetadataVar> = ContextVar::new("metadata"
 /// message names the fix). [`try_set_metadata_with`] returns the error instead.
 ///
 /// ```
-/// use context_core::metadata::{get_metadata, set_metadata};
+/// # use context_core as contextvars;
+/// use contextvars::metadata::{get_metadata, set_metadata};
 ///
 /// set_metadata("plan", "gold");
 /// assert_eq!(get_metadata("plan").as_deref(), Some("gold"));
@@ -177,7 +182,8 @@ pub fn set_metadata(key: impl Into<String>, value: impl Into<String>) {
 /// As [`set_metadata`].
 ///
 /// ```
-/// use context_core::metadata::{MetadataFlags, get_metadata, set_metadata_with};
+/// # use context_core as contextvars;
+/// use contextvars::metadata::{MetadataFlags, get_metadata, set_metadata_with};
 ///
 /// set_metadata_with("feature", "new-checkout", MetadataFlags::LOG | MetadataFlags::BAGGAGE);
 /// assert_eq!(get_metadata("feature").as_deref(), Some("new-checkout"));
@@ -199,7 +205,8 @@ pub fn set_metadata_with(key: impl Into<String>, value: impl Into<String>, flags
 /// Those of [`ContextVar::try_set`]: no context to set in.
 ///
 /// ```
-/// use context_core::metadata::{MetadataFlags, try_set_metadata_with};
+/// # use context_core as contextvars;
+/// use contextvars::metadata::{MetadataFlags, try_set_metadata_with};
 ///
 /// assert!(try_set_metadata_with("plan", "gold", MetadataFlags::NONE).is_ok());
 /// ```
@@ -225,7 +232,8 @@ pub fn try_set_metadata_with(
 /// As [`set_metadata`], where there is something to remove.
 ///
 /// ```
-/// use context_core::metadata::{get_metadata, remove_metadata, set_metadata};
+/// # use context_core as contextvars;
+/// use contextvars::metadata::{get_metadata, remove_metadata, set_metadata};
 ///
 /// set_metadata("plan", "gold");
 /// assert_eq!(remove_metadata("plan").as_deref(), Some("gold"));
@@ -249,7 +257,8 @@ pub fn remove_metadata(key: &str) -> Option<String> {
 /// The value of `key` in the current context's metadata.
 ///
 /// ```
-/// use context_core::metadata::get_metadata;
+/// # use context_core as contextvars;
+/// use contextvars::metadata::get_metadata;
 ///
 /// assert_eq!(get_metadata("nothing here"), None);
 /// ```
@@ -261,7 +270,8 @@ pub fn get_metadata(key: &str) -> Option<String> {
 /// The flags `key` was set with, if it is set.
 ///
 /// ```
-/// use context_core::metadata::{MetadataFlags, metadata_flags, set_metadata_with};
+/// # use context_core as contextvars;
+/// use contextvars::metadata::{MetadataFlags, metadata_flags, set_metadata_with};
 ///
 /// set_metadata_with("feature", "x", MetadataFlags::LOG);
 /// assert_eq!(metadata_flags("feature"), Some(MetadataFlags::LOG));
@@ -274,7 +284,8 @@ pub fn metadata_flags(key: &str) -> Option<MetadataFlags> {
 /// Every entry of the current context's metadata, sorted by key.
 ///
 /// ```
-/// use context_core::metadata::{get_all_metadata, set_metadata};
+/// # use context_core as contextvars;
+/// use contextvars::metadata::{get_all_metadata, set_metadata};
 ///
 /// set_metadata("b", "2");
 /// set_metadata("a", "1");

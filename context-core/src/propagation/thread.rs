@@ -1,4 +1,4 @@
-//! Threads that inherit the spawner's context (B30).
+//! Threads that inherit the spawner's context.
 //!
 //! A thread started with [`std::thread::spawn`] starts with an empty context, as in Python.
 //! [`spawn`] and [`Builder`] start it in a copy of the spawner's context instead, like Python
@@ -17,12 +17,13 @@ use crate::context::Context;
 /// the error instead).
 ///
 /// ```
-/// # use context_core::{ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
 /// let _token = USER.set("ann");
-/// let inherited = context_core::thread::spawn(|| USER.get()).join().unwrap();
+/// let inherited = contextvars::thread::spawn(|| USER.get()).join().unwrap();
 /// let plain = std::thread::spawn(|| USER.get()).join().unwrap();
 /// assert_eq!((inherited, plain), (Some("ann"), None));
 /// ```
@@ -38,11 +39,12 @@ where
 /// context you give.
 ///
 /// ```
-/// # use context_core::{Context, ContextVar, Key, NoDefault};
+/// # use context_core as contextvars;
+/// # use contextvars::{Context, ContextVar, Key, NoDefault};
 /// # #[allow(non_camel_case_types)] struct USER {}
 /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 /// # static USER: ContextVar<USER> = ContextVar::new("user");
-/// let handle = context_core::thread::Builder::new()
+/// let handle = contextvars::thread::Builder::new()
 ///     .name("worker".into())
 ///     .context(Context::new().with_value(&USER, "ann"))
 ///     .spawn(|| (std::thread::current().name().map(String::from), USER.get()))
