@@ -195,6 +195,12 @@ pub use context_core::*;
 // Named again, under the feature that brings them, so that the docs show the feature and a
 // build without it says "the item is gated behind the `tower` feature" where it cannot find
 // `contextvars::tower`.
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+#[doc = include_str!("../docs/baggage.md")]
+pub mod baggage {
+    pub use context_core::baggage::*;
+}
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use context_core::tower;
@@ -218,3 +224,9 @@ pub mod __private;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The baggage guide's examples, compiled whatever the features (the tests enable the
+/// runtime's `baggage` feature).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/baggage.md")]
+struct BaggageDoctests;

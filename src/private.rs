@@ -2,6 +2,10 @@
 
 pub use context_core::{Context, ContextVar, FutureExt, Key, NoDefault, WithContext, WithDefault};
 
+/// `#[context_var(baggage = "…")]`: the key's impl and its claim with the `baggage` feature
+/// of the runtime, one clear error without it.
+pub use context_core::{__baggage_feature as baggage_feature, __claim_baggage as claim_baggage};
+
 /// What a context variable's value must be. `#[context_var]` makes its `Key` impl hold only
 /// where the value type implements this, so that a type that is not `Send + Sync + 'static`
 /// gives one error, on the type, with this message (instead of one per bound that fails).
@@ -17,6 +21,31 @@ pub trait SendSyncStatic<'a>: Send + Sync + 'static {}
 
 #[diagnostic::do_not_recommend]
 impl<T: Send + Sync + 'static> SendSyncStatic<'_> for T {}
+
+/// What a value propagated as baggage must be: written with `Display`, read back with
+/// `FromStr`, whose error is shown with `Display`. `#[context_var(baggage = "…")]` checks it
+/// with [`assert_baggage_value`], spanned on the type, so that a type that is not gives one
+/// error, there, with this message. The lifetime lets the check be higher-ranked, like
+/// [`SendSyncStatic`]'s.
+#[diagnostic::on_unimplemented(
+    message = "a variable propagated as baggage needs a value that is `Display + FromStr`, and `{Self}` is not",
+    label = "not `Display + FromStr` (with an `Err` that is `Display`)",
+    note = "the value crosses the hop as text: written with `Display`, read back with \
+            `FromStr`; for a type of another crate, wrap it in a newtype that implements both"
+)]
+pub trait BaggageValue<'a>:
+    ::core::fmt::Display + ::core::str::FromStr<Err: ::core::fmt::Display>
+{
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: ::core::fmt::Display + ::core::str::FromStr<Err: ::core::fmt::Display>> BaggageValue<'_>
+    for T
+{
+}
+
+/// Compiles only where `T` is a [`BaggageValue`].
+pub const fn assert_baggage_value<T: for<'a> BaggageValue<'a>>() {}
 
 /// Reads a `static`'s type as `#[context_var]` writes it, `fn(&'static ()) -> Type`: there,
 /// as in the `static`, every elided lifetime is `'static` (`Cow<str>` is

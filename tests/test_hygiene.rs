@@ -28,6 +28,9 @@ mod default_path {
     #[::cv::context_var(name = "user")]
     pub(crate) static USER: &'static str = "guest";
 
+    #[::cv::context_var(baggage = "hygiene.tenant")]
+    pub(crate) static TENANT: ::std::string::String;
+
     #[::cv::preserve_context]
     pub(crate) async fn read(extra: &str) -> (::core::option::Option<u32>, &'static str, usize) {
         (REQUEST.get(), USER.get(), extra.len())

@@ -18,6 +18,10 @@ pub(crate) static OPAQUE: Arc<Opaque> = Arc::new(Opaque);
 #[context_var(crate = ::contextvars)]
 static RETRIES: u32 = 3;
 
+/// Propagated as baggage, with a default and a renamed crate.
+#[context_var(baggage = "lints.tenant", crate = ::contextvars, log)]
+pub static TENANT: u64 = 0;
+
 /// A documented variable with attributes.
 #[cfg(test)]
 #[context_var]

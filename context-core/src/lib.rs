@@ -26,6 +26,7 @@ mod engine;
 mod integrations;
 mod propagation;
 
+pub use api::metadata;
 use api::{context, error, guard, token, var};
 use engine::{current, map};
 #[cfg(feature = "tokio")]
@@ -40,6 +41,10 @@ pub use integrations::tower;
 pub use integrations::tracing;
 pub use propagation::thread;
 
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub use integrations::baggage;
+
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};
 pub use executor::{Job, JobError, RunInExecutor, run_in_executor};
@@ -51,3 +56,24 @@ pub use guard::ScopeGuard;
 pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};
 pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};
+
+/// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error, on
+/// the attribute, that names the feature; the variable is still declared, without its claim.
+#[cfg(not(feature = "baggage"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __baggage_feature {
+    () => {
+        ::core::compile_error!(
+            "`#[context_var(baggage = \"...\")]` needs the `baggage` feature of `contextvars`: \
+             `contextvars = { version = \"...\", features = [\"baggage\"] }`"
+        );
+    };
+}
+
+#[cfg(not(feature = "baggage"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __claim_baggage {
+    ($($tokens:tt)*) => {};
+}

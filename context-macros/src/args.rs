@@ -1,4 +1,5 @@
-//! The arguments both attributes take, parsed once: `name = "…"`, `crate = path`, `log`.
+//! The arguments both attributes take, parsed once: `name = "…"`, `crate = path`, `log`,
+//! `baggage = "…"`.
 //! Each attribute says which it accepts; anything else, or anything twice, is an error on
 //! the offending tokens that lists what is accepted.
 
@@ -13,16 +14,18 @@ pub(crate) enum Arg {
     Name,
     Crate,
     Log,
+    Baggage,
 }
 
 impl Arg {
-    const ALL: [Arg; 3] = [Arg::Name, Arg::Crate, Arg::Log];
+    const ALL: [Arg; 4] = [Arg::Name, Arg::Crate, Arg::Log, Arg::Baggage];
 
     fn keyword(self) -> &'static str {
         match self {
             Arg::Name => "name",
             Arg::Crate => "crate",
             Arg::Log => "log",
+            Arg::Baggage => "baggage",
         }
     }
 
@@ -31,6 +34,7 @@ impl Arg {
             Arg::Name => "`name = \"...\"`",
             Arg::Crate => "`crate = path`",
             Arg::Log => "`log`",
+            Arg::Baggage => "`baggage = \"key\"`",
         }
     }
 }
@@ -41,6 +45,8 @@ pub(crate) struct Args {
     pub(crate) name: Option<LitStr>,
     krate: Option<Path>,
     pub(crate) log: bool,
+    /// The baggage key, checked to be a token.
+    pub(crate) baggage: Option<LitStr>,
 }
 
 impl Args {
@@ -121,11 +127,40 @@ pub(crate) fn parse(tokens: TokenStream, attr: &str, accepted: &[Arg]) -> syn::R
                 }
                 args.log = true;
             }
+            Arg::Baggage => {
+                let key: LitStr = meta.value()?.parse()?;
+                check_baggage_key(&key)?;
+                args.baggage = Some(key);
+            }
         }
         Ok(())
     });
     syn::parse::Parser::parse2(parser, tokens)?;
     Ok(args)
+}
+
+/// A baggage key is an HTTP token (W3C Baggage): letters, digits and ``!#$%&'*+-.^_`|~``.
+fn check_baggage_key(key: &LitStr) -> syn::Result<()> {
+    let text = key.value();
+    if text.is_empty() {
+        return Err(syn::Error::new(
+            key.span(),
+            "the baggage key must not be empty",
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(*c)))
+    {
+        return Err(syn::Error::new(
+            key.span(),
+            format!(
+                "{bad:?} cannot appear in a baggage key: a key is a token of letters, digits \
+                 and ! # $ % & ' * + - . ^ _ ` | ~ (W3C Baggage)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn unknown(meta: &ParseNestedMeta<'_>, attr: &str, accepted: &[Arg]) -> syn::Error {

@@ -144,12 +144,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let mut errors = Vec::new();
-    let args = args::parse(attr, "context_var", &[Arg::Name, Arg::Crate, Arg::Log]).unwrap_or_else(
-        |err| {
-            errors.push(err);
-            Args::default()
-        },
-    );
+    let accepted = [Arg::Name, Arg::Crate, Arg::Log, Arg::Baggage];
+    let args = args::parse(attr, "context_var", &accepted).unwrap_or_else(|err| {
+        errors.push(err);
+        Args::default()
+    });
     if let Some(mutability) = item_parsed.mutability {
         errors.push(syn::Error::new(
             mutability.span(),
@@ -193,6 +192,7 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
     let close = quote_spanned!(last=> >);
     let static_ty = quote_spanned!(first=> #private_at_ty::ContextVar<#ident #close);
     let value = quote!(<fn(&'static ()) -> #ty as #private::Returns>::Output);
+    let baggage = baggage_claim(item, args, ty);
     // `#[cfg]` on the static goes on the type and the impl too: all three or none exist.
     let cfgs: Vec<_> = attrs
         .iter()
@@ -228,6 +228,50 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
 
         #(#attrs)*
         #vis static #ident: #static_ty = #private::ContextVar::#constructor;
+
+        #baggage
+    }
+}
+
+/// With `baggage = "key"`: the key's impl and the variable's claim on it, through a macro of
+/// the runtime that is one clear error without its `baggage` feature.
+///
+/// ```text
+/// // Input:
+/// #[context_var(baggage = "tenant")]
+/// static TENANT: String;
+///
+/// // Output (besides the variable):
+/// ::contextvars::__private::baggage_feature!(); // an error without the feature
+/// const _: () = ::contextvars::__private::assert_baggage_value::<String>(); // on the type
+/// ::contextvars::__private::claim_baggage! { TENANT; "tenant" }
+/// // which, with the feature, expands to:
+/// impl BaggageKey for TENANT { const KEY: &str = "tenant"; /* Display, FromStr */ }
+/// inventory::submit! { Claim::new(&TENANT) }
+/// ```
+fn baggage_claim(item: &StaticItem, args: &Args, ty: &Type) -> TokenStream {
+    let Some(key) = &args.baggage else {
+        return TokenStream::new();
+    };
+    let ident = &item.ident;
+    let cfgs: Vec<_> = item
+        .attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"))
+        .collect();
+    // Each piece spans the tokens its error is about: the missing feature's, the key; the
+    // check of the value type (`Display + FromStr`), the type.
+    let feature = args.private_at(key.span());
+    let (first, _) = first_and_last_span(ty);
+    let check = args.private_at(first);
+    let private = args.private();
+    quote! {
+        #(#cfgs)*
+        #feature::baggage_feature!();
+        #(#cfgs)*
+        const _: () = #check::assert_baggage_value::<#ty>();
+        #(#cfgs)*
+        #private::claim_baggage! { #ident; #key }
     }
 }
 

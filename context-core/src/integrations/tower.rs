@@ -166,6 +166,12 @@ use tower_service::Service;
 use crate::context::Context;
 use crate::future::{FutureExt, WithContext};
 
+// Feature `baggage`: the client layer, and the types `ContextLayer::accept_baggage` makes
+// (defined with the rest of the baggage support, in `crate::baggage`).
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub use crate::baggage::{AcceptBaggage, AcceptBaggageLayer, BaggageLayer, BaggageService};
+
 /// Runs every request of the wrapped service in a fresh copy of a base context.
 ///
 /// See the [module docs](self) for the whole story. `H` is the request hook

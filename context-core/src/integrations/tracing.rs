@@ -371,18 +371,31 @@ fn write_text(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Re
     for (name, value) in logged(context) {
         write!(writer, " {name}={value:?}")?;
     }
+    let mut result = Ok(());
+    crate::metadata::for_each_logged(context, |key, value| {
+        result = result.and_then(|()| write!(writer, " {key}={value:?}"));
+    });
+    result?;
     writer.write_str(end)
 }
 
 fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Result {
     let (body, end) = split_line_end(line);
     let mut fields = logged(context).peekable();
+    // Metadata entries opted into logs, each a member of its own, after the variables (an
+    // entry named like a variable is left out: a JSON object has each key once).
+    let mut metadata = Vec::new();
+    crate::metadata::for_each_logged(context, |key, value| {
+        if logged(context).all(|(name, _)| name != key) {
+            metadata.push((key.to_string(), value.to_string()));
+        }
+    });
     let Some(open) = body.strip_suffix('}').filter(|_| body.starts_with('{')) else {
         // Not a JSON object: write the line as it is, and the fields as text.
         return write_text(writer, line, context);
     };
     writer.write_str(open)?;
-    if fields.peek().is_some() {
+    if fields.peek().is_some() || !metadata.is_empty() {
         if !open.trim_end().ends_with('{') {
             writer.write_char(',')?;
         }
@@ -396,13 +409,24 @@ fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Re
         }
         writer.write_str(JSON_KEY)?;
         writer.write_str("\":{")?;
-        for (i, (name, value)) in fields.enumerate() {
-            if i > 0 {
+        let mut written = 0;
+        for (name, value) in fields {
+            if written > 0 {
                 writer.write_char(',')?;
             }
+            written += 1;
             write_json_string(writer, name)?;
             writer.write_char(':')?;
             write_json_value(writer, value)?;
+        }
+        for (key, value) in &metadata {
+            if written > 0 {
+                writer.write_char(',')?;
+            }
+            written += 1;
+            write_json_string(writer, key)?;
+            writer.write_char(':')?;
+            write_json_string(writer, value)?;
         }
         writer.write_char('}')?;
     }

@@ -1,0 +1,337 @@
+//! The W3C Baggage header format: parsing (strict, with an error per bad entry) and writing.
+//!
+//! ```text
+//! baggage     = member *( OWS "," OWS member )         at most 180 members, 8,192 bytes
+//! member      = key OWS "=" OWS value *( OWS ";" OWS property )
+//! property    = key OWS "=" OWS value / key
+//! key         = token (RFC 9110)
+//! value       = *( %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E ), percent-encoded UTF-8
+//! ```
+
+use std::sync::Arc;
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+use super::error::BaggageError;
+
+/// The most bytes a `baggage` header may hold (all its values, joined with commas).
+pub const MAX_BYTES: usize = 8192;
+/// The most entries a `baggage` header may hold.
+pub const MAX_ENTRIES: usize = 180;
+
+/// One well-formed entry of a received header.
+pub(crate) struct Member<'a> {
+    pub(crate) key: &'a str,
+    /// The value, percent-decoded.
+    pub(crate) value: String,
+    /// The properties after the value, trimmed, in header form (`a=1;b`), if any.
+    pub(crate) properties: Option<Arc<str>>,
+}
+
+/// Whether `byte` may appear in an HTTP token (RFC 9110 `tchar`).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// Whether `key` is a valid baggage key: a non-empty HTTP token.
+///
+/// ```
+/// # use context_core as contextvars;
+/// use contextvars::baggage::is_baggage_key;
+///
+/// assert!(is_baggage_key("tenant.id"));
+/// assert!(!is_baggage_key("tenant id"));
+/// assert!(!is_baggage_key(""));
+/// ```
+#[must_use]
+pub fn is_baggage_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(is_tchar)
+}
+
+/// Whether `byte` may appear in a value as it is (`baggage-octet`).
+fn is_value_octet(byte: u8) -> bool {
+    matches!(byte, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+/// What a written value percent-encodes: everything that is not a `baggage-octet`, and `%`
+/// itself. (Bytes past ASCII are always encoded.)
+const VALUE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b',')
+    .add(b';')
+    .add(b'\\')
+    .add(b'%');
+
+fn trim_ows(text: &str) -> &str {
+    text.trim_matches([' ', '\t'])
+}
+
+/// `text` cut to a length fit for an error message.
+pub(crate) fn excerpt(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Checks that every `%` in `raw` starts a two-hex-digit escape, and decodes it as UTF-8.
+fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let escape = bytes.get(i + 1..i + 3);
+            if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                return Err(BaggageError::BadEscape {
+                    key: key.to_string(),
+                });
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| BaggageError::NotUtf8 {
+            key: key.to_string(),
+        })
+}
+
+/// Checks the properties after a member's value (`text` starts after the first `;`).
+fn check_properties(text: &str, entry: usize) -> Result<Arc<str>, BaggageError> {
+    let mut out = String::with_capacity(text.len());
+    for property in text.split(';') {
+        let property = trim_ows(property);
+        let (name, value) = match property.split_once('=') {
+            Some((name, value)) => (trim_ows(name), Some(trim_ows(value))),
+            None => (property, None),
+        };
+        if !is_baggage_key(name) || value.is_some_and(|v| !v.bytes().all(is_value_octet)) {
+            return Err(BaggageError::Malformed {
+                entry,
+                text: excerpt(property),
+                reason: "a property of the entry is not `key` or `key=value`",
+            });
+        }
+        // Properties are passed on as they came (opaque, as OpenTelemetry treats them):
+        // their values are checked for the characters a value may hold, not decoded.
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str(name);
+        if let Some(value) = value {
+            out.push('=');
+            out.push_str(value);
+        }
+    }
+    Ok(out.into())
+}
+
+/// Parses one member (`entry` is its position, from 0).
+fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
+    let member = trim_ows(text);
+    let malformed = |reason| BaggageError::Malformed {
+        entry,
+        text: excerpt(member),
+        reason,
+    };
+    if member.is_empty() {
+        return Err(malformed("the entry is empty"));
+    }
+    let (head, properties) = match member.split_once(';') {
+        Some((head, properties)) => (head, Some(properties)),
+        None => (member, None),
+    };
+    let Some((key, value)) = head.split_once('=') else {
+        return Err(malformed("the entry has no `=`"));
+    };
+    let (key, value) = (trim_ows(key), trim_ows(value));
+    if !is_baggage_key(key) {
+        return Err(malformed("the key is not a token"));
+    }
+    if !value.bytes().all(is_value_octet) {
+        return Err(malformed(
+            "the value holds a character a baggage value cannot (space, quote, backslash, or \
+             one outside printable ASCII): percent-encode it",
+        ));
+    }
+    let value = decode_value(value, key)?;
+    let properties = properties
+        .map(|text| check_properties(text, entry))
+        .transpose()?;
+    Ok(Member {
+        key,
+        value,
+        properties,
+    })
+}
+
+/// Parses a whole header value (several `baggage` headers joined with `,`).
+///
+/// A header over the limits is one error, `Err`; otherwise each member is parsed on its own,
+/// `Ok` or its error, and a key given twice makes every member with that key an error.
+pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>>, BaggageError> {
+    if header.len() > MAX_BYTES {
+        return Err(BaggageError::TooLong {
+            bytes: header.len(),
+        });
+    }
+    // A header with nothing in it (some proxies send one) has no entries.
+    if trim_ows(header).is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = header.split(',').count();
+    if count > MAX_ENTRIES {
+        return Err(BaggageError::TooManyEntries { entries: count });
+    }
+    let mut members: Vec<_> = header
+        .split(',')
+        .enumerate()
+        .map(|(entry, text)| parse_member(text, entry))
+        .collect();
+    // Keys given twice: which one the sender meant is unknown, so none is taken.
+    let mut keys: Vec<&str> = members
+        .iter()
+        .filter_map(|m| m.as_ref().ok().map(|m| m.key))
+        .collect();
+    keys.sort_unstable();
+    let twice: Vec<&str> = keys
+        .windows(2)
+        .filter(|pair| pair[0] == pair[1])
+        .map(|pair| pair[0])
+        .collect();
+    if !twice.is_empty() {
+        for member in &mut members {
+            let duplicate = match member {
+                Ok(m) => twice
+                    .binary_search(&m.key)
+                    .is_ok()
+                    .then(|| m.key.to_string()),
+                Err(_) => None,
+            };
+            if let Some(key) = duplicate {
+                *member = Err(BaggageError::DuplicateKey { key });
+            }
+        }
+    }
+    Ok(members)
+}
+
+/// Appends `key=value` (the value percent-encoded) and its properties to `out`.
+pub(crate) fn write_member(out: &mut String, key: &str, value: &str, properties: Option<&str>) {
+    out.push_str(key);
+    out.push('=');
+    out.extend(utf8_percent_encode(value, VALUE));
+    if let Some(properties) = properties {
+        out.push(';');
+        out.push_str(properties);
+    }
+}
+
+/// The key of a member as written in a header, for merging: the text before `=` (or `;`).
+pub(crate) fn member_key(member: &str) -> &str {
+    let end = member.find(['=', ';']).unwrap_or(member.len());
+    trim_ows(&member[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(header: &str) -> Vec<(String, String, Option<String>)> {
+        parse(header)
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let m = m.unwrap_or_else(|e| panic!("{header:?}: {e}"));
+                (
+                    m.key.to_string(),
+                    m.value,
+                    m.properties.map(|p| p.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn err(header: &str) -> BaggageError {
+        match parse(header) {
+            Err(e) => e,
+            Ok(members) => members
+                .into_iter()
+                .find_map(Result::err)
+                .unwrap_or_else(|| panic!("{header:?} parsed")),
+        }
+    }
+
+    #[test]
+    fn reads_keys_values_whitespace_and_properties() {
+        assert_eq!(
+            ok(" a = 1 ,b=x%20y%2C%3B;p1 ; p2 = v ,\tc=%E2%9C%93"),
+            [
+                ("a".into(), "1".into(), None),
+                ("b".into(), "x y,;".into(), Some("p1;p2=v".into())),
+                ("c".into(), "✓".into(), None),
+            ]
+        );
+        assert_eq!(ok("empty="), [("empty".into(), String::new(), None)]);
+        assert!(ok(" \t").is_empty());
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_entry() {
+        assert!(matches!(
+            err("a=1,,b=2"),
+            BaggageError::Malformed { entry: 1, .. }
+        ));
+        assert!(matches!(err("a"), BaggageError::Malformed { entry: 0, .. }));
+        assert!(matches!(err("a b=1"), BaggageError::Malformed { .. }));
+        assert!(matches!(err("a=\"q\""), BaggageError::Malformed { .. }));
+        assert!(matches!(err("a=1;=x"), BaggageError::Malformed { .. }));
+        assert!(matches!(err("a=%zz"), BaggageError::BadEscape { .. }));
+        assert!(matches!(err("a=%4"), BaggageError::BadEscape { .. }));
+        assert!(matches!(err("a=%FF%FE"), BaggageError::NotUtf8 { .. }));
+        assert!(matches!(err("a=1,b=2,a=3"), BaggageError::DuplicateKey { key } if key == "a"));
+    }
+
+    #[test]
+    fn enforces_the_limits_exactly() {
+        let at_limit = vec!["k=v"; MAX_ENTRIES].join(",");
+        assert_eq!(parse(&at_limit).unwrap().len(), MAX_ENTRIES);
+        let over = vec!["k=v"; MAX_ENTRIES + 1].join(",");
+        assert!(matches!(
+            parse(&over),
+            Err(BaggageError::TooManyEntries { entries: 181 })
+        ));
+        let long = format!("k={}", "v".repeat(MAX_BYTES - 2));
+        assert_eq!(long.len(), MAX_BYTES);
+        assert!(parse(&long).is_ok());
+        let longer = format!("{long}v");
+        assert!(matches!(
+            parse(&longer),
+            Err(BaggageError::TooLong { bytes: 8193 })
+        ));
+    }
+
+    #[test]
+    fn written_values_read_back_unchanged() {
+        for value in ["plain", "a b", "x,y;z", "100%", "\"q\"\\", "é✓", "", "=="] {
+            let mut out = String::new();
+            write_member(&mut out, "k", value, None);
+            assert_eq!(ok(&out), [("k".into(), value.into(), None)], "{out}");
+        }
+    }
+
+    #[test]
+    fn member_keys_are_read_for_merging() {
+        assert_eq!(member_key(" tenant = acme;p"), "tenant");
+        assert_eq!(member_key("flag;p"), "flag");
+    }
+}

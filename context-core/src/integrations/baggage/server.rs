@@ -1,0 +1,381 @@
+//! The server side: `ContextLayer::accept_baggage`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::error::BaggageError;
+use super::{Policy, accept, registry};
+use crate::tower::ContextLayer;
+
+impl<H, M, A> ContextLayer<H, M, A> {
+    /// Reads each request's `baggage` header into the request's context, before the inner
+    /// service runs: every variable declared with `#[context_var(baggage = "key")]` whose key
+    /// the header holds is set, its value parsed with `FromStr`, and the entries no variable
+    /// claims are kept in the request's [metadata map](crate::metadata), where
+    /// [`get_metadata`](crate::metadata::get_metadata) reads them and outgoing requests
+    /// ([`BaggageLayer`](crate::baggage::BaggageLayer), [`inject`](crate::baggage::inject))
+    /// forward them.
+    ///
+    /// Baggage is untrusted input. By default a bad header (over 8,192 bytes or 180 entries,
+    /// not text, a malformed entry, a key given twice, a bad `%` escape, escapes that are not
+    /// UTF-8, a value its variable's type does not parse) answers the request with
+    /// `400 Bad Request` and a JSON body naming the offending entry
+    /// ([`BaggageError::to_json`]); the inner service is not called, nothing is set from the
+    /// header, and the connection stays open for the next request.
+    /// [`ignore_bad_entries`](AcceptBaggageLayer::ignore_bad_entries) skips bad entries
+    /// instead; [`reject_with`](AcceptBaggageLayer::reject_with) answers otherwise. Nothing
+    /// panics on any input.
+    ///
+    /// Call it last, after [`on_request`](Self::on_request),
+    /// [`on_request_async`](Self::on_request_async) and
+    /// [`body_in_context`](Self::body_in_context). The request hooks run first (so a hook may
+    /// remove or rewrite the header, for example at a trust boundary), then the header is
+    /// read, then the inner service runs. The wrapped service must answer with
+    /// `http::Response<B>` where `B: From<String>` (axum's `Body` is).
+    ///
+    /// # Panics
+    /// If two variables in the program claim the same baggage key: which one a received entry
+    /// sets would be a guess. The message names both.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new().body_in_context().accept_baggage();
+    /// # let _ = layer;
+    /// ```
+    #[track_caller]
+    pub fn accept_baggage(self) -> AcceptBaggageLayer<Self> {
+        registry::assert_no_conflict();
+        AcceptBaggageLayer {
+            layer: self,
+            policy: Policy::Reject,
+            reject: Arc::new(JsonBadRequest),
+        }
+    }
+}
+
+/// A [`ContextLayer`] that reads each request's `baggage` header into the request's context:
+/// made by [`ContextLayer::accept_baggage`]. `R` makes the answer to a bad header
+/// ([`JsonBadRequest`] unless [`reject_with`](Self::reject_with) says otherwise).
+///
+/// ```
+/// # use context_core as contextvars;
+/// use contextvars::baggage::AcceptBaggageLayer;
+/// use contextvars::tower::ContextLayer;
+///
+/// let layer: AcceptBaggageLayer<ContextLayer> = ContextLayer::new().accept_baggage();
+/// # let _ = layer;
+/// ```
+pub struct AcceptBaggageLayer<L, R = JsonBadRequest> {
+    layer: L,
+    policy: Policy,
+    reject: Arc<R>,
+}
+
+impl<L, R> AcceptBaggageLayer<L, R> {
+    /// Skips what is bad instead of answering: a bad entry is left out (the others are
+    /// set), a bad header as a whole (over the limits, not text) is left out whole, and each
+    /// error is passed to `report`, in the request's context, which is the place to log it:
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new()
+    ///     .accept_baggage()
+    ///     .ignore_bad_entries(|err| tracing::warn!(%err, "baggage entry ignored"));
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn ignore_bad_entries(
+        self,
+        report: impl Fn(&BaggageError) + Send + Sync + 'static,
+    ) -> Self {
+        AcceptBaggageLayer {
+            layer: self.layer,
+            policy: Policy::Ignore(Arc::new(report)),
+            reject: self.reject,
+        }
+    }
+
+    /// Answers a bad header with `reject(&error)` instead of the JSON `400`: for a protocol
+    /// with errors of its own (gRPC wants `grpc-status` 3, `INVALID_ARGUMENT`), or a body type
+    /// that is not `From<String>`.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new().accept_baggage().reject_with(|err| {
+    ///     let mut response = http::Response::new(err.to_string());
+    ///     *response.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+    ///     response
+    /// });
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn reject_with<F, B>(self, reject: F) -> AcceptBaggageLayer<L, F>
+    where
+        F: Fn(&BaggageError) -> http::Response<B>,
+    {
+        AcceptBaggageLayer {
+            layer: self.layer,
+            policy: self.policy,
+            reject: Arc::new(reject),
+        }
+    }
+
+    /// The [`ContextLayer`] inside.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new().accept_baggage();
+    /// assert!(layer.get_ref().base().is_empty());
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &L {
+        &self.layer
+    }
+}
+
+impl<L: Clone, R> Clone for AcceptBaggageLayer<L, R> {
+    fn clone(&self) -> Self {
+        AcceptBaggageLayer {
+            layer: self.layer.clone(),
+            policy: self.policy.clone(),
+            reject: Arc::clone(&self.reject),
+        }
+    }
+}
+
+impl<L: fmt::Debug, R> fmt::Debug for AcceptBaggageLayer<L, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcceptBaggageLayer")
+            .field("layer", &self.layer)
+            .field("policy", &self.policy)
+            .field("reject", &std::any::type_name::<R>())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Reject => "Reject",
+            Policy::Ignore(_) => "Ignore",
+        })
+    }
+}
+
+impl<S, L: Layer<AcceptBaggage<S, R>>, R> Layer<S> for AcceptBaggageLayer<L, R> {
+    type Service = L::Service;
+
+    fn layer(&self, inner: S) -> L::Service {
+        self.layer.layer(AcceptBaggage {
+            inner,
+            policy: self.policy.clone(),
+            reject: Arc::clone(&self.reject),
+        })
+    }
+}
+
+/// How a server answers a bad `baggage` header: implemented by [`JsonBadRequest`] (the
+/// default) and by every `Fn(&BaggageError) -> http::Response<B>`
+/// ([`AcceptBaggageLayer::reject_with`]).
+///
+/// ```
+/// # use context_core as contextvars;
+/// use contextvars::baggage::{BaggageError, JsonBadRequest, Reject};
+///
+/// let response: http::Response<String> = JsonBadRequest.reject(&BaggageError::NotText);
+/// assert_eq!(response.status(), 400);
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// ```
+pub trait Reject<B> {
+    /// The answer to a request whose header is refused for `error`.
+    fn reject(&self, error: &BaggageError) -> http::Response<B>;
+}
+
+impl<B, F: Fn(&BaggageError) -> http::Response<B>> Reject<B> for F {
+    fn reject(&self, error: &BaggageError) -> http::Response<B> {
+        self(error)
+    }
+}
+
+/// The default answer to a bad `baggage` header: `400 Bad Request`, `application/json`, the
+/// body [`BaggageError::to_json`]. For any body type that is `From<String>` (axum's `Body`,
+/// `String`, `Full<Bytes>`).
+///
+/// ```
+/// # use context_core as contextvars;
+/// use contextvars::baggage::{BaggageError, JsonBadRequest, Reject};
+///
+/// let error = BaggageError::DuplicateKey { key: "tenant".into() };
+/// let response: http::Response<String> = JsonBadRequest.reject(&error);
+/// assert!(response.body().contains(r#""entry":"tenant""#));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBadRequest;
+
+impl<B: From<String>> Reject<B> for JsonBadRequest {
+    fn reject(&self, error: &BaggageError) -> http::Response<B> {
+        let mut response = http::Response::new(B::from(error.to_json()));
+        *response.status_mut() = http::StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+/// The service inside a [`ContextLayer`] that
+/// [accepts baggage](ContextLayer::accept_baggage): called in the request's context, it reads
+/// the `baggage` header into it, then calls the wrapped service, or answers itself.
+///
+/// ```
+/// # use context_core as contextvars;
+/// use contextvars::tower::ContextLayer;
+/// use tower_layer::Layer;
+///
+/// let service = ContextLayer::new().accept_baggage().layer("inner");
+/// assert_eq!(*service.get_ref().get_ref(), "inner");
+/// ```
+pub struct AcceptBaggage<S, R = JsonBadRequest> {
+    inner: S,
+    policy: Policy,
+    reject: Arc<R>,
+}
+
+impl<S, R> AcceptBaggage<S, R> {
+    /// The wrapped service.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// assert_eq!(*ContextLayer::new().accept_baggage().layer(7).get_ref().get_ref(), 7);
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone, R> Clone for AcceptBaggage<S, R> {
+    fn clone(&self) -> Self {
+        AcceptBaggage {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+            reject: Arc::clone(&self.reject),
+        }
+    }
+}
+
+impl<S: fmt::Debug, R> fmt::Debug for AcceptBaggage<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcceptBaggage")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy)
+            .field("reject", &std::any::type_name::<R>())
+            .finish()
+    }
+}
+
+impl<S, R, ReqBody, ResBody> Service<http::Request<ReqBody>> for AcceptBaggage<S, R>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    R: Reject<ResBody>,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = AcceptFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        match accept(request.headers(), &self.policy) {
+            Ok(()) => AcceptFuture {
+                state: State::Called {
+                    future: self.inner.call(request),
+                },
+            },
+            Err(err) => AcceptFuture {
+                state: State::Rejected {
+                    response: Some(self.reject.reject(&err)),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`AcceptBaggage`]: the wrapped service's, or the answer to a bad header.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::baggage::AcceptFuture;
+    ///
+    /// fn is_a_future<F: std::future::Future>(_: &F) {}
+    /// # let _ = is_a_future::<AcceptFuture<std::future::Ready<Result<http::Response<String>, ()>>, String>>;
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct AcceptFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Called {
+            #[pin]
+            future: F,
+        },
+        Rejected {
+            response: Option<http::Response<B>>,
+        },
+    }
+}
+
+impl<F, B, E> Future for AcceptFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Called { future } => future.poll(cx),
+            StateProj::Rejected { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("an `AcceptFuture` is not polled after it is ready"))),
+        }
+    }
+}
+
+impl<F, B> fmt::Debug for AcceptFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("AcceptFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
