@@ -17,11 +17,21 @@
 
 #![forbid(unsafe_code)]
 
+// tokio's runtime hooks exist only in its unstable API.
+#[cfg(all(feature = "hooks", not(tokio_unstable)))]
+compile_error!(
+    "the `hooks` feature of contextvars uses tokio's runtime hooks, an unstable tokio API: \
+     build with RUSTFLAGS=\"--cfg tokio_unstable\" (for example in .cargo/config.toml: \
+     [build] rustflags = [\"--cfg\", \"tokio_unstable\"]), or turn the feature off"
+);
+
 mod context;
 mod current;
 mod error;
 mod future;
 mod guard;
+#[cfg(all(feature = "hooks", tokio_unstable))]
+pub mod hooks;
 mod map;
 #[cfg(feature = "tokio")]
 mod task;

@@ -1,0 +1,401 @@
+//! Automatic flow: every task of a tokio runtime starts in a snapshot of its spawner's context,
+//! however it was spawned.
+//!
+//! Python's `asyncio.create_task` and .NET's `Task.Run` copy the caller's context into every
+//! new task. Without help, a tokio task gets a context only when you spawn it with
+//! [`contextvars::spawn`](crate::spawn); a task spawned by a library (a server's connection
+//! tasks, a pool's workers, `tower::buffer`'s worker, any `tokio::spawn` you forgot) has none.
+//! tokio's runtime hooks close that gap: [`install`] sets four of them on a runtime
+//! [`Builder`], and from then on every task of that runtime, whether started by
+//! `tokio::spawn`, `Handle::spawn` from a plain thread, a `JoinSet` or a third-party crate,
+//! starts in a snapshot of the context that was current where it was spawned. Sets on either
+//! side stay invisible to the other, exactly as with [`contextvars::spawn`](crate::spawn).
+//!
+//! The hooks are an unstable tokio API: build with `RUSTFLAGS="--cfg tokio_unstable"` and the
+//! `hooks` feature of `contextvars`. `#[contextvars::main]` and `#[contextvars::test]` are
+//! `#[tokio::main]` and `#[tokio::test]` with the hooks installed.
+//!
+//! ```
+//! # use context_core as contextvars;
+//! # use contextvars::{ContextVar, Key, NoDefault};
+//! # #[allow(non_camel_case_types)] struct USER {}
+//! # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+//! # static USER: ContextVar<USER> = ContextVar::new("user");
+//! let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! contextvars::hooks::install(builder.enable_all());
+//! let runtime = builder.build().unwrap();
+//!
+//! runtime.block_on(async {
+//!     let _user = USER.set("ann");
+//!     // A plain `tokio::spawn`: the task inherits a snapshot of the spawner's context...
+//!     let child = tokio::spawn(async {
+//!         let seen = USER.get();
+//!         let _ = USER.set("bob"); // ...and may set its own values, which stay in it.
+//!         seen
+//!     });
+//!     assert_eq!(child.await.unwrap(), Some("ann"));
+//!     assert_eq!(USER.get(), Some("ann"));
+//! });
+//! ```
+//!
+//! # Where no hook runs
+//!
+//! tokio calls no hook for `tokio::task::spawn_blocking`, for tasks of a `LocalSet`, for the
+//! future given to `block_on`, or for the drops of futures still pending when a runtime shuts
+//! down. There the usual rule holds: a tokio task without a context reads every variable as
+//! unset (or its default) and cannot set one, so it never sees another task's values; the
+//! `block_on` future uses the thread's own context. Use [`contextvars::spawn_blocking`] and
+//! [`contextvars::spawn_local`] to carry a context there.
+//!
+//! # Long-lived tasks: spawn them without inheriting
+//!
+//! A task keeps its snapshot, and every value in it, for as long as it lives. A pool's worker
+//! or a background loop spawned lazily, during the first request that needs it, would carry
+//! that request's user, tenant and trace ids for the rest of the process: wrong in every log
+//! line it writes, and never freed. Start such tasks outside the caller's context with
+//! [`spawn_without_context`], or wrap whatever constructor spawns them (a pool, a client, a
+//! cache refresher) in [`suppress_flow`]:
+//!
+//! ```
+//! # use context_core as contextvars;
+//! # use contextvars::{ContextVar, Key, NoDefault};
+//! # #[allow(non_camel_case_types)] struct USER {}
+//! # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+//! # static USER: ContextVar<USER> = ContextVar::new("user");
+//! use std::sync::OnceLock;
+//! use tokio::sync::mpsc;
+//!
+//! /// A pool made on first use, from inside whichever request comes first.
+//! fn pool() -> &'static mpsc::UnboundedSender<&'static str> {
+//!     static POOL: OnceLock<mpsc::UnboundedSender<&'static str>> = OnceLock::new();
+//!     POOL.get_or_init(|| {
+//!         // Without `suppress_flow`, the worker would inherit the first request's user
+//!         // and keep it (and every other value of that request) until the process exits.
+//!         contextvars::hooks::suppress_flow(|| {
+//!             let (jobs, mut queue) = mpsc::unbounded_channel::<&'static str>();
+//!             tokio::spawn(async move {
+//!                 while let Some(job) = queue.recv().await {
+//!                     assert_eq!(USER.get(), None, "{job}: the worker has no request's user");
+//!                 }
+//!             });
+//!             jobs
+//!         })
+//!     })
+//! }
+//!
+//! # let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! # let runtime = contextvars::hooks::install(builder.enable_all()).build().unwrap();
+//! # runtime.block_on(async {
+//! let _user = USER.set("ann");
+//! pool().send("resize an image").unwrap();
+//! # });
+//! ```
+//!
+//! # Applications with hooks of their own
+//!
+//! A runtime has one callback of each kind: setting one replaces the other. An application
+//! that already uses tokio's hooks calls [`on_task_spawn`], [`on_before_task_poll`],
+//! [`on_after_task_poll`] and [`on_task_terminate`] from its own, in the same places;
+//! [`install`] is nothing more than that.
+//!
+//! # Cost
+//!
+//! Each spawn takes a snapshot (one reference-count increment) and stores it in a sharded
+//! table keyed by task id; each poll moves the task's bindings into the thread and back out
+//! (a table lookup under an uncontended lock on each side, no reference counts); each task's
+//! end removes its entry. [`stored_contexts`] tells how many entries there are.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::runtime::{Builder, TaskMeta};
+use tokio::task::{Id, JoinHandle};
+
+use crate::context::Context;
+use crate::current;
+
+/// Installs the four hooks on `builder`: every task of the runtime it builds starts in a
+/// snapshot of its spawner's context, taken at the spawn.
+///
+/// It replaces any `on_task_spawn`, `on_before_task_poll`, `on_after_task_poll` and
+/// `on_task_terminate` callback set before (a runtime has one of each); an application that
+/// needs its own calls the hook functions of this module from them instead.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct TENANT {}
+/// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
+/// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
+/// let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+///     .build()
+///     .unwrap();
+/// let _tenant = TENANT.set(7);
+/// // `Handle::spawn` from a plain thread: the task inherits that thread's context.
+/// let task = runtime.handle().spawn(async { TENANT.get() });
+/// assert_eq!(runtime.block_on(task).unwrap(), Some(7));
+/// ```
+pub fn install(builder: &mut Builder) -> &mut Builder {
+    builder
+        .on_task_spawn(on_task_spawn)
+        .on_before_task_poll(on_before_task_poll)
+        .on_after_task_poll(on_after_task_poll)
+        .on_task_terminate(on_task_terminate)
+}
+
+/// The spawn hook: stores a snapshot of the context current here (the spawner's) for the
+/// new task. tokio calls it on the spawner's thread, before the task can run.
+///
+/// Call it from your own `on_task_spawn` callback if you have one:
+///
+/// ```
+/// # use context_core as contextvars;
+/// let mut builder = tokio::runtime::Builder::new_multi_thread();
+/// contextvars::hooks::install(&mut builder).on_task_spawn(|meta| {
+///     contextvars::hooks::on_task_spawn(meta);
+///     // ... the application's own spawn accounting
+/// });
+/// ```
+pub fn on_task_spawn(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    // On a runtime already shut down, tokio ends the task (and calls the terminate hook)
+    // before this hook: storing a context now would keep it forever.
+    let ended = ENDED_UNSTORED
+        .try_with(|ended| {
+            if ended.get() == Some(id) {
+                ended.set(None);
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false);
+    if ended {
+        return;
+    }
+    let slot = Slot {
+        context: Context::current(),
+        outer_owner: None,
+        polling: false,
+        ended: false,
+    };
+    // Task ids are never reused: nothing is replaced. Were it, it would be dropped here,
+    // after the lock is released.
+    let _replaced = shard(id).insert(id, slot);
+}
+
+/// The before-poll hook: makes the polled task's context current on this thread, saving
+/// what was current, which [`on_after_task_poll`] restores. A task without a stored context
+/// (spawned before the hooks were installed, say) is left as it is: it has no context.
+pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    let mut shard = shard(id);
+    if let Some(slot) = shard.get_mut(&id)
+        && !slot.polling
+        && let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id)
+    {
+        slot.outer_owner = outer_owner;
+        slot.polling = true;
+    }
+}
+
+/// The after-poll hook: moves the task's context back out of the thread, with what the poll
+/// set, and restores what [`on_before_task_poll`] found there. If the task ended during the
+/// poll, its context is dropped.
+pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    let ended = {
+        let mut shard = shard(id);
+        let Some(slot) = shard.get_mut(&id) else {
+            return;
+        };
+        if !slot.polling {
+            return;
+        }
+        current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
+        slot.polling = false;
+        if slot.ended { shard.remove(&id) } else { None }
+    };
+    // Dropped with the lock released and the thread's context restored: the values' `Drop`
+    // may read variables or spawn tasks.
+    drop(ended);
+}
+
+/// The terminate hook: drops the ended task's stored context (at once, or, if the task ended
+/// during a poll, when the poll hook that follows takes it out of the thread).
+pub fn on_task_terminate(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    let ended = {
+        let mut shard = shard(id);
+        match shard.get_mut(&id) {
+            Some(slot) if slot.polling => {
+                slot.ended = true;
+                None
+            }
+            Some(_) => shard.remove(&id),
+            None => {
+                // Either a task no hook stored (a blocking task), or one ended before its spawn
+                // hook ran (spawned on a runtime that has shut down), which must then store
+                // nothing. Both happen on this thread; the spawn hook, if any, comes next.
+                let _ = ENDED_UNSTORED.try_with(|ended| ended.set(Some(id)));
+                None
+            }
+        }
+    };
+    drop(ended);
+}
+
+/// How many tasks' contexts the hooks hold right now, across all runtimes: one per task that
+/// was spawned on a runtime with the hooks and has not ended. A diagnostic (for leak checks
+/// in tests, or a gauge); it locks every shard of the table in turn.
+///
+/// ```
+/// # use context_core as contextvars;
+/// let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+///     .build()
+///     .unwrap();
+/// let before = contextvars::hooks::stored_contexts();
+/// let task = runtime.spawn(std::future::pending::<()>());
+/// assert_eq!(contextvars::hooks::stored_contexts(), before + 1);
+/// task.abort();
+/// drop(runtime); // the aborted task ends: its context goes
+/// assert_eq!(contextvars::hooks::stored_contexts(), before);
+/// ```
+#[must_use]
+pub fn stored_contexts() -> usize {
+    STORE.iter().map(|shard| shard.lock().len()).sum()
+}
+
+/// Runs `f` with an empty context current, so that the tasks (and [`crate::thread`] threads)
+/// it spawns inherit nothing from the caller: .NET's `ExecutionContext.SuppressFlow`. Wrap
+/// with it whatever starts long-lived tasks (a pool, a client with a background connection,
+/// a cache refresher), most of all when it runs lazily inside a request. `f` itself cannot
+/// read the caller's values either; it may set its own, which its tasks then inherit.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// # let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+/// #     .build()
+/// #     .unwrap();
+/// # runtime.block_on(async {
+/// let _user = USER.set("ann");
+/// let worker = contextvars::hooks::suppress_flow(|| tokio::spawn(async { USER.get() }));
+/// assert_eq!(worker.await.unwrap(), None);
+/// # });
+/// ```
+pub fn suppress_flow<R>(f: impl FnOnce() -> R) -> R {
+    Context::new().run(f)
+}
+
+/// `tokio::spawn` without inheriting: on a runtime with the hooks the task starts in an empty
+/// context of its own (which it may set), whatever the caller's. For long-lived tasks; see
+/// [`suppress_flow`] for why.
+///
+/// # Panics
+/// As `tokio::spawn`: when called outside a tokio runtime.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// # let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+/// #     .build()
+/// #     .unwrap();
+/// # runtime.block_on(async {
+/// let _user = USER.set("ann");
+/// let background = contextvars::hooks::spawn_without_context(async {
+///     let _ = USER.set("maintenance"); // its own context: it can set
+///     USER.get()
+/// });
+/// assert_eq!(background.await.unwrap(), Some("maintenance"));
+/// # });
+/// ```
+#[track_caller]
+pub fn spawn_without_context<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    suppress_flow(|| tokio::spawn(future))
+}
+
+/// What the hooks keep for one task.
+struct Slot {
+    /// The task's context between polls; during a poll, what was current on the polling
+    /// thread before it (the two are swapped).
+    context: Context,
+    /// During a poll, the owner of the frame that `context` then holds.
+    outer_owner: Option<Id>,
+    /// Between the two poll hooks.
+    polling: bool,
+    /// The task ended during the current poll: the after-poll hook removes the slot.
+    ended: bool,
+}
+
+thread_local! {
+    /// The last task that ended on this thread with no slot stored, so that its spawn hook,
+    /// if it comes next, stores none.
+    static ENDED_UNSTORED: Cell<Option<Id>> = const { Cell::new(None) };
+}
+
+/// Enough shards that two cores (or a few dozen) rarely want the same lock.
+const SHARDS: usize = 64;
+
+type Table = HashMap<Id, Slot, BuildHasherDefault<IdHasher>>;
+
+/// One shard of the table, on a cache line (two, for adjacent-line prefetch) of its own.
+#[repr(align(128))]
+struct Shard(Mutex<Table>);
+
+static STORE: [Shard; SHARDS] =
+    [const { Shard(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; SHARDS];
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Nothing panics while a shard is locked; if something did, the table is still whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The locked shard that holds `id`.
+#[inline]
+fn shard(id: Id) -> MutexGuard<'static, Table> {
+    let mut hasher = IdHasher::default();
+    id.hash(&mut hasher);
+    // Bits the table's own use of the hash (the lowest for the bucket, the top seven for the
+    // tag) leaves alone in practice, so that one shard's keys still spread over its buckets.
+    let index = usize::try_from(hasher.finish() >> 32).unwrap_or_default() % SHARDS;
+    STORE[index].lock()
+}
+
+/// Task ids are sequential integers: one multiplication (Fibonacci hashing) spreads them over
+/// the table's buckets and tags, far cheaper than the default SipHash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
