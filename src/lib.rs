@@ -117,6 +117,12 @@ pub use context_macros::context_var;
 #[doc = include_str!("../docs/preserve_context.md")]
 pub use context_macros::preserve_context;
 
+#[doc = include_str!("../docs/main.md")]
+pub use context_macros::main;
+
+#[doc = include_str!("../docs/test.md")]
+pub use context_macros::test;
+
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
