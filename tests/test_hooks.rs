@@ -73,7 +73,11 @@ async fn sets_never_cross_between_parent_and_child_either_way() {
         USER.get()
     });
     child_has_set.await.unwrap();
-    assert_eq!(USER.get(), Some("ann"), "the child's set reached the parent");
+    assert_eq!(
+        USER.get(),
+        Some("ann"),
+        "the child's set reached the parent"
+    );
     let _ = USER.set("cid");
     parent_set.send(()).unwrap();
     assert_eq!(
@@ -280,7 +284,11 @@ fn ten_thousand_tasks_with_random_yields_and_nested_spawns_see_only_their_own() 
 /// One HTTP/1.1 request on a keep-alive connection; the response body.
 async fn request(stream: &mut BufReader<TcpStream>, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    stream.get_mut().write_all(request.as_bytes()).await.unwrap();
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
     let mut length = 0;
     let mut status = String::new();
     stream.read_line(&mut status).await.unwrap();

@@ -252,7 +252,7 @@ pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Ta
         .try_with(|current| {
             let mut current = current.try_borrow_mut().expect(REENTERED);
             std::mem::swap(&mut current.frame, frame);
-            std::mem::replace(&mut current.owner, Some(task))
+            current.owner.replace(task)
         })
         .ok()
 }

@@ -159,6 +159,7 @@ pub fn install(builder: &mut Builder) -> &mut Builder {
 ///     // ... the application's own spawn accounting
 /// });
 /// ```
+#[inline]
 pub fn on_task_spawn(meta: &TaskMeta<'_>) {
     let id = meta.id();
     // On a runtime already shut down, tokio ends the task (and calls the terminate hook)
@@ -190,6 +191,7 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
 /// The before-poll hook: makes the polled task's context current on this thread, saving
 /// what was current, which [`on_after_task_poll`] restores. A task without a stored context
 /// (spawned before the hooks were installed, say) is left as it is: it has no context.
+#[inline]
 pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let mut shard = shard(id);
@@ -205,6 +207,7 @@ pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
 /// The after-poll hook: moves the task's context back out of the thread, with what the poll
 /// set, and restores what [`on_before_task_poll`] found there. If the task ended during the
 /// poll, its context is dropped.
+#[inline]
 pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let ended = {
@@ -226,6 +229,7 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
 
 /// The terminate hook: drops the ended task's stored context (at once, or, if the task ended
 /// during a poll, when the poll hook that follows takes it out of the thread).
+#[inline]
 pub fn on_task_terminate(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let ended = {
@@ -378,7 +382,7 @@ fn shard(id: Id) -> MutexGuard<'static, Table> {
 }
 
 /// Task ids are sequential integers: one multiplication (Fibonacci hashing) spreads them over
-/// the table's buckets and tags, far cheaper than the default SipHash.
+/// the table's buckets and tags, far cheaper than the default `SipHash`.
 #[derive(Default)]
 struct IdHasher(u64);
 

@@ -53,7 +53,8 @@ enum Flavor {
     Local,
 }
 
-const ACCEPTED: &str = "`flavor`, `worker_threads`, `start_paused`, `unhandled_panic`, `name`, `crate`";
+const ACCEPTED: &str =
+    "`flavor`, `worker_threads`, `start_paused`, `unhandled_panic`, `name`, `crate`";
 
 /// The parsed arguments, each with the tokens to blame for it.
 #[derive(Default)]
@@ -70,8 +71,9 @@ pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenS
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(error) => {
-            let error = error.to_compile_error();
-            return quote!(#item #error);
+            let mut item = item;
+            item.extend(error.to_compile_error());
+            return item;
         }
     };
     match parse(args)
@@ -93,103 +95,111 @@ fn parse(args: TokenStream) -> syn::Result<Config> {
             .get_ident()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let repeated = || syn::Error::new_spanned(&arg.path, format!("`{key}` set twice"));
-        match key.as_str() {
-            "flavor" => {
-                let text = string(&arg.value, "flavor")?;
-                let flavor = match text.value().as_str() {
-                    "multi_thread" => Flavor::MultiThread,
-                    "current_thread" => Flavor::CurrentThread,
-                    "local" => Flavor::Local,
-                    _ => {
-                        return Err(syn::Error::new_spanned(
-                            &text,
-                            "unknown flavor: expected \"multi_thread\", \"current_thread\" or \"local\"",
-                        ));
-                    }
-                };
-                if config.flavor.replace((flavor, text)).is_some() {
-                    return Err(repeated());
-                }
-            }
-            "worker_threads" => {
-                let Expr::Lit(ExprLit {
-                    lit: Lit::Int(count),
-                    ..
-                }) = &arg.value
-                else {
-                    return Err(syn::Error::new_spanned(
-                        &arg.value,
-                        "`worker_threads` takes an integer: `worker_threads = 4`",
-                    ));
-                };
-                if count.base10_parse::<usize>()? == 0 {
-                    return Err(syn::Error::new_spanned(count, "`worker_threads` may not be 0"));
-                }
-                if config.worker_threads.replace(count.clone()).is_some() {
-                    return Err(repeated());
-                }
-            }
-            "start_paused" => {
-                let Expr::Lit(ExprLit {
-                    lit: Lit::Bool(paused),
-                    ..
-                }) = &arg.value
-                else {
-                    return Err(syn::Error::new_spanned(
-                        &arg.value,
-                        "`start_paused` takes `true` or `false`",
-                    ));
-                };
-                if config
-                    .start_paused
-                    .replace((paused.value, paused.span))
-                    .is_some()
-                {
-                    return Err(repeated());
-                }
-            }
-            "unhandled_panic" => {
-                let text = string(&arg.value, "unhandled_panic")?;
-                let variant = match text.value().as_str() {
-                    "ignore" => "Ignore",
-                    "shutdown_runtime" => "ShutdownRuntime",
-                    _ => {
-                        return Err(syn::Error::new_spanned(
-                            &text,
-                            "unknown `unhandled_panic` behaviour: expected \"ignore\" or \"shutdown_runtime\"",
-                        ));
-                    }
-                };
-                let variant = Ident::new(variant, text.span());
-                if config.unhandled_panic.replace((variant, text)).is_some() {
-                    return Err(repeated());
-                }
-            }
-            "name" => {
-                let text = string(&arg.value, "name")?;
-                if config.name.replace(text).is_some() {
-                    return Err(repeated());
-                }
-            }
-            "crate" => {
-                let text = string(&arg.value, "crate")?;
-                let path = text.parse::<Path>().map_err(|_| {
-                    syn::Error::new_spanned(&text, "`crate` takes the path of tokio: `crate = \"tokio\"`")
-                })?;
-                if config.krate.replace(path).is_some() {
-                    return Err(repeated());
-                }
-            }
+        let fresh = match key.as_str() {
+            "flavor" => config.flavor.replace(flavor_arg(&arg.value)?).is_none(),
+            "worker_threads" => config
+                .worker_threads
+                .replace(worker_threads_arg(&arg.value)?)
+                .is_none(),
+            "start_paused" => config
+                .start_paused
+                .replace(start_paused_arg(&arg.value)?)
+                .is_none(),
+            "unhandled_panic" => config
+                .unhandled_panic
+                .replace(unhandled_panic_arg(&arg.value)?)
+                .is_none(),
+            "name" => config.name.replace(string(&arg.value, "name")?).is_none(),
+            "crate" => config.krate.replace(crate_arg(&arg.value)?).is_none(),
             _ => {
                 return Err(syn::Error::new_spanned(
                     &arg.path,
                     format!("unknown argument; expected one of: {ACCEPTED}"),
                 ));
             }
+        };
+        if !fresh {
+            return Err(syn::Error::new_spanned(
+                &arg.path,
+                format!("`{key}` set twice"),
+            ));
         }
     }
     Ok(config)
+}
+
+fn flavor_arg(value: &Expr) -> syn::Result<(Flavor, LitStr)> {
+    let text = string(value, "flavor")?;
+    let flavor = match text.value().as_str() {
+        "multi_thread" => Flavor::MultiThread,
+        "current_thread" => Flavor::CurrentThread,
+        "local" => Flavor::Local,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                &text,
+                "unknown flavor: expected \"multi_thread\", \"current_thread\" or \"local\"",
+            ));
+        }
+    };
+    Ok((flavor, text))
+}
+
+fn worker_threads_arg(value: &Expr) -> syn::Result<LitInt> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Int(count),
+        ..
+    }) = value
+    else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`worker_threads` takes an integer: `worker_threads = 4`",
+        ));
+    };
+    if count.base10_parse::<usize>()? == 0 {
+        return Err(syn::Error::new_spanned(
+            count,
+            "`worker_threads` may not be 0",
+        ));
+    }
+    Ok(count.clone())
+}
+
+fn start_paused_arg(value: &Expr) -> syn::Result<(bool, Span)> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(paused),
+            ..
+        }) => Ok((paused.value, paused.span)),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            "`start_paused` takes `true` or `false`",
+        )),
+    }
+}
+
+fn unhandled_panic_arg(value: &Expr) -> syn::Result<(Ident, LitStr)> {
+    let text = string(value, "unhandled_panic")?;
+    let variant = match text.value().as_str() {
+        "ignore" => "Ignore",
+        "shutdown_runtime" => "ShutdownRuntime",
+        _ => {
+            return Err(syn::Error::new_spanned(
+                &text,
+                "unknown `unhandled_panic` behaviour: expected \"ignore\" or \"shutdown_runtime\"",
+            ));
+        }
+    };
+    Ok((Ident::new(variant, text.span()), text))
+}
+
+fn crate_arg(value: &Expr) -> syn::Result<Path> {
+    let text = string(value, "crate")?;
+    text.parse::<Path>().map_err(|_| {
+        syn::Error::new_spanned(
+            &text,
+            "`crate` takes the path of tokio: `crate = \"tokio\"`",
+        )
+    })
 }
 
 /// A string literal argument.
@@ -224,7 +234,10 @@ fn validate(kind: Kind, function: &ItemFn, config: Config) -> syn::Result<Config
         ));
     }
     if kind == Kind::Test
-        && let Some(attr) = function.attrs.iter().find(|attr| attr.path().is_ident("test"))
+        && let Some(attr) = function
+            .attrs
+            .iter()
+            .find(|attr| attr.path().is_ident("test"))
     {
         return Err(syn::Error::new_spanned(
             attr,
@@ -248,7 +261,10 @@ fn validate(kind: Kind, function: &ItemFn, config: Config) -> syn::Result<Config
     }
     if flavor == Flavor::MultiThread {
         if let Some((_, span)) = config.start_paused {
-            return Err(syn::Error::new(span, needs("start_paused", "current_thread")));
+            return Err(syn::Error::new(
+                span,
+                needs("start_paused", "current_thread"),
+            ));
         }
         if let Some((_, text)) = &config.unhandled_panic {
             return Err(syn::Error::new_spanned(
@@ -294,7 +310,8 @@ fn generate(kind: Kind, mut function: ItemFn, config: &Config) -> TokenStream {
         options.extend(quote!(#builder.start_paused(#paused);));
     }
     if let Some((variant, _)) = &config.unhandled_panic {
-        options.extend(quote!(#builder.unhandled_panic(#tokio::runtime::UnhandledPanic::#variant);));
+        options
+            .extend(quote!(#builder.unhandled_panic(#tokio::runtime::UnhandledPanic::#variant);));
     }
     if let Some(name) = &config.name {
         options.extend(quote!(#builder.name(#name);));
@@ -322,7 +339,8 @@ fn generate(kind: Kind, mut function: ItemFn, config: &Config) -> TokenStream {
     } else {
         quote!(let #body = async #block;)
     };
-    let install = quote_spanned!(call_site=> ::contextvars::__private::install_hooks!(&mut #builder););
+    let install =
+        quote_spanned!(call_site=> ::contextvars::__private::install_hooks!(&mut #builder););
     let new_block = quote! {
         {
             #future
@@ -352,6 +370,10 @@ fn generate(kind: Kind, mut function: ItemFn, config: &Config) -> TokenStream {
 fn fallback(mut function: ItemFn, error: &syn::Error) -> TokenStream {
     let error = error.to_compile_error();
     function.sig.asyncness = None;
+    if function.sig.ident == "main" {
+        // Arguments of `main` are the mistake reported; kept, they would be a second error.
+        function.sig.inputs.clear();
+    }
     function.block = syn::parse_quote!({ ::core::unreachable!() });
     quote! {
         #[allow(dead_code, unreachable_code)]
