@@ -44,8 +44,9 @@
 //! future given to `block_on`, or for the drops of futures still pending when a runtime shuts
 //! down. There the usual rule holds: a tokio task without a context reads every variable as
 //! unset (or its default) and cannot set one, so it never sees another task's values; the
-//! `block_on` future uses the thread's own context. Use [`contextvars::spawn_blocking`] and
-//! [`contextvars::spawn_local`] to carry a context there.
+//! `block_on` future uses the thread's own context. Use
+//! [`contextvars::spawn_blocking`](crate::spawn_blocking) and
+//! [`contextvars::spawn_local`](crate::spawn_local) to carry a context there.
 //!
 //! # Long-lived tasks: spawn them without inheriting
 //!
@@ -63,31 +64,36 @@
 //! # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
 //! # static USER: ContextVar<USER> = ContextVar::new("user");
 //! use std::sync::OnceLock;
-//! use tokio::sync::mpsc;
+//! use tokio::task::JoinHandle;
 //!
-//! /// A pool made on first use, from inside whichever request comes first.
-//! fn pool() -> &'static mpsc::UnboundedSender<&'static str> {
-//!     static POOL: OnceLock<mpsc::UnboundedSender<&'static str>> = OnceLock::new();
-//!     POOL.get_or_init(|| {
-//!         // Without `suppress_flow`, the worker would inherit the first request's user
-//!         // and keep it (and every other value of that request) until the process exits.
-//!         contextvars::hooks::suppress_flow(|| {
-//!             let (jobs, mut queue) = mpsc::unbounded_channel::<&'static str>();
-//!             tokio::spawn(async move {
-//!                 while let Some(job) = queue.recv().await {
-//!                     assert_eq!(USER.get(), None, "{job}: the worker has no request's user");
-//!                 }
-//!             });
-//!             jobs
-//!         })
-//!     })
+//! /// A pool started by whichever request first needs it.
+//! struct Pool {
+//!     worker: JoinHandle<()>,
+//! }
+//!
+//! impl Pool {
+//!     fn start() -> Pool {
+//!         Pool { worker: tokio::spawn(async { /* serve jobs forever */ }) }
+//!     }
+//! }
+//!
+//! fn pool() -> &'static Pool {
+//!     static POOL: OnceLock<Pool> = OnceLock::new();
+//!     // Not `POOL.get_or_init(Pool::start)`: its worker would keep this request's values.
+//!     POOL.get_or_init(|| contextvars::hooks::suppress_flow(Pool::start))
 //! }
 //!
 //! # let mut builder = tokio::runtime::Builder::new_multi_thread();
 //! # let runtime = contextvars::hooks::install(builder.enable_all()).build().unwrap();
 //! # runtime.block_on(async {
-//! let _user = USER.set("ann");
-//! pool().send("resize an image").unwrap();
+//! let _user = USER.set("ann"); // inside a request
+//! let _ = pool();
+//!
+//! // The hazard, side by side with the fix:
+//! let inherits = tokio::spawn(async { USER.get() });
+//! let owns_nothing = contextvars::hooks::suppress_flow(|| tokio::spawn(async { USER.get() }));
+//! assert_eq!(inherits.await.unwrap(), Some("ann"));
+//! assert_eq!(owns_nothing.await.unwrap(), None);
 //! # });
 //! ```
 //!
@@ -256,7 +262,7 @@ pub fn on_task_terminate(meta: &TaskMeta<'_>) {
 /// was spawned on a runtime with the hooks and has not ended. A diagnostic (for leak checks
 /// in tests, or a gauge); it locks every shard of the table in turn.
 ///
-/// ```
+/// ```standalone_crate
 /// # use context_core as contextvars;
 /// let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
 ///     .build()
