@@ -12,6 +12,7 @@ mod support;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -87,6 +88,8 @@ async fn sets_never_cross_between_parent_and_child_either_way() {
     );
 }
 
+/// Also the regression test for a task woken, and polled on the other worker, before the
+/// worker that polled it last has run its after-poll hook (the context is still there).
 #[test]
 fn tasks_keep_their_values_when_they_migrate_between_workers() {
     const TASKS: u64 = 64;
@@ -99,11 +102,13 @@ fn tasks_keep_their_values_when_they_migrate_between_workers() {
                 tokio::spawn(async move {
                     let _ = REQUEST.set(n);
                     let mut threads = HashSet::new();
-                    for _ in 0..50 {
+                    for _ in 0..200 {
                         threads.insert(std::thread::current().id());
                         // Everyone waits for everyone: wakes come from whichever worker
                         // arrives last, so tasks move between the two workers.
-                        barrier.wait().await;
+                        tokio::time::timeout(Duration::from_secs(30), barrier.wait())
+                            .await
+                            .expect("another task failed: see its panic");
                         assert_eq!(REQUEST.get(), Some(n));
                     }
                     threads

@@ -111,10 +111,10 @@
 //! (a table lookup under an uncontended lock on each side, no reference counts); each task's
 //! end removes its entry. [`stored_contexts`] tells how many entries there are.
 
+mod table;
+
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::{Builder, TaskMeta};
@@ -122,6 +122,7 @@ use tokio::task::{Id, JoinHandle};
 
 use crate::context::Context;
 use crate::current;
+use table::Table;
 
 /// Installs the four hooks on `builder`: every task of the runtime it builds starts in a
 /// snapshot of its spawner's context, taken at the spawn.
@@ -197,16 +198,38 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
 /// The before-poll hook: makes the polled task's context current on this thread, saving
 /// what was current, which [`on_after_task_poll`] restores. A task without a stored context
 /// (spawned before the hooks were installed, say) is left as it is: it has no context.
+///
+/// Install it together with [`on_after_task_poll`], never alone: a poll that finds the task's
+/// context still out on another worker waits for that worker's after-poll hook to bring it
+/// back (see below), and without that hook it would wait forever.
 #[inline]
 pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
-    let mut shard = shard(id);
-    if let Some(slot) = shard.get_mut(&id)
-        && !slot.polling
-        && let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id)
-    {
-        slot.outer_owner = outer_owner;
-        slot.polling = true;
+    let mut waited = 0_u32;
+    loop {
+        {
+            let mut shard = shard(id);
+            let Some(slot) = shard.get_mut(id) else {
+                return;
+            };
+            if !slot.polling {
+                if let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id) {
+                    slot.outer_owner = outer_owner;
+                    slot.polling = true;
+                }
+                return;
+            }
+        }
+        // tokio hands a task back to the scheduler at the end of its poll, before the
+        // after-poll hook runs: woken meanwhile, it can be polled on another worker while the
+        // first still holds its context, for the moment it takes to call that hook. Wait for
+        // it, with the shard unlocked so that the hook can run.
+        waited += 1;
+        if waited < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -218,7 +241,7 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let ended = {
         let mut shard = shard(id);
-        let Some(slot) = shard.get_mut(&id) else {
+        let Some(slot) = shard.get_mut(id) else {
             return;
         };
         if !slot.polling {
@@ -226,7 +249,7 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
         }
         current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
         slot.polling = false;
-        if slot.ended { shard.remove(&id) } else { None }
+        if slot.ended { shard.remove(id) } else { None }
     };
     // Dropped with the lock released and the thread's context restored: the values' `Drop`
     // may read variables or spawn tasks.
@@ -240,12 +263,12 @@ pub fn on_task_terminate(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let ended = {
         let mut shard = shard(id);
-        match shard.get_mut(&id) {
+        match shard.get_mut(id) {
             Some(slot) if slot.polling => {
                 slot.ended = true;
                 None
             }
-            Some(_) => shard.remove(&id),
+            Some(_) => shard.remove(id),
             None => {
                 // Either a task no hook stored (a blocking task), or one ended before its spawn
                 // hook ran (spawned on a runtime that has shut down), which must then store
@@ -360,17 +383,14 @@ thread_local! {
 /// Enough shards that two cores (or a few dozen) rarely want the same lock.
 const SHARDS: usize = 64;
 
-type Table = HashMap<Id, Slot, BuildHasherDefault<IdHasher>>;
-
 /// One shard of the table, on a cache line (two, for adjacent-line prefetch) of its own.
 #[repr(align(128))]
-struct Shard(Mutex<Table>);
+struct Shard(Mutex<Table<Slot>>);
 
-static STORE: [Shard; SHARDS] =
-    [const { Shard(Mutex::new(HashMap::with_hasher(BuildHasherDefault::new()))) }; SHARDS];
+static STORE: [Shard; SHARDS] = [const { Shard(Mutex::new(Table::new())) }; SHARDS];
 
 impl Shard {
-    fn lock(&self) -> MutexGuard<'_, Table> {
+    fn lock(&self) -> MutexGuard<'_, Table<Slot>> {
         // Nothing panics while a shard is locked; if something did, the table is still whole.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -378,34 +398,9 @@ impl Shard {
 
 /// The locked shard that holds `id`.
 #[inline]
-fn shard(id: Id) -> MutexGuard<'static, Table> {
-    let mut hasher = IdHasher::default();
-    id.hash(&mut hasher);
-    // Bits the table's own use of the hash (the lowest for the bucket, the top seven for the
-    // tag) leaves alone in practice, so that one shard's keys still spread over its buckets.
-    let index = usize::try_from(hasher.finish() >> 32).unwrap_or_default() % SHARDS;
+fn shard(id: Id) -> MutexGuard<'static, Table<Slot>> {
+    // Bits that a shard's own table (which starts its probes from the top bits) leaves alone,
+    // so that one shard's ids still spread over its buckets.
+    let index = usize::try_from(table::fibonacci(id) >> 32).unwrap_or_default() % SHARDS;
     STORE[index].lock()
-}
-
-/// Task ids are sequential integers: one multiplication (Fibonacci hashing) spreads them over
-/// the table's buckets and tags, far cheaper than the default `SipHash`.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(byte));
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
