@@ -406,3 +406,41 @@ fn values_of_a_finished_or_aborted_task_are_dropped_where_their_drop_can_read() 
     });
     assert_eq!(*seen.lock().unwrap(), [Some(1), Some(2)]);
 }
+
+/// `#[contextvars::test]` takes tokio's arguments: here the current-thread ones, and the path
+/// to tokio.
+#[contextvars::test(
+    flavor = "current_thread",
+    unhandled_panic = "ignore",
+    name = "hooked",
+    crate = "tokio"
+)]
+async fn the_macro_takes_tokios_arguments() {
+    let _user = USER.set("ann");
+    // `unhandled_panic = "ignore"` (tokio's default, given explicitly): a panicking task
+    // does not stop the runtime.
+    let failed = tokio::spawn(async { panic!("a task's panic, ignored") }).await;
+    assert!(failed.unwrap_err().is_panic());
+    assert_eq!(
+        tokio::spawn(async { USER.get() }).await.unwrap(),
+        Some("ann")
+    );
+    assert_eq!(tokio::runtime::Handle::current().metrics().num_workers(), 1);
+}
+
+/// The `local` flavor (tokio's `LocalRuntime`): its tasks, `spawn_local`ed ones included,
+/// inherit too.
+#[contextvars::test(flavor = "local")]
+async fn local_runtime_tasks_inherit() {
+    let _user = USER.set("ann");
+    let not_send = std::rc::Rc::new(());
+    let local = tokio::task::spawn_local(async move {
+        let _keep = not_send;
+        USER.get()
+    });
+    assert_eq!(local.await.unwrap(), Some("ann"));
+    assert_eq!(
+        tokio::spawn(async { USER.get() }).await.unwrap(),
+        Some("ann")
+    );
+}
