@@ -433,11 +433,9 @@ async fn the_macro_takes_tokios_arguments() {
 #[contextvars::test(flavor = "local")]
 async fn local_runtime_tasks_inherit() {
     let _user = USER.set("ann");
-    let not_send = std::rc::Rc::new(());
-    let local = tokio::task::spawn_local(async move {
-        let _keep = not_send;
-        USER.get()
-    });
+    let not_send = std::rc::Rc::new("ann's");
+    let local =
+        tokio::task::spawn_local(async move { USER.get().filter(|_| *not_send == "ann's") });
     assert_eq!(local.await.unwrap(), Some("ann"));
     assert_eq!(
         tokio::spawn(async { USER.get() }).await.unwrap(),
