@@ -106,10 +106,13 @@
 //!
 //! # Cost
 //!
-//! Each spawn takes a snapshot (one reference-count increment) and stores it in a sharded
-//! table keyed by task id; each poll moves the task's bindings into the thread and back out
-//! (a table lookup under an uncontended lock on each side, no reference counts); each task's
-//! end removes its entry. [`stored_contexts`] tells how many entries there are.
+//! Each spawn takes a snapshot (one reference-count increment) and stores it in a table keyed
+//! by task id, split in shards under uncontended locks; each poll moves the task's bindings
+//! into the thread and back out (a lookup on each side, no reference counts); each task's end
+//! removes its entry. On a current-thread runtime that is a little over 200 instructions per
+//! poll and about 1.2 times the instructions of a bare `tokio::spawn` + await
+//! (`scripts/bench-hooks` in the repository). [`stored_contexts`] tells how many entries
+//! there are.
 
 mod table;
 
