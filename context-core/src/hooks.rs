@@ -208,30 +208,46 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
 #[inline]
 pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
+    if !try_enter(id) {
+        wait_and_enter(id);
+    }
+}
+
+/// Enters `id`'s context, unless it is still out on another worker (then `false`).
+#[inline]
+fn try_enter(id: Id) -> bool {
+    let mut shard = shard(id);
+    match shard.get_mut(id) {
+        // No context stored: the task has none.
+        None => true,
+        Some(slot) if !slot.polling => {
+            if let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id) {
+                slot.outer_owner = outer_owner;
+                slot.polling = true;
+            }
+            true
+        }
+        Some(_) => false,
+    }
+}
+
+/// tokio hands a task back to the scheduler at the end of its poll, before the after-poll
+/// hook runs: woken meanwhile, it can be polled on another worker while the first still holds
+/// its context, for the moment it takes to call that hook. Waits for it, with the shard
+/// unlocked so that the hook can run.
+#[cold]
+#[inline(never)]
+fn wait_and_enter(id: Id) {
     let mut waited = 0_u32;
     loop {
-        {
-            let mut shard = shard(id);
-            let Some(slot) = shard.get_mut(id) else {
-                return;
-            };
-            if !slot.polling {
-                if let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id) {
-                    slot.outer_owner = outer_owner;
-                    slot.polling = true;
-                }
-                return;
-            }
-        }
-        // tokio hands a task back to the scheduler at the end of its poll, before the
-        // after-poll hook runs: woken meanwhile, it can be polled on another worker while the
-        // first still holds its context, for the moment it takes to call that hook. Wait for
-        // it, with the shard unlocked so that the hook can run.
         waited += 1;
         if waited < 64 {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
+        }
+        if try_enter(id) {
+            return;
         }
     }
 }
@@ -242,20 +258,28 @@ pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
 #[inline]
 pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
-    let ended = {
-        let mut shard = shard(id);
-        let Some(slot) = shard.get_mut(id) else {
-            return;
-        };
-        if !slot.polling {
-            return;
-        }
-        current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
-        slot.polling = false;
-        if slot.ended { shard.remove(id) } else { None }
+    let mut shard = shard(id);
+    let Some(slot) = shard.get_mut(id) else {
+        return;
     };
-    // Dropped with the lock released and the thread's context restored: the values' `Drop`
-    // may read variables or spawn tasks.
+    if !slot.polling {
+        return;
+    }
+    current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
+    slot.polling = false;
+    if slot.ended {
+        remove_ended(shard, id);
+    }
+}
+
+/// Drops the context of a task that ended during the poll that just finished: with the lock
+/// released and the thread's context restored, since the values' `Drop` may read variables or
+/// spawn tasks.
+#[cold]
+#[inline(never)]
+fn remove_ended(mut shard: MutexGuard<'_, Table<Slot>>, id: Id) {
+    let ended = shard.remove(id);
+    drop(shard);
     drop(ended);
 }
 
