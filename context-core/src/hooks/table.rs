@@ -87,7 +87,11 @@ impl<V> Table<V> {
     }
 
     fn grow(&mut self) {
-        let size = (self.buckets.len() * 2).max(MIN_BUCKETS);
+        self.rebuild((self.buckets.len() * 2).max(MIN_BUCKETS));
+    }
+
+    /// Moves every entry into a new array of `size` buckets.
+    fn rebuild(&mut self, size: usize) {
         let old = std::mem::take(&mut self.buckets);
         self.buckets.resize_with(size, || None);
         for (id, value) in old.into_iter().flatten() {
@@ -112,6 +116,11 @@ impl<V> Table<V> {
                 hole = next;
             }
             next = (next + 1) & mask;
+        }
+        // A burst of tasks must not keep its memory: at an eighth full, halve (a quarter full
+        // after, so that growing again takes as many inserts as shrinking took removals).
+        if self.len * 8 < self.buckets.len() && self.buckets.len() > MIN_BUCKETS {
+            self.rebuild(self.buckets.len() / 2);
         }
         Some(value)
     }
@@ -181,5 +190,17 @@ mod tests {
         for (id, value) in &model {
             assert_eq!(table.get_mut(*id), Some(&mut value.clone()));
         }
+        // Emptied, it gives its memory back.
+        let grown = table.buckets.len();
+        for id in &ids {
+            assert_eq!(table.remove(*id), model.remove(id));
+        }
+        assert_eq!(table.len(), 0);
+        assert!(
+            table.buckets.len() < grown,
+            "{} buckets kept",
+            table.buckets.len()
+        );
+        assert_eq!(table.buckets.len(), super::MIN_BUCKETS);
     }
 }
