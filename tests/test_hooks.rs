@@ -442,3 +442,37 @@ async fn local_runtime_tasks_inherit() {
         Some("ann")
     );
 }
+
+/// Futures still pending when the runtime shuts down are dropped without a poll hook: their
+/// `Drop` reads an empty context, never the values of the thread that drops them.
+#[test]
+fn futures_dropped_at_shutdown_read_an_empty_context() {
+    struct Probe(Arc<Mutex<Vec<Option<&'static str>>>>);
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push(USER.get());
+        }
+    }
+    for multi_thread in [false, true] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let runtime = hooked(multi_thread);
+        runtime.block_on(async {
+            let _user = USER.set("task's");
+            let probe = Probe(seen.clone());
+            let (started, is_started) = oneshot::channel();
+            tokio::spawn(async move {
+                let _probe = probe;
+                started.send(()).unwrap();
+                std::future::pending::<()>().await;
+            });
+            is_started.await.unwrap();
+        });
+        let _user = USER.set("dropping thread's");
+        drop(runtime);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [None],
+            "multi_thread: {multi_thread}"
+        );
+    }
+}
