@@ -120,6 +120,22 @@
 //! tasks share the worker thread's context unless you wrap them with
 //! [`.in_current_context()`](FutureExt::in_current_context), which you should.
 //!
+//! ## Automatic flow into every task (feature `hooks`)
+//!
+//! With tokio's runtime hooks (an unstable tokio API: build with
+//! `RUSTFLAGS="--cfg tokio_unstable"` and the `hooks` feature), every task of a runtime, however
+//! it is spawned (plain `tokio::spawn`, `Handle::spawn` from any thread, a `JoinSet`, a server's
+//! connection tasks, any library's own spawns), starts in a snapshot of its spawner's context,
+//! as every asyncio task does. [`#[contextvars::main]`](macro@main) and
+//! [`#[contextvars::test]`](macro@test) are
+//! `#[tokio::main]` and `#[tokio::test]` with the hooks installed;
+//! `contextvars::hooks::install(&mut builder)` installs them on a runtime you build by hand.
+//! Where tokio runs no hook (`tokio::task::spawn_blocking`, `LocalSet` tasks, futures dropped at
+//! runtime shutdown), the safety rule above still holds. Long-lived tasks started from inside a
+//! request should not keep its values forever: start them with
+//! `contextvars::hooks::spawn_without_context` or inside `contextvars::hooks::suppress_flow`.
+//! The module `contextvars::hooks` explains each of these.
+//!
 //! # Concurrency inside one task
 //!
 //! The branches of `tokio::join!`, `tokio::select!`, `futures::future::join_all` and
@@ -215,6 +231,12 @@ pub use context_macros::context_var;
 
 #[doc = include_str!("../docs/preserve_context.md")]
 pub use context_macros::preserve_context;
+
+#[doc = include_str!("../docs/main.md")]
+pub use context_macros::main;
+
+#[doc = include_str!("../docs/test.md")]
+pub use context_macros::test;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -18,6 +18,14 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// tokio's runtime hooks exist only in its unstable API.
+#[cfg(all(feature = "hooks", not(tokio_unstable)))]
+compile_error!(
+    "the `hooks` feature of contextvars uses tokio's runtime hooks, an unstable tokio API: \
+     build with RUSTFLAGS=\"--cfg tokio_unstable\" (for example in .cargo/config.toml: \
+     [build] rustflags = [\"--cfg\", \"tokio_unstable\"]), or turn the feature off"
+);
+
 // The layers, each built on the ones before it: the engine knows nothing of the API, the
 // API nothing of propagation, and so on. The imports below keep every file's `crate::map`,
 // `crate::var`, … paths short.
@@ -40,6 +48,10 @@ pub use integrations::tower;
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 pub use integrations::tracing;
 pub use propagation::thread;
+
+#[cfg(all(feature = "hooks", tokio_unstable))]
+#[cfg_attr(docsrs, doc(cfg(feature = "hooks")))]
+pub use propagation::hooks;
 
 #[cfg(feature = "baggage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]

@@ -7,6 +7,7 @@
 
 mod args;
 mod context_var;
+mod hooked_runtime;
 mod preserve_context;
 
 use proc_macro::TokenStream;
@@ -22,4 +23,16 @@ pub fn context_var(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn preserve_context(attr: TokenStream, item: TokenStream) -> TokenStream {
     preserve_context::expand(attr.into(), item.into()).into()
+}
+
+/// `#[tokio::main]` with the context hooks installed. Documented in the `contextvars` crate.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    hooked_runtime::expand(hooked_runtime::Kind::Main, attr.into(), item.into()).into()
+}
+
+/// `#[tokio::test]` with the context hooks installed. Documented in the `contextvars` crate.
+#[proc_macro_attribute]
+pub fn test(attr: TokenStream, item: TokenStream) -> TokenStream {
+    hooked_runtime::expand(hooked_runtime::Kind::Test, attr.into(), item.into()).into()
 }

@@ -440,3 +440,16 @@ impl fmt::Debug for ValueRef<'_> {
         self.leaf.var.fmt_value(&*self.leaf.value, f)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// For the runtime hooks (feature `hooks`): a task's stored context is swapped in and out of the
+// thread by `current::enter_owned`/`exit_owned`, which need its frame.
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(feature = "hooks")]
+impl Context {
+    /// The bindings this context holds while it is not entered.
+    pub(crate) fn frame_mut(&mut self) -> &mut Frame {
+        &mut self.frame
+    }
+}

@@ -250,3 +250,42 @@ impl Drop for Entered<'_> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Entering a frame owned elsewhere, for the runtime hooks (feature `hooks`).
+//
+// The hooks enter a task's context in one callback (before the poll) and leave it in another
+// (after the poll), so they cannot hold an `Entered` borrow across the poll. These two calls
+// are the same swap as `Entered::new` and its `Drop`, split in two: the caller keeps `frame`
+// (the task's, between the calls the thread's previous one) and the returned owner, and hands
+// both back to `exit_owned`.
+// ---------------------------------------------------------------------------------------------
+
+/// Makes `frame` the thread's current context for `task`, which need not be the task tokio
+/// reports as running now (inside a poll hook it is not). `frame` receives what was current;
+/// the result is its owner, for [`exit_owned`]. `None` if the thread's state is gone (then
+/// nothing was swapped and `exit_owned` must not be called).
+#[cfg(feature = "hooks")]
+#[inline]
+pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Task> {
+    CURRENT
+        .try_with(|current| {
+            let mut current = current.try_borrow_mut().expect(REENTERED);
+            std::mem::swap(&mut current.frame, frame);
+            current.owner.replace(task)
+        })
+        .ok()
+}
+
+/// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,
+/// owned by `outer_owner`, and `frame` receives the task's bindings back.
+#[cfg(feature = "hooks")]
+#[inline]
+pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
+    // If the thread state is gone by now, the bindings went with it.
+    let _ = CURRENT.try_with(|current| {
+        let mut current = current.try_borrow_mut().expect(REENTERED);
+        std::mem::swap(&mut current.frame, frame);
+        current.owner = outer_owner;
+    });
+}

@@ -1,10 +1,13 @@
 //! Propagation: carrying a context to where code runs later or elsewhere. Futures and
 //! streams (`future`), concurrent branches of one task (`gather`), tokio tasks (`task`),
-//! threads (`thread`) and thread pools (`executor`). Built on the API.
+//! threads (`thread`), thread pools (`executor`), and every task of a runtime through tokio's
+//! hooks (`hooks`). Built on the API.
 
 pub(crate) mod executor;
 pub(crate) mod future;
 pub(crate) mod gather;
+#[cfg(all(feature = "hooks", tokio_unstable))]
+pub mod hooks;
 #[cfg(feature = "tokio")]
 pub(crate) mod task;
 pub mod thread;

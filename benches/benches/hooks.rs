@@ -1,0 +1,145 @@
+//! What automatic flow costs: a task's poll and a spawn on a runtime with the context hooks
+//! installed, against the same runtime without them (feature `hooks`, under
+//! `--cfg tokio_unstable`). Both on a current-thread runtime, so that nothing but the hooks
+//! differs and callgrind sees one thread.
+//!
+//! - `hooks OP N` runs operation `OP` `N` times: for instruction counts under callgrind (run
+//!   with two values of `N`, divide the difference; `scripts/bench-hooks` does it).
+//! - `hooks --time` prints nanoseconds per operation, the minimum over several runs.
+//! - `hooks --list` names the operations.
+//!
+//! The task's context holds 8 variables, as in the other benchmarks.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use contextvars::Context;
+use contextvars_benches::context_with;
+use tokio::runtime::{Builder, Runtime};
+
+type Op = fn(u64);
+
+const OPS: &[(&str, Op)] = &[
+    ("poll/unhooked", poll_unhooked),
+    ("poll/hooked", poll_hooked),
+    ("spawn/unhooked", spawn_unhooked),
+    ("spawn/hooked", spawn_hooked),
+];
+
+fn runtime(hooked: bool) -> Runtime {
+    let mut builder = Builder::new_current_thread();
+    if hooked {
+        contextvars::hooks::install(&mut builder);
+    }
+    builder.build().expect("a runtime")
+}
+
+/// One task polled `iterations` times: it yields, and each yield costs one poll.
+fn polls(hooked: bool, iterations: u64) {
+    let runtime = runtime(hooked);
+    let mut ctx: Context = context_with(8);
+    ctx.run(|| {
+        runtime.block_on(async {
+            tokio::spawn(async move {
+                for _ in 0..iterations {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the task runs");
+        });
+    });
+}
+
+fn poll_unhooked(iterations: u64) {
+    polls(false, iterations);
+}
+
+fn poll_hooked(iterations: u64) {
+    polls(true, iterations);
+}
+
+/// `tokio::spawn` + await of an empty task, `iterations` times, from a task.
+fn spawns(hooked: bool, iterations: u64) {
+    let runtime = runtime(hooked);
+    let mut ctx: Context = context_with(8);
+    ctx.run(|| {
+        runtime.block_on(async {
+            tokio::spawn(async move {
+                for _ in 0..iterations {
+                    black_box(tokio::spawn(async { black_box(7_u64) }).await.expect("ran"));
+                }
+            })
+            .await
+            .expect("the task runs");
+        });
+    });
+}
+
+fn spawn_unhooked(iterations: u64) {
+    spawns(false, iterations);
+}
+
+fn spawn_hooked(iterations: u64) {
+    spawns(true, iterations);
+}
+
+/// Nanoseconds per operation: the fastest of `RUNS` runs of `N` operations.
+fn time(op: Op) -> f64 {
+    const RUNS: usize = 15;
+    const N: u64 = 100_000;
+    op(N); // warm-up
+    (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            op(N);
+            start.elapsed().as_secs_f64() * 1e9 / 100_000.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.as_slice() {
+        [list] if list == "--list" => {
+            for (name, _) in OPS {
+                println!("{name}");
+            }
+        }
+        [flag] if flag == "--time" => {
+            let figures: Vec<(&str, f64)> =
+                OPS.iter().map(|(name, op)| (*name, time(*op))).collect();
+            for (name, ns) in &figures {
+                println!("{name}: {ns:.1} ns");
+            }
+            let get = |name: &str| figures.iter().find(|(n, _)| *n == name).map(|(_, ns)| *ns);
+            if let (Some(a), Some(b), Some(c), Some(d)) = (
+                get("poll/hooked"),
+                get("poll/unhooked"),
+                get("spawn/hooked"),
+                get("spawn/unhooked"),
+            ) {
+                println!(
+                    "poll: +{:.1} ns with hooks; spawn + await: {:.2}x",
+                    a - b,
+                    c / d
+                );
+            }
+        }
+        [op, iterations] => {
+            let iterations: u64 = iterations.parse().expect("N is a number");
+            let (_, run) = OPS
+                .iter()
+                .find(|(name, _)| name == op)
+                .unwrap_or_else(|| panic!("unknown operation {op}; see --list"));
+            run(iterations);
+        }
+        _ => {
+            eprintln!("usage: hooks --list | hooks --time | hooks OP N");
+            std::process::exit(2);
+        }
+    }
+}

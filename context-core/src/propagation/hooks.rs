@@ -1,0 +1,433 @@
+//! Automatic flow: every task of a tokio runtime starts in a snapshot of its spawner's context,
+//! however it was spawned.
+//!
+//! Python's `asyncio.create_task` and .NET's `Task.Run` copy the caller's context into every
+//! new task. Without help, a tokio task gets a context only when you spawn it with
+//! [`contextvars::spawn`](crate::spawn); a task spawned by a library (a server's connection
+//! tasks, a pool's workers, `tower::buffer`'s worker, any `tokio::spawn` you forgot) has none.
+//! tokio's runtime hooks close that gap: [`install`] sets four of them on a runtime
+//! [`Builder`], and from then on every task of that runtime, whether started by
+//! `tokio::spawn`, `Handle::spawn` from a plain thread, a `JoinSet` or a third-party crate,
+//! starts in a snapshot of the context that was current where it was spawned. Sets on either
+//! side stay invisible to the other, exactly as with [`contextvars::spawn`](crate::spawn).
+//!
+//! The hooks are an unstable tokio API: build with `RUSTFLAGS="--cfg tokio_unstable"` and the
+//! `hooks` feature of `contextvars`. `#[contextvars::main]` and `#[contextvars::test]` are
+//! `#[tokio::main]` and `#[tokio::test]` with the hooks installed.
+//!
+//! ```
+//! # use context_core as contextvars;
+//! # use contextvars::{ContextVar, Key, NoDefault};
+//! # #[allow(non_camel_case_types)] struct USER {}
+//! # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+//! # static USER: ContextVar<USER> = ContextVar::new("user");
+//! let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! contextvars::hooks::install(builder.enable_all());
+//! let runtime = builder.build().unwrap();
+//!
+//! runtime.block_on(async {
+//!     let _user = USER.set("ann");
+//!     // A plain `tokio::spawn`: the task inherits a snapshot of the spawner's context...
+//!     let child = tokio::spawn(async {
+//!         let seen = USER.get();
+//!         let _ = USER.set("bob"); // ...and may set its own values, which stay in it.
+//!         seen
+//!     });
+//!     assert_eq!(child.await.unwrap(), Some("ann"));
+//!     assert_eq!(USER.get(), Some("ann"));
+//! });
+//! ```
+//!
+//! # Where no hook runs
+//!
+//! tokio calls no hook for `tokio::task::spawn_blocking`, for tasks of a `LocalSet`, for the
+//! future given to `block_on`, or for the drops of futures still pending when a runtime shuts
+//! down. There the usual rule holds: a tokio task without a context reads every variable as
+//! unset (or its default) and cannot set one, so it never sees another task's values; the
+//! `block_on` future uses the thread's own context. Use
+//! [`contextvars::spawn_blocking`](crate::spawn_blocking) and
+//! [`contextvars::spawn_local`](crate::spawn_local) to carry a context there.
+//!
+//! # Long-lived tasks: spawn them without inheriting
+//!
+//! A task keeps its snapshot, and every value in it, for as long as it lives. A pool's worker
+//! or a background loop spawned lazily, during the first request that needs it, would carry
+//! that request's user, tenant and trace ids for the rest of the process: wrong in every log
+//! line it writes, and never freed. Start such tasks outside the caller's context with
+//! [`spawn_without_context`], or wrap whatever constructor spawns them (a pool, a client, a
+//! cache refresher) in [`suppress_flow`]:
+//!
+//! ```
+//! # use context_core as contextvars;
+//! # use contextvars::{ContextVar, Key, NoDefault};
+//! # #[allow(non_camel_case_types)] struct USER {}
+//! # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+//! # static USER: ContextVar<USER> = ContextVar::new("user");
+//! use std::sync::OnceLock;
+//! use tokio::task::JoinHandle;
+//!
+//! /// A pool started by whichever request first needs it.
+//! struct Pool {
+//!     worker: JoinHandle<()>,
+//! }
+//!
+//! impl Pool {
+//!     fn start() -> Pool {
+//!         Pool { worker: tokio::spawn(async { /* serve jobs forever */ }) }
+//!     }
+//! }
+//!
+//! fn pool() -> &'static Pool {
+//!     static POOL: OnceLock<Pool> = OnceLock::new();
+//!     // Not `POOL.get_or_init(Pool::start)`: its worker would keep this request's values.
+//!     POOL.get_or_init(|| contextvars::hooks::suppress_flow(Pool::start))
+//! }
+//!
+//! # let mut builder = tokio::runtime::Builder::new_multi_thread();
+//! # let runtime = contextvars::hooks::install(builder.enable_all()).build().unwrap();
+//! # runtime.block_on(async {
+//! let _user = USER.set("ann"); // inside a request
+//! let _ = pool();
+//!
+//! // The hazard, side by side with the fix:
+//! let inherits = tokio::spawn(async { USER.get() });
+//! let owns_nothing = contextvars::hooks::suppress_flow(|| tokio::spawn(async { USER.get() }));
+//! assert_eq!(inherits.await.unwrap(), Some("ann"));
+//! assert_eq!(owns_nothing.await.unwrap(), None);
+//! # });
+//! ```
+//!
+//! # Applications with hooks of their own
+//!
+//! A runtime has one callback of each kind: setting one replaces the other. An application
+//! that already uses tokio's hooks calls [`on_task_spawn`], [`on_before_task_poll`],
+//! [`on_after_task_poll`] and [`on_task_terminate`] from its own, in the same places;
+//! [`install`] is nothing more than that.
+//!
+//! # Cost
+//!
+//! Each spawn takes a snapshot (one reference-count increment) and stores it in a table keyed
+//! by task id, split in shards under uncontended locks; each poll moves the task's bindings
+//! into the thread and back out (a lookup on each side, no reference counts); each task's end
+//! removes its entry. On a current-thread runtime that is a little over 200 instructions per
+//! poll and about 1.2 times the instructions of a bare `tokio::spawn` + await
+//! (`scripts/bench-hooks` in the repository). [`stored_contexts`] tells how many entries
+//! there are.
+
+mod table;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::runtime::{Builder, TaskMeta};
+use tokio::task::{Id, JoinHandle};
+
+use crate::context::Context;
+use crate::current;
+use table::Table;
+
+/// Installs the four hooks on `builder`: every task of the runtime it builds starts in a
+/// snapshot of its spawner's context, taken at the spawn.
+///
+/// It replaces any `on_task_spawn`, `on_before_task_poll`, `on_after_task_poll` and
+/// `on_task_terminate` callback set before (a runtime has one of each); an application that
+/// needs its own calls the hook functions of this module from them instead.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct TENANT {}
+/// # impl Key for TENANT { type Value = u32; type Default = NoDefault; }
+/// # static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
+/// let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+///     .build()
+///     .unwrap();
+/// let _tenant = TENANT.set(7);
+/// // `Handle::spawn` from a plain thread: the task inherits that thread's context.
+/// let task = runtime.handle().spawn(async { TENANT.get() });
+/// assert_eq!(runtime.block_on(task).unwrap(), Some(7));
+/// ```
+pub fn install(builder: &mut Builder) -> &mut Builder {
+    builder
+        .on_task_spawn(on_task_spawn)
+        .on_before_task_poll(on_before_task_poll)
+        .on_after_task_poll(on_after_task_poll)
+        .on_task_terminate(on_task_terminate)
+}
+
+/// The spawn hook: stores a snapshot of the context current here (the spawner's) for the
+/// new task. tokio calls it on the spawner's thread, before the task can run.
+///
+/// Call it from your own `on_task_spawn` callback if you have one:
+///
+/// ```
+/// # use context_core as contextvars;
+/// let mut builder = tokio::runtime::Builder::new_multi_thread();
+/// contextvars::hooks::install(&mut builder).on_task_spawn(|meta| {
+///     contextvars::hooks::on_task_spawn(meta);
+///     // ... the application's own spawn accounting
+/// });
+/// ```
+#[inline]
+pub fn on_task_spawn(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    // On a runtime already shut down, tokio ends the task (and calls the terminate hook)
+    // before this hook: storing a context now would keep it forever.
+    let ended = ENDED_UNSTORED
+        .try_with(|ended| {
+            if ended.get() == Some(id) {
+                ended.set(None);
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false);
+    if ended {
+        return;
+    }
+    let slot = Slot {
+        context: Context::current(),
+        outer_owner: None,
+        polling: false,
+        ended: false,
+    };
+    // Task ids are never reused: nothing is replaced. Were it, it would be dropped here,
+    // after the lock is released.
+    let _replaced = shard(id).insert(id, slot);
+}
+
+/// The before-poll hook: makes the polled task's context current on this thread, saving
+/// what was current, which [`on_after_task_poll`] restores. A task without a stored context
+/// (spawned before the hooks were installed, say) is left as it is: it has no context.
+///
+/// Install it together with [`on_after_task_poll`], never alone: a poll that finds the task's
+/// context still out on another worker waits for that worker's after-poll hook to bring it
+/// back (see below), and without that hook it would wait forever.
+#[inline]
+pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    if !try_enter(id) {
+        wait_and_enter(id);
+    }
+}
+
+/// Enters `id`'s context, unless it is still out on another worker (then `false`).
+#[inline]
+fn try_enter(id: Id) -> bool {
+    let mut shard = shard(id);
+    match shard.get_mut(id) {
+        // No context stored: the task has none.
+        None => true,
+        Some(slot) if !slot.polling => {
+            if let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id) {
+                slot.outer_owner = outer_owner;
+                slot.polling = true;
+            }
+            true
+        }
+        Some(_) => false,
+    }
+}
+
+/// tokio hands a task back to the scheduler at the end of its poll, before the after-poll
+/// hook runs: woken meanwhile, it can be polled on another worker while the first still holds
+/// its context, for the moment it takes to call that hook. Waits for it, with the shard
+/// unlocked so that the hook can run.
+#[cold]
+#[inline(never)]
+fn wait_and_enter(id: Id) {
+    let mut waited = 0_u32;
+    loop {
+        waited += 1;
+        if waited < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+        if try_enter(id) {
+            return;
+        }
+    }
+}
+
+/// The after-poll hook: moves the task's context back out of the thread, with what the poll
+/// set, and restores what [`on_before_task_poll`] found there. If the task ended during the
+/// poll, its context is dropped.
+#[inline]
+pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    let mut shard = shard(id);
+    let Some(slot) = shard.get_mut(id) else {
+        return;
+    };
+    if !slot.polling {
+        return;
+    }
+    current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
+    slot.polling = false;
+    if slot.ended {
+        remove_ended(shard, id);
+    }
+}
+
+/// Drops the context of a task that ended during the poll that just finished: with the lock
+/// released and the thread's context restored, since the values' `Drop` may read variables or
+/// spawn tasks.
+#[cold]
+#[inline(never)]
+fn remove_ended(mut shard: MutexGuard<'_, Table<Slot>>, id: Id) {
+    let ended = shard.remove(id);
+    drop(shard);
+    drop(ended);
+}
+
+/// The terminate hook: drops the ended task's stored context (at once, or, if the task ended
+/// during a poll, when the poll hook that follows takes it out of the thread).
+#[inline]
+pub fn on_task_terminate(meta: &TaskMeta<'_>) {
+    let id = meta.id();
+    let ended = {
+        let mut shard = shard(id);
+        match shard.get_mut(id) {
+            Some(slot) if slot.polling => {
+                slot.ended = true;
+                None
+            }
+            Some(_) => shard.remove(id),
+            None => {
+                // Either a task no hook stored (a blocking task), or one ended before its spawn
+                // hook ran (spawned on a runtime that has shut down), which must then store
+                // nothing. Both happen on this thread; the spawn hook, if any, comes next.
+                let _ = ENDED_UNSTORED.try_with(|ended| ended.set(Some(id)));
+                None
+            }
+        }
+    };
+    drop(ended);
+}
+
+/// How many tasks' contexts the hooks hold right now, across all runtimes: one per task that
+/// was spawned on a runtime with the hooks and has not ended. A diagnostic (for leak checks
+/// in tests, or a gauge); it locks every shard of the table in turn.
+///
+/// ```standalone_crate
+/// # use context_core as contextvars;
+/// let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+///     .build()
+///     .unwrap();
+/// let before = contextvars::hooks::stored_contexts();
+/// let task = runtime.spawn(std::future::pending::<()>());
+/// assert_eq!(contextvars::hooks::stored_contexts(), before + 1);
+/// task.abort();
+/// drop(runtime); // the aborted task ends: its context goes
+/// assert_eq!(contextvars::hooks::stored_contexts(), before);
+/// ```
+#[must_use]
+pub fn stored_contexts() -> usize {
+    STORE.iter().map(|shard| shard.lock().len()).sum()
+}
+
+/// Runs `f` with an empty context current, so that the tasks (and [`crate::thread`] threads)
+/// it spawns inherit nothing from the caller: .NET's `ExecutionContext.SuppressFlow`. Wrap
+/// with it whatever starts long-lived tasks (a pool, a client with a background connection,
+/// a cache refresher), most of all when it runs lazily inside a request. `f` itself cannot
+/// read the caller's values either; it may set its own, which its tasks then inherit.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// # let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+/// #     .build()
+/// #     .unwrap();
+/// # runtime.block_on(async {
+/// let _user = USER.set("ann");
+/// let worker = contextvars::hooks::suppress_flow(|| tokio::spawn(async { USER.get() }));
+/// assert_eq!(worker.await.unwrap(), None);
+/// # });
+/// ```
+pub fn suppress_flow<R>(f: impl FnOnce() -> R) -> R {
+    Context::new().run(f)
+}
+
+/// `tokio::spawn` without inheriting: on a runtime with the hooks the task starts in an empty
+/// context of its own (which it may set), whatever the caller's. For long-lived tasks; see
+/// [`suppress_flow`] for why.
+///
+/// # Panics
+/// As `tokio::spawn`: when called outside a tokio runtime.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// # let runtime = contextvars::hooks::install(&mut tokio::runtime::Builder::new_current_thread())
+/// #     .build()
+/// #     .unwrap();
+/// # runtime.block_on(async {
+/// let _user = USER.set("ann");
+/// let background = contextvars::hooks::spawn_without_context(async {
+///     let _ = USER.set("maintenance"); // its own context: it can set
+///     USER.get()
+/// });
+/// assert_eq!(background.await.unwrap(), Some("maintenance"));
+/// # });
+/// ```
+#[track_caller]
+pub fn spawn_without_context<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    suppress_flow(|| tokio::spawn(future))
+}
+
+/// What the hooks keep for one task.
+struct Slot {
+    /// The task's context between polls; during a poll, what was current on the polling
+    /// thread before it (the two are swapped).
+    context: Context,
+    /// During a poll, the owner of the frame that `context` then holds.
+    outer_owner: Option<Id>,
+    /// Between the two poll hooks.
+    polling: bool,
+    /// The task ended during the current poll: the after-poll hook removes the slot.
+    ended: bool,
+}
+
+thread_local! {
+    /// The last task that ended on this thread with no slot stored, so that its spawn hook,
+    /// if it comes next, stores none.
+    static ENDED_UNSTORED: Cell<Option<Id>> = const { Cell::new(None) };
+}
+
+/// Enough shards that two cores (or a few dozen) rarely want the same lock.
+const SHARDS: usize = 64;
+
+/// One shard of the table, on a cache line (two, for adjacent-line prefetch) of its own.
+#[repr(align(128))]
+struct Shard(Mutex<Table<Slot>>);
+
+static STORE: [Shard; SHARDS] = [const { Shard(Mutex::new(Table::new())) }; SHARDS];
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Table<Slot>> {
+        // Nothing panics while a shard is locked; if something did, the table is still whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The locked shard that holds `id`.
+#[inline]
+fn shard(id: Id) -> MutexGuard<'static, Table<Slot>> {
+    // Bits that a shard's own table (which starts its probes from the top bits) leaves alone,
+    // so that one shard's ids still spread over its buckets.
+    let index = usize::try_from(table::fibonacci(id) >> 32).unwrap_or_default() % SHARDS;
+    STORE[index].lock()
+}

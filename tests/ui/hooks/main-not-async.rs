@@ -1,0 +1,2 @@
+#[contextvars::main]
+fn main() {}

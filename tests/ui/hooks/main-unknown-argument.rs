@@ -1,0 +1,2 @@
+#[contextvars::main(threads = 2)]
+async fn main() {}

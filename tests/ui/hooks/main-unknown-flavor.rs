@@ -1,0 +1,2 @@
+#[contextvars::main(flavor = "multi_threaded")]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[contextvars::main(worker_threads = 0)]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[contextvars::main]
+async fn main() {}

@@ -1,0 +1,4 @@
+#[contextvars::test(flavor = "multi_thread", start_paused = true)]
+async fn sleeps() {}
+
+fn main() {}

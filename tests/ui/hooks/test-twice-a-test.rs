@@ -1,0 +1,5 @@
+#[contextvars::test]
+#[test]
+async fn twice() {}
+
+fn main() {}
