@@ -183,7 +183,6 @@ impl<T> Drop for Finished<T> {
 /// assert_eq!(handle.await.unwrap(), Some("ann"));
 /// # });
 /// ```
-#[must_use = "dropping a `JoinHandle` detaches the task; await it to get its output"]
 pub struct JoinHandle<T> {
     inner: tokio::task::JoinHandle<Finished<T>>,
 }
