@@ -233,12 +233,12 @@ fn validate(kind: Kind, function: &ItemFn, config: Config) -> syn::Result<Config
             "`main` takes no arguments",
         ));
     }
-    if kind == Kind::Test
-        && let Some(attr) = function
-            .attrs
-            .iter()
-            .find(|attr| attr.path().is_ident("test"))
-    {
+    // No `let` chains: the declared minimum Rust (1.85) does not have them.
+    let test_attr = function
+        .attrs
+        .iter()
+        .find(|attr| attr.path().is_ident("test"));
+    if let (Kind::Test, Some(attr)) = (kind, test_attr) {
         return Err(syn::Error::new_spanned(
             attr,
             "`#[contextvars::test]` already makes this a test: remove `#[test]`",
@@ -251,9 +251,7 @@ fn validate(kind: Kind, function: &ItemFn, config: Config) -> syn::Result<Config
             kind.name()
         )
     };
-    if flavor != Flavor::MultiThread
-        && let Some(count) = &config.worker_threads
-    {
+    if let (true, Some(count)) = (flavor != Flavor::MultiThread, &config.worker_threads) {
         return Err(syn::Error::new_spanned(
             count,
             needs("worker_threads", "multi_thread"),
