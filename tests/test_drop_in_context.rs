@@ -10,7 +10,9 @@ use axum::Router;
 use axum::routing::get;
 use contextvars::tower::ContextLayer;
 use contextvars::{Context, context_var};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+#[path = "support/http.rs"]
+mod http;
 
 /// What a `Drop` saw: the `TENANT` it read, whether `try_set` worked, and whether it got to
 /// its end (a plain `set` that panicked would stop it midway).
@@ -229,44 +231,6 @@ async fn an_output_of_a_detached_task_is_dropped_in_its_context_when_it_finishes
 // A request's values, over a real axum server
 // ---------------------------------------------------------------------------------------
 
-/// Sends `GET path` on a kept-alive connection and returns the status line and body.
-async fn get_on(
-    stream: &mut BufReader<tokio::net::TcpStream>,
-    path: &str,
-    tenant: u32,
-) -> (String, String) {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-tenant: {tenant}\r\n\r\n");
-    stream
-        .get_mut()
-        .write_all(request.as_bytes())
-        .await
-        .unwrap();
-    let mut status = String::new();
-    let read = stream.read_line(&mut status).await.unwrap();
-    assert_ne!(
-        read, 0,
-        "the server closed the connection instead of answering"
-    );
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        let read = stream.read_line(&mut line).await.unwrap();
-        assert_ne!(
-            read, 0,
-            "the server closed the connection midway through an answer"
-        );
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await.unwrap();
-    (status.trim().to_string(), String::from_utf8(body).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_set_while_handling_a_request_is_dropped_inside_the_request_context() {
     let log = log();
@@ -289,19 +253,16 @@ async fn a_value_set_while_handling_a_request_is_dropped_inside_the_request_cont
                 let _ = TENANT.set(tenant.unwrap());
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = http::serve(app).await;
 
-    let mut stream = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut client = http::Client::connect(addr).await;
     for tenant in 1..=5 {
         // Keep-alive: one connection, one request after another; a panic in the worker would
-        // close it and the next request would read nothing.
-        let (status, body) = get_on(&mut stream, "/", tenant).await;
-        assert_eq!(status, "HTTP/1.1 200 OK");
-        assert_eq!(body, format!("tenant {tenant}"));
+        // close it, and `get` fails saying so.
+        let answer = client.get("/", &[("x-tenant", &tenant.to_string())]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, format!("tenant {tenant}"));
     }
-    server.abort();
     let mut dropped = taken(&log);
     dropped.sort_by(|a, b| a.label.cmp(&b.label));
     let expected: Vec<Seen> = (1..=5)

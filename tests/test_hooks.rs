@@ -7,6 +7,8 @@
 
 #![cfg(all(tokio_unstable, feature = "hooks"))]
 
+#[path = "support/http.rs"]
+mod http;
 mod support;
 
 use std::collections::HashSet;
@@ -19,8 +21,7 @@ use axum::routing::get;
 use contextvars::tower::ContextLayer;
 use contextvars::{Context, FutureExt, context_var};
 use support::Rng;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::{Barrier, oneshot};
 
@@ -286,31 +287,11 @@ fn ten_thousand_tasks_with_random_yields_and_nested_spawns_see_only_their_own() 
     });
 }
 
-/// One HTTP/1.1 request on a keep-alive connection; the response body.
-async fn request(stream: &mut BufReader<TcpStream>, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    stream
-        .get_mut()
-        .write_all(request.as_bytes())
-        .await
-        .unwrap();
-    let mut length = 0;
-    let mut status = String::new();
-    stream.read_line(&mut status).await.unwrap();
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    loop {
-        let mut line = String::new();
-        stream.read_line(&mut line).await.unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await.unwrap();
-    String::from_utf8(body).unwrap()
+/// One request on a keep-alive connection; the response body, which must come with a 200.
+async fn request(client: &mut http::Client, path: &str) -> String {
+    let answer = client.get(path, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body
 }
 
 /// What a handler reports: the server's variable, the request's, and the user it sets.
@@ -341,7 +322,7 @@ fn an_axum_server_started_in_a_context_gives_it_to_its_connections_and_the_layer
         // connection's task itself, with `tokio::spawn`.
         let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-        let mut connection = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let mut connection = http::Client::connect(addr).await;
         // Each request through the layer starts from the layer's base: the previous one's
         // set is gone, though both came on one connection.
         for _ in 0..3 {
@@ -356,7 +337,7 @@ fn an_axum_server_started_in_a_context_gives_it_to_its_connections_and_the_layer
             "the connection task did not inherit the server's context"
         );
         // A second connection: a task of its own, with nothing from the first.
-        let mut second = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let mut second = http::Client::connect(addr).await;
         assert_eq!(
             request(&mut second, "/plain").await,
             r#"Some("edge-1") None None"#
