@@ -128,6 +128,7 @@ impl Context {
     /// assert_eq!(ctx.get(&COUNT), Some(&3));
     /// assert_eq!(COUNT.get(), 0);
     /// ```
+    #[inline]
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
         let _entered = Entered::new(&mut self.frame);
         f()

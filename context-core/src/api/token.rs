@@ -1,9 +1,9 @@
 //! Tokens: the receipt of a `set`, used once to undo it.
 
 use std::fmt;
-use std::sync::Arc;
 
-use crate::var::{ContextVar, Key};
+use crate::map::Value;
+use crate::var::{ContextVar, Key, downcast};
 
 /// The receipt of [`ContextVar::set`]: pass it to [`ContextVar::reset`] to restore what the
 /// variable was before that `set`.
@@ -34,19 +34,17 @@ use crate::var::{ContextVar, Key};
 pub struct Token<K: Key> {
     var: &'static ContextVar<K>,
     context: u64,
-    old: Option<Arc<K::Value>>,
+    /// The value before the `set`, as the map stores it (a `K::Value`): kept untyped, so that
+    /// `set` and `reset` pass it along without a type check.
+    old: Option<Value>,
 }
 
 impl<K: Key> Token<K> {
-    pub(crate) fn new(
-        var: &'static ContextVar<K>,
-        context: u64,
-        old: Option<Arc<K::Value>>,
-    ) -> Self {
+    pub(crate) fn new(var: &'static ContextVar<K>, context: u64, old: Option<Value>) -> Self {
         Token { var, context, old }
     }
 
-    pub(crate) fn into_parts(self) -> (u64, Option<Arc<K::Value>>) {
+    pub(crate) fn into_parts(self) -> (u64, Option<Value>) {
         (self.context, self.old)
     }
 
@@ -60,7 +58,7 @@ impl<K: Key> Token<K> {
     /// any, does not count).
     #[must_use]
     pub fn old_value(&self) -> Option<&K::Value> {
-        self.old.as_deref()
+        self.old.as_deref().map(downcast::<K::Value>)
     }
 }
 
@@ -74,7 +72,7 @@ impl<K: Key> fmt::Debug for Token<K> {
         }
         f.debug_struct("Token")
             .field("var", &self.var.name())
-            .field("old_value", &self.old.as_deref().map(Old::<K>))
+            .field("old_value", &self.old_value().map(Old::<K>))
             .finish_non_exhaustive()
     }
 }

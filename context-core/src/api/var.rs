@@ -334,9 +334,7 @@ impl<K: Key> ContextVar<K> {
     where
         K::Value: Clone,
     {
-        current::find(self.key(), |leaf| {
-            downcast::<K::Value>(&*leaf.value).clone()
-        })
+        current::get_cloned::<K::Value>(self.key.load(Ordering::Relaxed), || self.key())
     }
 
     /// The bound value, shared, so that the caller can use it with the thread state released.
@@ -449,10 +447,6 @@ impl<K: Key> ContextVar<K> {
         let leaf = self.leaf(value);
         let (context, old) = current::write(|frame| (frame.id(), frame.map.insert(leaf)))
             .map_err(|why| SetError::new(why, self.name))?;
-        let old = old.map(|old| {
-            old.downcast::<K::Value>()
-                .unwrap_or_else(|_| wrong_type::<K>())
-        });
         Ok(Token::new(self, context, old))
     }
 
@@ -480,7 +474,7 @@ impl<K: Key> ContextVar<K> {
     /// ```
     pub fn reset(&'static self, token: Token<K>) -> Result<(), ResetError> {
         let (context, old) = token.into_parts();
-        restore(self, self.key(), context, old.map(|old| old as Value))
+        restore(self, self.key(), context, old)
     }
 
     /// Sets `value` until the returned guard is dropped, also when unwinding from a panic.
@@ -508,7 +502,7 @@ impl<K: Key> ContextVar<K> {
     #[track_caller]
     pub fn scoped(&'static self, value: K::Value) -> ScopeGuard {
         let (context, old) = self.set(value).into_parts();
-        ScopeGuard::new(self, self.key(), context, old.map(|old| old as Value))
+        ScopeGuard::new(self, self.key(), context, old)
     }
 
     /// Runs `f` in a copy of the current context with the variable set to `value`; nothing
@@ -600,11 +594,10 @@ pub(crate) fn restore(
     context: u64,
     old: Option<Value>,
 ) -> Result<(), ResetError> {
-    let name = var.name();
     let replaced = current::write(|frame| {
         // `0`: a token made where no context was left (thread exit); no context owns it.
         if context == 0 || frame.id != context {
-            return Err((ResetError::OtherContext { var: name }, old));
+            return Err((ResetError::OtherContext { var: var.name() }, old));
         }
         Ok(match old {
             Some(value) => frame.map.insert(Leaf { key, var, value }),
@@ -615,8 +608,8 @@ pub(crate) fn restore(
     match replaced {
         Ok(Ok(_replaced)) => Ok(()),
         Ok(Err((err, _old))) => Err(err),
-        Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: name }),
-        Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: name }),
+        Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: var.name() }),
+        Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: var.name() }),
     }
 }
 

@@ -13,6 +13,7 @@
 //! owner.
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::map::{Leaf, Map};
@@ -94,33 +95,243 @@ fn running_task() -> Task {
 
 struct Current {
     frame: Frame,
-    /// The task that made `frame` current: `NO_TASK` for the thread's own context and for a
-    /// context entered outside any task. Only code of that task sees the frame. Any other
-    /// task polled meanwhile on this thread (a task spawned without a context, polled by a
-    /// runtime driven inside `Context::run`, or by a `LocalSet` inside a context's future)
-    /// sees an empty context and cannot write.
-    owner: Task,
 }
 
-thread_local! {
-    static CURRENT: RefCell<Current> = const {
-        RefCell::new(Current { frame: Frame::EMPTY, owner: NO_TASK })
-    };
-}
-
-impl Current {
-    /// Whether the code running now may see and write `frame`.
-    #[inline]
-    fn visible(&self) -> bool {
-        running_task() == self.owner
+impl Drop for Current {
+    fn drop(&mut self) {
+        // The thread is exiting and the frame's values go now: no cached read may reach
+        // them any more. (No `reading` check: a panic here would abort, and no read is under
+        // way while thread-locals are destroyed.)
+        fast(Fast::bump);
     }
 }
 
-/// The one way to reach the state while it is borrowed: `get` clones the value with the state
-/// borrowed (so that a read costs no reference count), and that `Clone` impl writes.
-const REENTERED: &str = "contextvars: a context variable was set, or a context entered, from a \
-     `Clone` impl while `get` was cloning that value out of the context; read such a value with \
-     `with` instead, which releases the context before calling you";
+thread_local! {
+    static CURRENT: RefCell<Current> = const { RefCell::new(Current { frame: Frame::EMPTY }) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The read cache.
+//
+// `get` is the operation a service performs most, so it has a fast path: a small per-thread
+// table from a variable's key to where its value lives in the current frame, valid while the
+// frame has not changed. Every change to the frame (entering or leaving a context, a write,
+// the thread's teardown) bumps the thread's `stamp` first, which invalidates every entry at
+// once; a read whose entry carries the current stamp goes straight to the value, with no
+// lookup in the map and no type check. This is `CPython`'s idea (a variable caches its last
+// value with the version of the context it came from), with one table per thread instead of
+// one slot per variable, so that it needs nothing from the variable's declaration.
+//
+// It lives in thread-locals without a destructor, which are reachable at every moment of the
+// thread's life (teardown included) and cost no "is it still alive" check.
+// ---------------------------------------------------------------------------------------------
+
+/// How many keys the table holds; keys are dense, so `key % CACHE_SLOTS` spreads them.
+const CACHE_SLOTS: usize = 64;
+
+/// Where a key's value was in the current frame; null if it was unbound.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// The stamp the entry was made at (high 32 bits) and the key (low 32 bits): one compare
+    /// checks both.
+    tag: u64,
+    value: *const (),
+}
+
+struct Fast {
+    /// Bumped before every change to the thread's current frame. Kept shifted into the high
+    /// 32 bits, as entries' tags hold it; never 0.
+    stamp: Cell<u64>,
+    /// The task that made the current frame current: `NO_TASK` for the thread's own context
+    /// and for a context entered outside any task. Only code of that task sees the frame.
+    /// Any other task polled meanwhile on this thread (a task spawned without a context,
+    /// polled by a runtime driven inside `Context::run`, or by a `LocalSet` inside a
+    /// context's future) sees an empty context and cannot write.
+    owner: Cell<Task>,
+    /// How many `get`s are cloning a value out of the current frame right now (a `Clone`
+    /// impl may read too): the frame must not be written meanwhile. A swap saves and
+    /// restores it with the frame.
+    reading: Cell<u32>,
+    entries: [Cell<Entry>; CACHE_SLOTS],
+}
+
+thread_local! {
+    static FAST: Fast = const {
+        Fast {
+            // Entries start with tag 0, which no stamp makes.
+            stamp: Cell::new(1 << 32),
+            owner: Cell::new(NO_TASK),
+            reading: Cell::new(0),
+            entries: [const {
+                Cell::new(Entry { tag: 0, value: std::ptr::null() })
+            }; CACHE_SLOTS],
+        }
+    };
+}
+
+/// Runs `f` on this thread's `FAST`. `LocalKey::with` is not marked `#[inline]`, and on the
+/// read path LLVM may leave it an indirect call; `try_with` is, and cannot fail here: a
+/// thread-local without a destructor is never torn down.
+#[inline(always)]
+fn fast<R>(f: impl FnOnce(&Fast) -> R) -> R {
+    match FAST.try_with(f) {
+        Ok(result) => result,
+        Err(_) => unreachable!("a thread-local without a destructor stays accessible"),
+    }
+}
+
+impl Fast {
+    /// Called before a binding of the thread's current frame is added, replaced or removed.
+    /// Panics, changing nothing, while a value is being cloned out of the frame.
+    #[inline]
+    fn changed(&self) {
+        if self.reading.get() != 0 {
+            reentered();
+        }
+        self.bump();
+    }
+
+    /// Invalidates every entry of the read cache.
+    #[inline]
+    fn bump(&self) {
+        let next = self.stamp.get().wrapping_add(1 << 32);
+        if next == 0 {
+            self.wrap();
+        } else {
+            self.stamp.set(next);
+        }
+    }
+
+    /// After 2^32 changes the stamps start over: forget every entry first, so that none made
+    /// at an old stamp can match a new one.
+    #[cold]
+    fn wrap(&self) {
+        for entry in &self.entries {
+            entry.set(Entry {
+                tag: 0,
+                value: std::ptr::null(),
+            });
+        }
+        self.stamp.set(1 << 32);
+    }
+
+    /// Whether the code running now may see and write the current frame.
+    #[inline]
+    fn visible(&self) -> bool {
+        running_task() == self.owner.get()
+    }
+
+    #[inline]
+    fn entry(&self, key: u32) -> &Cell<Entry> {
+        &self.entries[key as usize % CACHE_SLOTS]
+    }
+}
+
+/// The one way to write to the frame while it is being read: `get` clones the value out of the
+/// frame without a reference count, and that `Clone` impl sets or resets a variable.
+const REENTERED: &str = "contextvars: a context variable was set or reset from a `Clone` impl \
+     while `get` was cloning that value out of the context; read such a value with `with` \
+     instead, which releases the context before calling you";
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn reentered() -> ! {
+    panic!("{REENTERED}")
+}
+
+/// A clone of `key`'s value, of type `T`, in the context visible here, if it is bound there.
+///
+/// Each key belongs to one variable, which stores values of one type: `T` must be it. `key`
+/// may be `0` for a variable that has none yet (it then misses the cache, which holds no
+/// key `0`); `assign_key` gives the real one.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
+    key: u32,
+    assign_key: impl FnOnce() -> u32,
+) -> Option<T> {
+    fast(|fast| {
+        let entry = fast.entry(key).get();
+        let value = if entry.tag == fast.stamp.get() | u64::from(key) {
+            entry.value
+        } else {
+            fill::<T>(fast, assign_key())
+        };
+        if value.is_null() || !fast.visible() {
+            return None;
+        }
+        let _reading = Reading::begin(fast);
+        // SAFETY: `value` points to a live `T`, and stays valid while `clone` runs:
+        // - It was taken, with the stamp the entry's tag carries (`fill`), from the value of a leaf
+        //   of the thread's current frame, after checking that the value is a `T`. Every key
+        //   belongs to one variable, whose values all have one type, so any reader of this
+        //   key reads it as that same `T`.
+        // - The stamp is unchanged (stamps are never reused: `Fast::wrap` clears the table
+        //   before they start over), so the frame has not changed since: every change to it
+        //   (a swap in `Entered` and the hooks, a write through `write`, `drop_bindings`, the
+        //   thread's teardown in `Current`'s `Drop`) bumps the stamp first, and nothing
+        //   outside this file reaches `CURRENT`. The frame holds its map's root, the root
+        //   holds the leaf, the leaf holds the `Arc` of the value. Nodes shared with other
+        //   maps are never written (writes go through `Arc::make_mut`, which copies a shared
+        //   node), and this frame's own nodes are written only through `write`. So the `Arc`
+        //   and the value it owns are alive and unmoved.
+        // - While `clone` runs, `reading` counts this read, and a write to the frame that
+        //   holds the value (`Fast::changed`) panics before it changes anything: a `Clone`
+        //   impl that sets or resets a variable cannot free the value it is being cloned
+        //   from. Entering a context from it is allowed: the swap moves this frame, unchanged,
+        //   into the entered context's storage, which stays borrowed until the swap back, and
+        //   moves the count with it (`swap`), so that only the entered context is writable.
+        let value = unsafe { &*value.cast::<T>() };
+        Some(value.clone())
+    })
+}
+
+/// Looks `key` up in the current frame and records where its value is (null where it is
+/// unbound), for this stamp. Null, recording nothing, once the thread's frame is gone.
+#[cold]
+#[inline(never)]
+fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> *const () {
+    let value = CURRENT.try_with(|current| {
+        let current = current.try_borrow().unwrap_or_else(|_| reentered());
+        current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
+            assert!(
+                leaf.value.is::<T>(),
+                "contextvars: a binding of `{}` holds another type",
+                std::any::type_name::<T>()
+            );
+            Arc::as_ptr(&leaf.value).cast::<()>()
+        })
+    });
+    let Ok(value) = value else {
+        return std::ptr::null();
+    };
+    fast.entry(key).set(Entry {
+        tag: fast.stamp.get() | u64::from(key),
+        value,
+    });
+    value
+}
+
+/// Counts one read in `reading` for as long as it lives, also when `clone` panics.
+struct Reading<'a> {
+    fast: &'a Fast,
+}
+
+impl<'a> Reading<'a> {
+    #[inline]
+    fn begin(fast: &'a Fast) -> Self {
+        fast.reading.set(fast.reading.get() + 1);
+        Reading { fast }
+    }
+}
+
+impl Drop for Reading<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.fast.reading.set(self.fast.reading.get() - 1);
+    }
+}
 
 /// Runs `f` on `key`'s binding in the context visible here, if it has one.
 ///
@@ -129,11 +340,11 @@ const REENTERED: &str = "contextvars: a context variable was set, or a context e
 pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
     CURRENT
         .try_with(|current| {
-            let current = current.try_borrow().expect(REENTERED);
+            let current = current.try_borrow().unwrap_or_else(|_| reentered());
             // Look first: a key bound nowhere reads as unset whoever is running, so only a
             // hit needs to ask tokio which task that is.
             let leaf = current.frame.map.get(key)?;
-            current.visible().then(|| f(leaf))
+            fast(Fast::visible).then(|| f(leaf))
         })
         // Once the thread is being torn down, its context is gone.
         .ok()
@@ -149,19 +360,66 @@ pub(crate) enum Unwritable {
     ThreadExiting,
 }
 
+/// Runs `f` on the thread's current frame to change it, after invalidating the read cache,
+/// with what `Fast` says of the frame. `None` once the thread's state is gone.
+#[inline]
+fn change<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|current| {
+            let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
+            fast(|fast| {
+                fast.changed();
+                f(&mut current.frame, fast)
+            })
+        })
+        .ok()
+}
+
+/// What a swap replaces besides the frame, to be put back when swapping back.
+#[derive(Clone, Copy)]
+struct Outer {
+    owner: Task,
+    /// Reads under way in the frame swapped out (see `Fast::reading`).
+    reading: u32,
+}
+
+/// Swaps `frame` with the thread's current frame, which `outer` now describes; returns what
+/// described the frame swapped out. `None` (nothing swapped) once the thread's state is gone.
+///
+/// Unlike a write, a swap is allowed while `get` clones a value (a `Clone` impl may run code
+/// in a context of its own): the frame that holds the value is moved, unchanged, into the
+/// storage of the entered context, which stays borrowed until the swap back. The count of
+/// reads under way moves with it, so that the entered context can be written freely.
+#[inline]
+fn swap(frame: &mut Frame, outer: Outer) -> Option<Outer> {
+    CURRENT
+        .try_with(|current| {
+            let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
+            fast(|fast| {
+                fast.bump();
+                std::mem::swap(&mut current.frame, frame);
+                Outer {
+                    owner: fast.owner.replace(outer.owner),
+                    reading: fast.reading.replace(outer.reading),
+                }
+            })
+        })
+        .ok()
+}
+
 /// Runs `f` on the frame that `set` writes to.
 ///
 /// # Errors
 /// [`Unwritable`] where there is none.
+#[inline]
 pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable> {
     // `f` owns values (the one being set, a token's old value, a guard's saved map): where it
     // is not called, it is dropped after the borrow ends, so that their `Drop` may read
     // variables.
     let mut f = Some(f);
-    let result = CURRENT.try_with(|current| {
-        let mut current = current.try_borrow_mut().expect(REENTERED);
-        if current.visible() {
-            Ok(f.take().expect("called once")(&mut current.frame))
+    let result = change(|frame, fast| {
+        if fast.visible() {
+            Ok(f.take().expect("called once")(frame))
         } else {
             Err(Unwritable::NoContext)
         }
@@ -177,20 +435,15 @@ pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable>
 ///
 /// The caller has just entered the context whose values are to go, so the frame is visible.
 pub(crate) fn drop_bindings() {
-    let with_frame = |f: &mut dyn FnMut(&mut Frame)| {
-        let _ =
-            CURRENT.try_with(|current| f(&mut current.try_borrow_mut().expect(REENTERED).frame));
-    };
     loop {
         let mut keys = Vec::new();
-        with_frame(&mut |frame| keys.extend(frame.map.iter().map(|leaf| leaf.key)));
+        change(|frame, _| keys.extend(frame.map.iter().map(|leaf| leaf.key)));
         if keys.is_empty() {
             break;
         }
         keys.sort_unstable_by(|a, b| b.cmp(a));
         for key in keys {
-            let mut value = None;
-            with_frame(&mut |frame| value = frame.map.remove(key));
+            let value = change(|frame, _| frame.map.remove(key));
             // Dropped with the thread state released.
             drop(value);
         }
@@ -202,8 +455,8 @@ pub(crate) fn drop_bindings() {
 pub(crate) fn snapshot() -> Map {
     CURRENT
         .try_with(|current| {
-            let current = current.try_borrow().expect(REENTERED);
-            if current.visible() {
+            let current = current.try_borrow().unwrap_or_else(|_| reentered());
+            if fast(Fast::visible) {
                 current.frame.map.clone()
             } else {
                 Map::EMPTY
@@ -217,36 +470,26 @@ pub(crate) fn snapshot() -> Map {
 /// was current before.
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
-    /// What `Current::owner` was before; `None` if nothing was swapped (thread exiting).
-    outer_owner: Option<Task>,
+    /// What described what was current before; `None` if nothing was swapped (thread
+    /// exiting).
+    outer: Option<Outer>,
 }
 
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let task = running_task();
-        let outer_owner = CURRENT
-            .try_with(|current| {
-                let mut current = current.try_borrow_mut().expect(REENTERED);
-                std::mem::swap(&mut current.frame, frame);
-                std::mem::replace(&mut current.owner, task)
-            })
-            .ok();
-        Entered { frame, outer_owner }
+        let owner = running_task();
+        let outer = swap(frame, Outer { owner, reading: 0 });
+        Entered { frame, outer }
     }
 }
 
 impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(outer_owner) = self.outer_owner {
-            let frame = &mut *self.frame;
+        if let Some(outer) = self.outer {
             // If the thread state is gone by now, the bindings went with it.
-            let _ = CURRENT.try_with(|current| {
-                let mut current = current.try_borrow_mut().expect(REENTERED);
-                std::mem::swap(&mut current.frame, frame);
-                current.owner = outer_owner;
-            });
+            swap(self.frame, outer);
         }
     }
 }
@@ -268,13 +511,15 @@ impl Drop for Entered<'_> {
 #[cfg(feature = "hooks")]
 #[inline]
 pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Task> {
-    CURRENT
-        .try_with(|current| {
-            let mut current = current.try_borrow_mut().expect(REENTERED);
-            std::mem::swap(&mut current.frame, frame);
-            current.owner.replace(task)
-        })
-        .ok()
+    // No read is under way between polls.
+    let outer = swap(
+        frame,
+        Outer {
+            owner: Some(task),
+            reading: 0,
+        },
+    )?;
+    Some(outer.owner)
 }
 
 /// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,
@@ -283,9 +528,11 @@ pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Ta
 #[inline]
 pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
     // If the thread state is gone by now, the bindings went with it.
-    let _ = CURRENT.try_with(|current| {
-        let mut current = current.try_borrow_mut().expect(REENTERED);
-        std::mem::swap(&mut current.frame, frame);
-        current.owner = outer_owner;
-    });
+    swap(
+        frame,
+        Outer {
+            owner: outer_owner,
+            reading: 0,
+        },
+    );
 }

@@ -73,6 +73,7 @@ impl<F> WithContext<F> {
     /// Polls the inner future (or stream) with the context entered, and drops it there as
     /// soon as `finished` says it is done, so that `Drop` has nothing left to do and need not
     /// enter the context a second time. `None` once the inner one is gone.
+    #[inline]
     fn poll_in_context<R>(
         self: Pin<&mut Self>,
         poll: impl FnOnce(Pin<&mut F>) -> R,
@@ -91,6 +92,7 @@ impl<F> WithContext<F> {
 impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         self.poll_in_context(|inner| inner.poll(cx), Poll::is_ready)
             .expect("`WithContext` polled after it completed")
