@@ -347,11 +347,20 @@ impl Drop for Context {
     /// The values only this context holds are dropped inside it, so that their `Drop` may
     /// read and set context variables (what it sets is dropped with the rest). A context that
     /// shares its bindings with another (a snapshot nobody wrote to) only loses a reference.
+    #[inline]
     fn drop(&mut self) {
         if self.frame.map.may_drop_values() {
-            let _entered = self.enter();
-            current::drop_bindings();
+            self.drop_values();
         }
+    }
+}
+
+impl Context {
+    /// Out of line: most contexts dropped are snapshots that share their bindings.
+    #[inline(never)]
+    fn drop_values(&mut self) {
+        let _entered = self.enter();
+        current::drop_bindings();
     }
 }
 

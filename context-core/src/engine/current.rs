@@ -129,18 +129,25 @@ thread_local! {
 /// How many keys the table holds; keys are dense, so `key % CACHE_SLOTS` spreads them.
 const CACHE_SLOTS: usize = 64;
 
-/// Where a key's value was in the current frame; null if it was unbound.
+/// Where a key's value was in the current frame.
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The stamp the entry was made at (high 32 bits) and the key (low 32 bits): one compare
-    /// checks both.
+    /// The stamp the entry was made at (the high 31 bits), [`UNBOUND`] if the key was
+    /// unbound then, and the key (the low 32 bits): one compare checks all three.
     tag: u64,
+    /// The value; null for an unbound key.
     value: *const (),
 }
 
+/// One step of `Fast::stamp`, which lives above the [`UNBOUND`] bit and the key.
+const STAMP_STEP: u64 = 1 << 33;
+
+/// The tag bit of an entry that found its key unbound.
+const UNBOUND: u64 = 1 << 32;
+
 struct Fast {
-    /// Bumped before every change to the thread's current frame. Kept shifted into the high
-    /// 32 bits, as entries' tags hold it; never 0.
+    /// Bumped (by [`STAMP_STEP`]) before every change to the thread's current frame. Kept
+    /// shifted into the high bits, as entries' tags hold it; never 0.
     stamp: Cell<u64>,
     /// The task that made the current frame current: `NO_TASK` for the thread's own context
     /// and for a context entered outside any task. Only code of that task sees the frame.
@@ -148,10 +155,9 @@ struct Fast {
     /// polled by a runtime driven inside `Context::run`, or by a `LocalSet` inside a
     /// context's future) sees an empty context and cannot write.
     owner: Cell<Task>,
-    /// How many `get`s are cloning a value out of the current frame right now (a `Clone`
-    /// impl may read too): the frame must not be written meanwhile. A swap saves and
-    /// restores it with the frame.
-    reading: Cell<u32>,
+    /// Whether a `get` is cloning a value out of the current frame right now: the frame must
+    /// not be written meanwhile. A swap saves and restores it with the frame.
+    reading: Cell<bool>,
     entries: [Cell<Entry>; CACHE_SLOTS],
 }
 
@@ -159,9 +165,9 @@ thread_local! {
     static FAST: Fast = const {
         Fast {
             // Entries start with tag 0, which no stamp makes.
-            stamp: Cell::new(1 << 32),
+            stamp: Cell::new(STAMP_STEP),
             owner: Cell::new(NO_TASK),
-            reading: Cell::new(0),
+            reading: Cell::new(false),
             entries: [const {
                 Cell::new(Entry { tag: 0, value: std::ptr::null() })
             }; CACHE_SLOTS],
@@ -181,20 +187,21 @@ fn fast<R>(f: impl FnOnce(&Fast) -> R) -> R {
 }
 
 impl Fast {
-    /// Called before a binding of the thread's current frame is added, replaced or removed.
-    /// Panics, changing nothing, while a value is being cloned out of the frame.
+    /// Called before a binding of the thread's current frame is added, replaced or removed:
+    /// panics, changing nothing, while `get` clones a value (the `Clone` impl sets a variable).
+    /// It may have entered a context of its own first, which would be safe to write to; that
+    /// is refused too, since nothing here tracks which frame the read is in.
     #[inline]
-    fn changed(&self) {
-        if self.reading.get() != 0 {
+    fn refuse_while_reading(&self) {
+        if self.reading.get() {
             reentered();
         }
-        self.bump();
     }
 
     /// Invalidates every entry of the read cache.
     #[inline]
     fn bump(&self) {
-        let next = self.stamp.get().wrapping_add(1 << 32);
+        let next = self.stamp.get().wrapping_add(STAMP_STEP);
         if next == 0 {
             self.wrap();
         } else {
@@ -202,7 +209,7 @@ impl Fast {
         }
     }
 
-    /// After 2^32 changes the stamps start over: forget every entry first, so that none made
+    /// After 2^31 changes the stamps start over: forget every entry first, so that none made
     /// at an old stamp can match a new one.
     #[cold]
     fn wrap(&self) {
@@ -212,7 +219,7 @@ impl Fast {
                 value: std::ptr::null(),
             });
         }
-        self.stamp.set(1 << 32);
+        self.stamp.set(STAMP_STEP);
     }
 
     /// Whether the code running now may see and write the current frame.
@@ -252,13 +259,16 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
     assign_key: impl FnOnce() -> u32,
 ) -> Option<T> {
     fast(|fast| {
+        let tag = fast.stamp.get() | u64::from(key);
         let entry = fast.entry(key).get();
-        let value = if entry.tag == fast.stamp.get() | u64::from(key) {
+        let value = if entry.tag == tag {
             entry.value
+        } else if entry.tag == tag | UNBOUND {
+            return None;
         } else {
-            fill::<T>(fast, assign_key())
+            fill::<T>(fast, assign_key())?
         };
-        if value.is_null() || !fast.visible() {
+        if !fast.visible() {
             return None;
         }
         let _reading = Reading::begin(fast);
@@ -276,22 +286,23 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   maps are never written (writes go through `Arc::make_mut`, which copies a shared
         //   node), and this frame's own nodes are written only through `write`. So the `Arc`
         //   and the value it owns are alive and unmoved.
-        // - While `clone` runs, `reading` counts this read, and a write to the frame that
-        //   holds the value (`Fast::changed`) panics before it changes anything: a `Clone`
-        //   impl that sets or resets a variable cannot free the value it is being cloned
-        //   from. Entering a context from it is allowed: the swap moves this frame, unchanged,
-        //   into the entered context's storage, which stays borrowed until the swap back, and
-        //   moves the count with it (`swap`), so that only the entered context is writable.
+        // - While `clone` runs, `reading` is set, and a write (`write`, which calls
+        //   `Fast::refuse_while_reading`) panics before it changes anything: a `Clone` impl
+        //   that sets or resets a variable cannot free the value it is being cloned from.
+        //   Entering a context from it is allowed: the swap moves this frame, unchanged, into
+        //   the entered context's storage, which stays borrowed until the swap back; and
+        //   `drop_bindings` only ever empties a context just entered, never this frame.
         let value = unsafe { &*value.cast::<T>() };
         Some(value.clone())
     })
 }
 
-/// Looks `key` up in the current frame and records where its value is (null where it is
-/// unbound), for this stamp. Null, recording nothing, once the thread's frame is gone.
+/// Looks `key` up in the current frame and records where its value is (or that it is
+/// unbound), for this stamp. `None` where it is unbound, and, recording nothing, once the
+/// thread's frame is gone.
 #[cold]
 #[inline(never)]
-fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> *const () {
+fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
     let value = CURRENT.try_with(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
@@ -304,32 +315,35 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> *const () {
         })
     });
     let Ok(value) = value else {
-        return std::ptr::null();
+        return None;
     };
+    let unbound = if value.is_null() { UNBOUND } else { 0 };
     fast.entry(key).set(Entry {
-        tag: fast.stamp.get() | u64::from(key),
+        tag: fast.stamp.get() | unbound | u64::from(key),
         value,
     });
-    value
+    (!value.is_null()).then_some(value)
 }
 
-/// Counts one read in `reading` for as long as it lives, also when `clone` panics.
+/// Sets `reading` for as long as it lives, then puts back what it was (a `Clone` impl may
+/// read too), also when `clone` panics.
 struct Reading<'a> {
     fast: &'a Fast,
+    outer: bool,
 }
 
 impl<'a> Reading<'a> {
     #[inline]
     fn begin(fast: &'a Fast) -> Self {
-        fast.reading.set(fast.reading.get() + 1);
-        Reading { fast }
+        let outer = fast.reading.replace(true);
+        Reading { fast, outer }
     }
 }
 
 impl Drop for Reading<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.fast.reading.set(self.fast.reading.get() - 1);
+        self.fast.reading.set(self.outer);
     }
 }
 
@@ -364,44 +378,42 @@ pub(crate) enum Unwritable {
 /// with what `Fast` says of the frame. `None` once the thread's state is gone.
 #[inline]
 fn change<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
+    change_entered(|frame, fast| {
+        fast.refuse_while_reading();
+        f(frame, fast)
+    })
+}
+
+/// [`change`], for a frame the caller has just entered: no read can be under way in it, since
+/// `get` only reads the frame current when it starts, and that frame is now swapped out.
+#[inline]
+fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
     CURRENT
         .try_with(|current| {
             let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
             fast(|fast| {
-                fast.changed();
+                fast.bump();
                 f(&mut current.frame, fast)
             })
         })
         .ok()
 }
 
-/// What a swap replaces besides the frame, to be put back when swapping back.
-#[derive(Clone, Copy)]
-struct Outer {
-    owner: Task,
-    /// Reads under way in the frame swapped out (see `Fast::reading`).
-    reading: u32,
-}
-
-/// Swaps `frame` with the thread's current frame, which `outer` now describes; returns what
-/// described the frame swapped out. `None` (nothing swapped) once the thread's state is gone.
+/// Swaps `frame` with the thread's current frame and makes `owner` its owner; returns the
+/// previous owner. `None` (nothing swapped) once the thread's state is gone.
 ///
 /// Unlike a write, a swap is allowed while `get` clones a value (a `Clone` impl may run code
 /// in a context of its own): the frame that holds the value is moved, unchanged, into the
-/// storage of the entered context, which stays borrowed until the swap back. The count of
-/// reads under way moves with it, so that the entered context can be written freely.
+/// storage of the entered context, which stays borrowed until the swap back.
 #[inline]
-fn swap(frame: &mut Frame, outer: Outer) -> Option<Outer> {
+fn swap(frame: &mut Frame, owner: Task) -> Option<Task> {
     CURRENT
         .try_with(|current| {
             let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
             fast(|fast| {
                 fast.bump();
                 std::mem::swap(&mut current.frame, frame);
-                Outer {
-                    owner: fast.owner.replace(outer.owner),
-                    reading: fast.reading.replace(outer.reading),
-                }
+                fast.owner.replace(owner)
             })
         })
         .ok()
@@ -437,13 +449,13 @@ pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable>
 pub(crate) fn drop_bindings() {
     loop {
         let mut keys = Vec::new();
-        change(|frame, _| keys.extend(frame.map.iter().map(|leaf| leaf.key)));
+        change_entered(|frame, _| keys.extend(frame.map.iter().map(|leaf| leaf.key)));
         if keys.is_empty() {
             break;
         }
         keys.sort_unstable_by(|a, b| b.cmp(a));
         for key in keys {
-            let value = change(|frame, _| frame.map.remove(key));
+            let value = change_entered(|frame, _| frame.map.remove(key));
             // Dropped with the thread state released.
             drop(value);
         }
@@ -470,26 +482,24 @@ pub(crate) fn snapshot() -> Map {
 /// was current before.
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
-    /// What described what was current before; `None` if nothing was swapped (thread
-    /// exiting).
-    outer: Option<Outer>,
+    /// The owner of what was current before; `None` if nothing was swapped (thread exiting).
+    outer_owner: Option<Task>,
 }
 
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let owner = running_task();
-        let outer = swap(frame, Outer { owner, reading: 0 });
-        Entered { frame, outer }
+        let outer_owner = swap(frame, running_task());
+        Entered { frame, outer_owner }
     }
 }
 
 impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(outer) = self.outer {
+        if let Some(outer_owner) = self.outer_owner {
             // If the thread state is gone by now, the bindings went with it.
-            swap(self.frame, outer);
+            swap(self.frame, outer_owner);
         }
     }
 }
@@ -511,15 +521,7 @@ impl Drop for Entered<'_> {
 #[cfg(feature = "hooks")]
 #[inline]
 pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Task> {
-    // No read is under way between polls.
-    let outer = swap(
-        frame,
-        Outer {
-            owner: Some(task),
-            reading: 0,
-        },
-    )?;
-    Some(outer.owner)
+    swap(frame, Some(task))
 }
 
 /// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,
@@ -528,11 +530,53 @@ pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Ta
 #[inline]
 pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
     // If the thread state is gone by now, the bindings went with it.
-    swap(
-        frame,
-        Outer {
-            owner: outer_owner,
-            reading: 0,
-        },
-    );
+    swap(frame, outer_owner);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Context, ContextVar, Key, NoDefault};
+
+    enum Name {}
+
+    impl Key for Name {
+        type Value = String;
+        type Default = NoDefault;
+    }
+
+    static NAME: ContextVar<Name> = ContextVar::new("name");
+
+    #[test]
+    fn when_the_stamps_start_over_every_entry_is_forgotten_first() {
+        let mut ctx = Context::new().with_value(&NAME, "a".to_string());
+        ctx.run(|| {
+            // Two changes before the stamps run out.
+            fast(|fast| fast.stamp.set(0_u64.wrapping_sub(2 * STAMP_STEP)));
+            assert_eq!(NAME.get().as_deref(), Some("a"));
+            let token = NAME.set("b".to_string());
+            assert_eq!(NAME.get().as_deref(), Some("b"));
+            // The second change runs out of stamps: the table is cleared, stamps start over.
+            NAME.reset(token).unwrap();
+            assert_eq!(fast(|fast| fast.stamp.get()), STAMP_STEP);
+            assert!(fast(|fast| fast
+                .entries
+                .iter()
+                .all(|entry| entry.get().tag == 0)));
+            assert_eq!(NAME.get().as_deref(), Some("a"));
+            assert_eq!(NAME.get().as_deref(), Some("a"));
+        });
+        assert_eq!(NAME.get(), None);
+    }
+
+    #[test]
+    fn a_key_read_as_unbound_reads_as_bound_once_set() {
+        let mut ctx = Context::new();
+        ctx.run(|| {
+            assert_eq!(NAME.get(), None);
+            assert_eq!(NAME.get(), None);
+            let _token = NAME.set("now".to_string());
+            assert_eq!(NAME.get().as_deref(), Some("now"));
+        });
+    }
 }
