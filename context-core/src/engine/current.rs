@@ -13,6 +13,7 @@
 //! owner.
 
 use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -97,17 +98,58 @@ struct Current {
     frame: Frame,
 }
 
-impl Drop for Current {
-    fn drop(&mut self) {
-        // The thread is exiting and the frame's values go now: no cached read may reach
-        // them any more. (No `reading` check: a panic here would abort, and no read is under
-        // way while thread-locals are destroyed.)
-        fast(Fast::bump);
+thread_local! {
+    /// The thread's current frame. Held without a destructor (`ManuallyDrop`), so that every
+    /// access is a plain thread-local access with no "is it still alive" check: reads and
+    /// swaps are the hot paths. `TEARDOWN` drops the frame's values at thread exit instead.
+    static CURRENT: ManuallyDrop<RefCell<Current>> =
+        const { ManuallyDrop::new(RefCell::new(Current { frame: Frame::EMPTY })) };
+
+    /// Registered by the first write on the thread (nothing else can leave values in
+    /// `CURRENT`: a swap always swaps back): at thread exit it takes the thread's own
+    /// context out of `CURRENT` and drops its values. Once it has run, writes are refused
+    /// (`Unwritable::ThreadExiting`), so nothing can be left behind to leak.
+    static TEARDOWN: Teardown = const { Teardown };
+}
+
+/// Runs `f` on this thread's `CURRENT` (see [`fast`] for why not `LocalKey::with`).
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn current<R>(f: impl FnOnce(&RefCell<Current>) -> R) -> R {
+    match CURRENT.try_with(|current| f(current)) {
+        Ok(result) => result,
+        Err(_) => unreachable!("a thread-local without a destructor stays accessible"),
     }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Current> = const { RefCell::new(Current { frame: Frame::EMPTY }) };
+/// Whether this thread may still write: registers [`TEARDOWN`] on first use, and says no
+/// once it has run.
+#[inline]
+fn may_write() -> bool {
+    TEARDOWN.try_with(|_| ()).is_ok()
+}
+
+struct Teardown;
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        // The thread is exiting and its context's values go now: no cached read may reach
+        // them any more. (No `reading` check: a panic here would abort, and no read is under
+        // way while thread-locals are destroyed.)
+        fast(Fast::bump);
+        let frame = current(|current| {
+            std::mem::replace(
+                &mut current
+                    .try_borrow_mut()
+                    .unwrap_or_else(|_| reentered())
+                    .frame,
+                Frame::EMPTY,
+            )
+        });
+        // Dropped with nothing borrowed: a value's `Drop` may read (it finds nothing) and
+        // try to set (it is refused).
+        drop(frame);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,8 +327,9 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         // - The stamp is unchanged (stamps are never reused: `Fast::wrap` clears the table
         //   before they start over), so the frame has not changed since: every change to it
         //   (a swap in `Entered` and the hooks, a write through `write`, `drop_bindings`, the
-        //   thread's teardown in `Current`'s `Drop`) bumps the stamp first, and nothing
-        //   outside this file reaches `CURRENT`. The frame holds its map's root, the root
+        //   thread's teardown in `Teardown`'s `Drop`) bumps the stamp first, and nothing
+        //   outside this file reaches `CURRENT` (which has no destructor of its own: its
+        //   frame is only ever dropped by `Teardown`). The frame holds its map's root, the root
         //   holds the leaf, the leaf holds the `Arc` of the value. Nodes shared with other
         //   maps are never written (writes go through `Arc::make_mut`, which copies a shared
         //   node), and this frame's own nodes are written only through `write`. So the `Arc`
@@ -303,12 +346,11 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
 }
 
 /// Looks `key` up in the current frame and records where its value is (or that it is
-/// unbound), for this stamp. `None` where it is unbound, and, recording nothing, once the
-/// thread's frame is gone.
+/// unbound), for this stamp. `None` where it is unbound.
 #[cold]
 #[inline(never)]
 fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
-    let value = CURRENT.try_with(|current| {
+    let value = current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
             assert!(
@@ -319,9 +361,6 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
             Arc::as_ptr(&leaf.value).cast::<()>()
         })
     });
-    let Ok(value) = value else {
-        return None;
-    };
     let unbound = if value.is_null() { UNBOUND } else { 0 };
     fast.entry(key).set(Entry {
         tag: fast.stamp.get() | unbound | u64::from(key),
@@ -357,17 +396,13 @@ impl Drop for Reading<'_> {
 /// `f` runs with the thread's state borrowed: it may read variables, not set them.
 #[inline]
 pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
-    CURRENT
-        .try_with(|current| {
-            let current = current.try_borrow().unwrap_or_else(|_| reentered());
-            // Look first: a key bound nowhere reads as unset whoever is running, so only a
-            // hit needs to ask tokio which task that is.
-            let leaf = current.frame.map.get(key)?;
-            fast(Fast::visible).then(|| f(leaf))
-        })
-        // Once the thread is being torn down, its context is gone.
-        .ok()
-        .flatten()
+    current(|current| {
+        let current = current.try_borrow().unwrap_or_else(|_| reentered());
+        // Look first: a key bound nowhere reads as unset whoever is running, so only a
+        // hit needs to ask tokio which task that is.
+        let leaf = current.frame.map.get(key)?;
+        fast(Fast::visible).then(|| f(leaf))
+    })
 }
 
 /// Why there is no frame to write to.
@@ -380,48 +415,48 @@ pub(crate) enum Unwritable {
 }
 
 /// Runs `f` on the thread's current frame to change it, after invalidating the read cache,
-/// with what `Fast` says of the frame. `None` once the thread's state is gone.
+/// with what `Fast` says of the frame. `None` once the thread is exiting (see `TEARDOWN`).
 #[inline]
 fn change<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
-    change_entered(|frame, fast| {
+    if !may_write() {
+        return None;
+    }
+    Some(change_entered(|frame, fast| {
         fast.refuse_while_reading();
         f(frame, fast)
-    })
+    }))
 }
 
 /// [`change`], for a frame the caller has just entered: no read can be under way in it, since
 /// `get` only reads the frame current when it starts, and that frame is now swapped out.
+/// It only ever removes bindings, so it needs no `may_write`.
 #[inline]
-fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
-    CURRENT
-        .try_with(|current| {
-            let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
-            fast(|fast| {
-                fast.bump();
-                f(&mut current.frame, fast)
-            })
+fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
+    current(|current| {
+        let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
+        fast(|fast| {
+            fast.bump();
+            f(&mut current.frame, fast)
         })
-        .ok()
+    })
 }
 
 /// Swaps `frame` with the thread's current frame and makes `owner` its owner; returns the
-/// previous owner. `None` (nothing swapped) once the thread's state is gone.
+/// previous owner.
 ///
 /// Unlike a write, a swap is allowed while `get` clones a value (a `Clone` impl may run code
 /// in a context of its own): the frame that holds the value is moved, unchanged, into the
 /// storage of the entered context, which stays borrowed until the swap back.
 #[inline]
-fn swap(frame: &mut Frame, owner: Task) -> Option<Task> {
-    CURRENT
-        .try_with(|current| {
-            let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
-            fast(|fast| {
-                fast.bump();
-                std::mem::swap(&mut current.frame, frame);
-                fast.owner.replace(owner)
-            })
+fn swap(frame: &mut Frame, owner: Task) -> Task {
+    current(|current| {
+        let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
+        fast(|fast| {
+            fast.bump();
+            std::mem::swap(&mut current.frame, frame);
+            fast.owner.replace(owner)
         })
-        .ok()
+    })
 }
 
 /// Runs `f` on the frame that `set` writes to.
@@ -470,16 +505,14 @@ pub(crate) fn drop_bindings() {
 /// A copy of the visible bindings (empty in a task outside any context).
 #[inline]
 pub(crate) fn snapshot() -> Map {
-    CURRENT
-        .try_with(|current| {
-            let current = current.try_borrow().unwrap_or_else(|_| reentered());
-            if fast(Fast::visible) {
-                current.frame.map.clone()
-            } else {
-                Map::EMPTY
-            }
-        })
-        .unwrap_or_default()
+    current(|current| {
+        let current = current.try_borrow().unwrap_or_else(|_| reentered());
+        if fast(Fast::visible) {
+            current.frame.map.clone()
+        } else {
+            Map::EMPTY
+        }
+    })
 }
 
 /// While alive, `frame` is the thread's current context. Dropping it (on return, on early
@@ -487,8 +520,8 @@ pub(crate) fn snapshot() -> Map {
 /// was current before.
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
-    /// The owner of what was current before; `None` if nothing was swapped (thread exiting).
-    outer_owner: Option<Task>,
+    /// The owner of what was current before.
+    outer_owner: Task,
 }
 
 impl<'a> Entered<'a> {
@@ -502,10 +535,7 @@ impl<'a> Entered<'a> {
 impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(outer_owner) = self.outer_owner {
-            // If the thread state is gone by now, the bindings went with it.
-            swap(self.frame, outer_owner);
-        }
+        swap(self.frame, self.outer_owner);
     }
 }
 
@@ -526,7 +556,12 @@ impl Drop for Entered<'_> {
 #[cfg(feature = "hooks")]
 #[inline]
 pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Task> {
-    swap(frame, Some(task))
+    // A task's context swapped in here is swapped out by the after-poll hook; should a
+    // thread end between the two, `TEARDOWN` must be there to drop it.
+    if !may_write() {
+        return None;
+    }
+    Some(swap(frame, Some(task)))
 }
 
 /// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,
@@ -534,7 +569,6 @@ pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Ta
 #[cfg(feature = "hooks")]
 #[inline]
 pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
-    // If the thread state is gone by now, the bindings went with it.
     swap(frame, outer_owner);
 }
 
