@@ -457,3 +457,61 @@ fn futures_dropped_at_shutdown_read_an_empty_context() {
         );
     }
 }
+
+/// The hooks enter a task's context only when the poll first uses it: a spawn, a snapshot, a
+/// read that the cache cannot answer, or a write. Polls that use nothing in between must not
+/// lose it, and must not let the worker's own context show through.
+#[test]
+fn a_context_entered_only_when_a_poll_first_uses_it_is_the_tasks_own() {
+    let runtime = hooked(true);
+    let mut ctx = Context::new()
+        .with_value(&USER, "ann")
+        .with_value(&REQUEST, 1);
+    let seen = ctx.run(|| {
+        runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..64_u64 {
+                tasks.push(tokio::spawn(async move {
+                    // Several polls that touch nothing.
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                    // A spawn as the first use of the context in this poll: the child must
+                    // inherit the task's values, not the worker's.
+                    let child = tokio::spawn(async { (USER.get(), REQUEST.get()) });
+                    tokio::task::yield_now().await;
+                    // A snapshot as the first use.
+                    let snapshot = Context::current();
+                    tokio::task::yield_now().await;
+                    // A write as the first use, then reads.
+                    let _request = REQUEST.set(100 + i);
+                    tokio::task::yield_now().await;
+                    let after_yield = (USER.get(), REQUEST.get());
+                    (
+                        child.await.unwrap(),
+                        snapshot.get(&USER).copied(),
+                        after_yield,
+                    )
+                }));
+            }
+            let mut seen = Vec::new();
+            for task in tasks {
+                seen.push(task.await.unwrap());
+            }
+            seen
+        })
+    });
+    for (i, got) in (0..64_u64).zip(seen) {
+        assert_eq!(
+            got,
+            (
+                (Some("ann"), Some(1)),
+                Some("ann"),
+                (Some("ann"), Some(100 + i))
+            ),
+            "task {i}"
+        );
+    }
+    // Nothing the tasks set reached the spawner's context.
+    assert_eq!(ctx.get(&REQUEST), Some(&1));
+}

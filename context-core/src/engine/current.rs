@@ -198,9 +198,21 @@ struct Fast {
     /// context's future) sees an empty context and cannot write.
     owner: Cell<Task>,
     /// Whether a `get` is cloning a value out of the current frame right now: the frame must
-    /// not be written meanwhile. A swap saves and restores it with the frame.
+    /// not be written meanwhile (`Fast::refuse_while_reading`).
     reading: Cell<bool>,
     entries: [Cell<Entry>; CACHE_SLOTS],
+    /// A task's context that the runtime hooks want current for the poll under way, entered
+    /// only once something on this thread needs the current frame (see [`enter_later`]).
+    #[cfg(feature = "hooks")]
+    pending: Cell<Option<Pending>>,
+}
+
+/// A deferred enter: `enter(task)` makes `task`'s context current.
+#[cfg(feature = "hooks")]
+#[derive(Clone, Copy)]
+struct Pending {
+    task: tokio::task::Id,
+    enter: fn(tokio::task::Id),
 }
 
 thread_local! {
@@ -213,6 +225,8 @@ thread_local! {
             entries: [const {
                 Cell::new(Entry { tag: 0, value: std::ptr::null() })
             }; CACHE_SLOTS],
+            #[cfg(feature = "hooks")]
+            pending: Cell::new(None),
         }
     };
 }
@@ -232,6 +246,17 @@ fn fast<R>(f: impl FnOnce(&Fast) -> R) -> R {
 }
 
 impl Fast {
+    /// Carries out a deferred enter (see [`enter_later`]), if one is waiting: called first by
+    /// everything that reads, writes or swaps the current frame, except `get`'s cache hits,
+    /// which cannot happen while one waits (`enter_later` bumps the stamp).
+    #[inline]
+    fn resolve(&self) {
+        #[cfg(feature = "hooks")]
+        if let Some(pending) = self.pending.take() {
+            (pending.enter)(pending.task);
+        }
+    }
+
     /// Called before a binding of the thread's current frame is added, replaced or removed:
     /// panics, changing nothing, while `get` clones a value (the `Clone` impl sets a variable).
     /// It may have entered a context of its own first, which would be safe to write to; that
@@ -350,6 +375,7 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
 #[cold]
 #[inline(never)]
 fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
+    fast.resolve();
     let value = current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
@@ -396,6 +422,7 @@ impl Drop for Reading<'_> {
 /// `f` runs with the thread's state borrowed: it may read variables, not set them.
 #[inline]
 pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
+    fast(Fast::resolve);
     current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         // Look first: a key bound nowhere reads as unset whoever is running, so only a
@@ -421,6 +448,7 @@ fn change<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
     if !may_write() {
         return None;
     }
+    fast(Fast::resolve);
     Some(change_entered(|frame, fast| {
         fast.refuse_while_reading();
         f(frame, fast)
@@ -505,6 +533,7 @@ pub(crate) fn drop_bindings() {
 /// A copy of the visible bindings (empty in a task outside any context).
 #[inline]
 pub(crate) fn snapshot() -> Map {
+    fast(Fast::resolve);
     current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         if fast(Fast::visible) {
@@ -527,6 +556,7 @@ pub(crate) struct Entered<'a> {
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
+        fast(Fast::resolve);
         let outer_owner = swap(frame, running_task());
         Entered { frame, outer_owner }
     }
@@ -548,6 +578,37 @@ impl Drop for Entered<'_> {
 // (the task's, between the calls the thread's previous one) and the returned owner, and hands
 // both back to `exit_owned`.
 // ---------------------------------------------------------------------------------------------
+
+/// For the before-poll hook: `task`'s context is to be current for the poll that starts, but
+/// `enter(task)` makes it current only when something on this thread first needs the current
+/// frame: a read that misses the cache, a write, a snapshot, entering another context. A poll
+/// that touches no variable (most polls of most tasks: a socket read, a timer) then costs the
+/// hooks no lock at all.
+#[cfg(feature = "hooks")]
+pub(crate) fn enter_later(task: tokio::task::Id, enter: fn(tokio::task::Id)) {
+    fast(|fast| {
+        // Polls nest only in unusual setups (a hooked runtime driven inside a task's poll);
+        // the outer poll's context is entered first, so that they stack.
+        fast.resolve();
+        // Whatever the cache knows is about the frame current now, which this task must not
+        // read: it reads its own, once entered.
+        fast.bump();
+        fast.pending.set(Some(Pending { task, enter }));
+    });
+}
+
+/// For the after-poll hook: whether `task`'s deferred enter never happened, which leaves
+/// nothing to undo (it is forgotten).
+#[cfg(feature = "hooks")]
+pub(crate) fn cancel_later(task: tokio::task::Id) -> bool {
+    fast(|fast| match fast.pending.get() {
+        Some(pending) if pending.task == task => {
+            fast.pending.set(None);
+            true
+        }
+        _ => false,
+    })
+}
 
 /// Makes `frame` the thread's current context for `task`, which need not be the task tokio
 /// reports as running now (inside a poll hook it is not). `frame` receives what was current;

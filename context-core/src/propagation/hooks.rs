@@ -205,9 +205,16 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
 /// Install it together with [`on_after_task_poll`], never alone: a poll that finds the task's
 /// context still out on another worker waits for that worker's after-poll hook to bring it
 /// back (see below), and without that hook it would wait forever.
+///
+/// The context is entered when the task first uses it during the poll (a read, a write, a
+/// snapshot, a spawn): a poll that uses none costs no lock.
 #[inline]
 pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
-    let id = meta.id();
+    current::enter_later(meta.id(), enter_now);
+}
+
+/// Enters `id`'s context now: what [`on_before_task_poll`] defers.
+fn enter_now(id: Id) {
     if !try_enter(id) {
         wait_and_enter(id);
     }
@@ -258,6 +265,10 @@ fn wait_and_enter(id: Id) {
 #[inline]
 pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
     let id = meta.id();
+    if current::cancel_later(id) {
+        // The poll never used the context: it was never entered.
+        return;
+    }
     let mut shard = shard(id);
     let Some(slot) = shard.get_mut(id) else {
         return;
