@@ -597,6 +597,12 @@ pub(crate) fn enter_later(task: tokio::task::Id, enter: fn(tokio::task::Id)) {
     });
 }
 
+/// The task whose context [`enter_later`] deferred and nothing has entered yet, if any.
+#[cfg(feature = "hooks")]
+pub(crate) fn pending_task() -> Option<tokio::task::Id> {
+    fast(|fast| fast.pending.get().map(|pending| pending.task))
+}
+
 /// For the after-poll hook: whether `task`'s deferred enter never happened, which leaves
 /// nothing to undo (it is forgotten).
 #[cfg(feature = "hooks")]
