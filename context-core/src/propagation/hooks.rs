@@ -320,12 +320,13 @@ pub fn on_task_terminate(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let ended = {
         let mut shard = shard(id);
-        match shard.get_mut(id) {
-            Some(slot) if slot.polling => {
+        let position = shard.position(id);
+        match position.and_then(|index| Some((index, shard.at(index)?))) {
+            Some((_, slot)) if slot.polling => {
                 slot.ended = true;
                 None
             }
-            Some(_) => shard.remove(id),
+            Some((index, _)) => shard.remove_at(index),
             None => {
                 // Either a task no hook stored (a blocking task), or one ended before its spawn
                 // hook ran (spawned on a runtime that has shut down), which must then store

@@ -113,7 +113,25 @@ impl<V> Table<V> {
     }
 
     pub(super) fn remove(&mut self, id: Id) -> Option<V> {
-        let mut hole = self.find(id)?;
+        let index = self.find(id)?;
+        self.remove_at(index)
+    }
+
+    /// Where `id` is stored, to look at with [`at`](Self::at) and remove with
+    /// [`remove_at`](Self::remove_at) without probing again.
+    #[inline]
+    pub(super) fn position(&self, id: Id) -> Option<usize> {
+        self.find(id)
+    }
+
+    /// The value stored at `index` (from [`position`](Self::position)).
+    #[inline]
+    pub(super) fn at(&mut self, index: usize) -> Option<&mut V> {
+        self.buckets[index].as_mut().map(|(_, value)| value)
+    }
+
+    /// Empties bucket `hole` (from [`position`](Self::position)) and returns its value.
+    pub(super) fn remove_at(&mut self, mut hole: usize) -> Option<V> {
         let (_, value) = self.buckets[hole].take()?;
         self.len -= 1;
         // Later entries of the same run whose probe starts at or before the hole move into it,
