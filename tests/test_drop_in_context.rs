@@ -270,3 +270,40 @@ async fn a_value_set_while_handling_a_request_is_dropped_inside_the_request_cont
         .collect();
     assert_eq!(dropped, expected);
 }
+
+#[test]
+fn a_value_shared_by_two_contexts_is_dropped_inside_the_last_one_to_go() {
+    let log = log();
+    let first = Context::new()
+        .with_value(&TENANT, 1)
+        .with_value(&HOLDER, SetsOnDrop::new("shared", &log));
+    // A copy that shares the value, with a tenant of its own.
+    let second = first.clone().with_value(&TENANT, 2);
+    // The first to go only lets go of its share: nothing is dropped, nothing seen.
+    drop(first);
+    assert!(log.lock().unwrap().is_empty());
+    assert!(second.get(&HOLDER).is_some());
+    // The last holder drops it inside itself.
+    drop(second);
+    assert_eq!(*log.lock().unwrap(), seen("shared", Some(2)));
+}
+
+#[test]
+fn a_temporary_context_drops_only_what_it_added_and_the_callers_values_stay() {
+    let log = log();
+    let mut ctx = Context::new()
+        .with_value(&TENANT, 3)
+        .with_value(&HOLDER, SetsOnDrop::new("caller's", &log));
+    ctx.run(|| {
+        // `sync_scope` runs in a copy with one value added; the copy goes at the end.
+        let seen_inside = TENANT.sync_scope(4, || (TENANT.get(), HOLDER.get().is_some()));
+        assert_eq!(seen_inside, (Some(4), true));
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "the caller's value was not dropped"
+        );
+        assert_eq!(TENANT.get(), Some(3));
+    });
+    drop(ctx);
+    assert_eq!(*log.lock().unwrap(), seen("caller's", Some(3)));
+}

@@ -507,17 +507,20 @@ pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable>
     result.unwrap_or(Err(Unwritable::ThreadExiting))
 }
 
-/// Drops every binding of the current context, inside it, one at a time: while a value is
-/// dropped, the values not dropped yet are still bound, so its `Drop` may read them, and may
-/// set variables (what it sets is dropped in the next round, until nothing is left). Values
-/// go in the reverse order of their variables' keys (first use in the process), newest
-/// first, as locals drop in reverse order of declaration.
+/// Drops every binding of the current context, inside it. The values it alone holds go one
+/// at a time: while a value is dropped, the values not dropped yet are still bound, so its
+/// `Drop` may read them, and may set variables (what it sets is dropped in the next round,
+/// until nothing is left). They go in the reverse order of their variables' keys (first use
+/// in the process), newest first, as locals drop in reverse order of declaration. What is
+/// left is shared with other contexts (a snapshot's bindings): it is released at once, still
+/// inside the context, which only lowers reference counts (and should another owner let go
+/// at the same moment, the last release still happens inside a context).
 ///
 /// The caller has just entered the context whose values are to go, so the frame is visible.
 pub(crate) fn drop_bindings() {
     loop {
         let mut keys = Vec::new();
-        change_entered(|frame, _| keys.extend(frame.map.iter().map(|leaf| leaf.key)));
+        change_entered(|frame, _| frame.map.owned_keys(&mut keys));
         if keys.is_empty() {
             break;
         }
@@ -528,6 +531,8 @@ pub(crate) fn drop_bindings() {
             drop(value);
         }
     }
+    let shared = change_entered(|frame, _| std::mem::take(&mut frame.map));
+    drop(shared);
 }
 
 /// A copy of the visible bindings (empty in a task outside any context).

@@ -278,6 +278,33 @@ impl Map {
         Some(value)
     }
 
+    /// Adds to `keys` the keys whose values this map alone keeps alive: the leaves on nodes
+    /// no other map shares, whose value has no other owner. Dropping the map would drop
+    /// exactly these values; the rest would only lose a reference.
+    pub(crate) fn owned_keys(&self, keys: &mut Vec<u32>) {
+        fn walk(branch: &Branch, keys: &mut Vec<u32>) {
+            for slot in &branch.slots {
+                match slot {
+                    Slot::Leaf(leaf) => {
+                        if Arc::strong_count(&leaf.value) == 1 {
+                            keys.push(leaf.key);
+                        }
+                    }
+                    Slot::Branch(child) => {
+                        if Arc::strong_count(child) == 1 {
+                            walk(child, keys);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(root) = &self.root {
+            if Arc::strong_count(root) == 1 {
+                walk(root, keys);
+            }
+        }
+    }
+
     pub(crate) fn iter(&self) -> Iter<'_> {
         let mut iter = Iter {
             stack: Default::default(),
