@@ -5,7 +5,11 @@
 //! Benchmark ids are `operation/implementation[/values bound]`, the same as the operations of
 //! `instructions.rs`; `scripts/bench-report` reads both. Rename all three together.
 
+#[macro_use]
 mod peers;
+
+// The values that fill the peers' contexts: the 1,000-value contexts are measured here.
+declare_fillers!(1000);
 
 use std::cell::{Cell, RefCell};
 use std::hint::black_box;

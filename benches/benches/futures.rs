@@ -6,7 +6,11 @@
 //! Benchmark ids are the operations of `instructions.rs`; `scripts/bench-report` reads both.
 //! Rename all three together.
 
+#[macro_use]
 mod peers;
+
+// The values that fill the peers' contexts: 8-value contexts only.
+declare_fillers!(7);
 
 use std::future::Future;
 use std::hint::black_box;

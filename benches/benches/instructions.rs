@@ -11,7 +11,11 @@
 //! Operation names are the benchmark ids of `context.rs` and `futures.rs`:
 //! `operation/implementation[/values bound]`.
 
+#[macro_use]
 mod peers;
+
+// The values that fill the peers' contexts: the 1,000-value contexts are measured here.
+declare_fillers!(1000);
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

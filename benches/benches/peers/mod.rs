@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::sync::{Once, OnceLock};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use contextvars_benches::{REQUEST_ID, context_with};
@@ -51,28 +51,61 @@ pub(crate) fn enter<R>(peer: Peer, n: usize, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Expands its body 1,000 times, each copy in a block of its own: items declared in the body
-/// (a type, a `static`) are then 1,000 distinct items, as 1,000 declarations in a program are.
-macro_rules! thousand_times {
-    (@hundreds $body:tt [$($digit:tt)*]) => {
-        $( thousand_times!(@tens $body $digit [0 1 2 3 4 5 6 7 8 9]); )*
-    };
-    (@tens $body:tt $hundred:tt [$($digit:tt)*]) => {
-        $( thousand_times!(@ones $body $digit [0 1 2 3 4 5 6 7 8 9]); )*
-    };
-    (@ones $body:tt $ten:tt [$($digit:tt)*]) => {
-        $( thousand_times!(@one $body $digit); )*
-    };
-    (@one [$($body:tt)*] $one:tt) => {
+/// Expands `[body]` once per token that follows, each copy in a block of its own: items
+/// declared in the body (a type, a `static`) are then distinct items, as that many
+/// declarations in a program are.
+macro_rules! each {
+    (@one [$($body:tt)*] $_n:tt) => {
         { $($body)* }
     };
-    ($($body:tt)*) => {
-        thousand_times!(@hundreds [$($body)*] [0 1 2 3 4 5 6 7 8 9]);
+    ($body:tt $($n:tt)*) => {
+        $( each!(@one $body $n); )*
     };
 }
 
-/// One of the values that fill a peer's context up to 1,000: each crate names a value its own
-/// way (a type for opentelemetry, a `static` key for the others, a string for dcontext).
+/// Declares `fn fillers() -> &'static [peers::Filler]` at the root of a bench target, with as
+/// many fillers as its largest context needs: `declare_fillers!(1000)` (999, and one spare)
+/// where 1,000-value contexts are measured, `declare_fillers!(7)` elsewhere. Each filler costs
+/// build time (opentelemetry needs a type of its own per value): about 7 s per 1,000.
+macro_rules! declare_fillers {
+    (@filler $fillers:ident) => {
+        #[allow(dead_code)] // read through `TypeId` only
+        struct OtelFiller(u64);
+        fn otel(cx: &::opentelemetry::Context, value: u64) -> ::opentelemetry::Context {
+            cx.with_value(OtelFiller(value))
+        }
+        ::execution_context::flow_local!(static FLOW: u64 = 0);
+        ::tokio_inherit_task_local::inheritable_task_local!(static INHERIT: u64);
+        $fillers.push(peers::Filler::new(otel, &FLOW, &INHERIT, $fillers.len()));
+    };
+    (@declare $fillers:ident $($each:tt)*) => {
+        /// The values that fill the peers' contexts (`peers::declare_fillers`).
+        fn fillers() -> &'static [peers::Filler] {
+            static FILLERS: ::std::sync::OnceLock<Vec<peers::Filler>> =
+                ::std::sync::OnceLock::new();
+            FILLERS.get_or_init(|| {
+                let mut $fillers = Vec::new();
+                $($each)*
+                $fillers
+            })
+        }
+    };
+    (1000) => {
+        declare_fillers!(@declare fillers
+            each!([each!([each!([declare_fillers!(@filler fillers);] 0 1 2 3 4 5 6 7 8 9);]
+                0 1 2 3 4 5 6 7 8 9);] 0 1 2 3 4 5 6 7 8 9);
+        );
+    };
+    (7) => {
+        declare_fillers!(@declare fillers
+            each!([declare_fillers!(@filler fillers);] 0 1 2 3 4 5 6);
+        );
+    };
+}
+
+/// One of the values that fill a peer's context: each crate names a value its own way (a type
+/// for opentelemetry, a `static` key for the others, a string for dcontext). A bench target
+/// declares its own with `declare_fillers!`.
 pub(crate) struct Filler {
     /// Adds this filler (a type of its own) to an opentelemetry context.
     otel: fn(&OtelContext, u64) -> OtelContext,
@@ -84,36 +117,38 @@ pub(crate) struct Filler {
     dcontext: &'static str,
 }
 
-/// 1,000 fillers, declared as a program declares its variables (1,000 declarations).
-fn fillers() -> &'static [Filler] {
-    type Keys = (
-        fn(&OtelContext, u64) -> OtelContext,
-        &'static FlowLocal<u64>,
-        &'static InheritableLocalKey<u64>,
-    );
-    static FILLERS: OnceLock<Vec<Filler>> = OnceLock::new();
-    FILLERS.get_or_init(|| {
-        let mut keys: Vec<Keys> = Vec::with_capacity(1_000);
-        thousand_times! {
-            #[allow(dead_code)] // read through `TypeId` only
-            struct OtelFiller(u64);
-            fn otel(cx: &OtelContext, value: u64) -> OtelContext {
-                cx.with_value(OtelFiller(value))
-            }
-            execution_context::flow_local!(static FLOW: u64 = 0);
-            tokio_inherit_task_local::inheritable_task_local!(static INHERIT: u64);
-            keys.push((otel, &FLOW, &INHERIT));
+impl Filler {
+    pub(crate) fn new(
+        otel: fn(&OtelContext, u64) -> OtelContext,
+        flow: &'static FlowLocal<u64>,
+        inherit: &'static InheritableLocalKey<u64>,
+        index: usize,
+    ) -> Self {
+        Self {
+            otel,
+            flow,
+            inherit,
+            dcontext: Box::leak(format!("filler{index}").into_boxed_str()),
         }
-        keys.into_iter()
-            .enumerate()
-            .map(|(i, (otel, flow, inherit))| Filler {
-                otel,
-                flow,
-                inherit,
-                dcontext: Box::leak(format!("filler{i}").into_boxed_str()),
-            })
-            .collect()
-    })
+    }
+}
+
+/// The fillers of the bench target, `n - 1` of them for a context of `n` values.
+///
+/// # Panics
+/// If the bench target declared fewer (`declare_fillers!`).
+fn fillers_for(n: usize) -> &'static [Filler] {
+    let fillers = crate::fillers();
+    assert!(
+        n - 1 <= fillers.len(),
+        "{n} values need `declare_fillers!(1000)` in this bench target"
+    );
+    &fillers[..n - 1]
+}
+
+/// Whether this bench target has the fillers of a context of `n` values.
+pub(crate) fn can_bind(n: usize) -> bool {
+    n - 1 <= crate::fillers().len()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,7 +161,7 @@ pub(crate) struct OtelRequestId(pub(crate) u64);
 /// An opentelemetry context with `n` values, [`OtelRequestId`] (7) among them.
 pub(crate) fn otel_context_with(n: usize) -> OtelContext {
     let mut cx = OtelContext::new().with_value(OtelRequestId(7));
-    for (value, filler) in (0_u64..).zip(&fillers()[..n - 1]) {
+    for (value, filler) in (0_u64..).zip(fillers_for(n)) {
         cx = (filler.otel)(&cx, value);
     }
     assert!(
@@ -180,7 +215,7 @@ fn dcontext_init() {
     INIT.call_once(|| {
         let mut builder = RegistryBuilder::new();
         DC_REQUEST_ID.register_on(&mut builder);
-        for filler in &fillers()[..7] {
+        for filler in fillers_for(8) {
             builder.register::<u64>(filler.dcontext);
         }
         dcontext::initialize(builder);
@@ -193,7 +228,7 @@ pub(crate) fn dcontext_enter(n: usize) -> AttachGuard {
     dcontext_init();
     let guard = dcontext::attach_snapshot(ContextSnapshot::empty());
     DC_REQUEST_ID.set(7);
-    for (value, filler) in (0_u64..).zip(&fillers()[..n - 1]) {
+    for (value, filler) in (0_u64..).zip(fillers_for(n)) {
         dcontext::set_context_variable(filler.dcontext, value);
     }
     guard
@@ -239,7 +274,7 @@ pub(crate) fn ec_context_with(n: usize) -> ExecutionContext {
         scope
             .spawn(move || {
                 EC_REQUEST_ID.set(7);
-                for (value, filler) in (0_u64..).zip(&fillers()[..n - 1]) {
+                for (value, filler) in (0_u64..).zip(fillers_for(n)) {
                     filler.flow.set(value);
                 }
                 ExecutionContext::capture()
@@ -286,7 +321,7 @@ pub(crate) fn inherit_scope<R>(n: usize, f: impl FnOnce() -> R) -> R {
     let mut f = Some(f);
     let mut result = None;
     INHERIT_REQUEST_ID.sync_scope(7, || {
-        nest(&fillers()[..n - 1], 0, &mut || {
+        nest(fillers_for(n), 0, &mut || {
             result = Some(f.take().expect("called once")());
         });
     });
@@ -325,7 +360,7 @@ pub(crate) fn verify() {
 }
 
 fn verify_get() {
-    for n in [8, 1_000] {
+    for n in [8, 1_000].into_iter().filter(|&n| can_bind(n)) {
         let last = u64::try_from(n).expect("small") - 2;
         enter(Peer::Opentelemetry, n, || {
             assert_eq!(otel_get_current(), Some(7));
@@ -334,17 +369,17 @@ fn verify_get() {
         enter(Peer::Dcontext, n, || {
             assert_eq!(DC_REQUEST_ID.get(), Some(7));
             assert_eq!(
-                dcontext::get_context_variable::<u64>(fillers()[n - 2].dcontext),
+                dcontext::get_context_variable::<u64>(fillers_for(n)[n - 2].dcontext),
                 Some(last)
             );
         });
         enter(Peer::ExecutionContext, n, || {
             assert_eq!(ec_get(), 7);
-            assert_eq!(*fillers()[n - 2].flow.get(), last);
+            assert_eq!(*fillers_for(n)[n - 2].flow.get(), last);
         });
         enter(Peer::InheritTaskLocal, n, || {
             assert_eq!(INHERIT_REQUEST_ID.get(), 7);
-            assert_eq!(fillers()[n - 2].inherit.get(), last);
+            assert_eq!(fillers_for(n)[n - 2].inherit.get(), last);
         });
     }
 }
@@ -379,7 +414,7 @@ fn verify_set_reset() {
 /// Snapshots carry the values, and running in one (from outside any context of the peer)
 /// sees them, then leaves.
 fn verify_snapshots() {
-    for n in [8, 1_000] {
+    for n in [8, 1_000].into_iter().filter(|&n| can_bind(n)) {
         let otel = enter(Peer::Opentelemetry, n, OtelContext::current);
         assert_eq!(otel.get::<OtelRequestId>(), Some(&OtelRequestId(7)));
         let ec = enter(Peer::ExecutionContext, n, ExecutionContext::capture);
@@ -412,7 +447,7 @@ fn verify_snapshots() {
         let _guard = dcontext::attach_snapshot(snapshot.clone());
         assert_eq!(DC_REQUEST_ID.get(), Some(7));
         assert_eq!(
-            dcontext::get_context_variable::<u64>(fillers()[6].dcontext),
+            dcontext::get_context_variable::<u64>(fillers_for(8)[6].dcontext),
             Some(6)
         );
     }
