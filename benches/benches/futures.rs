@@ -1,20 +1,28 @@
-//! Futures side by side: the per-poll cost of a context-wrapped future against a bare one and
-//! tokio's `TaskLocalFuture`, spawning with a context against `tokio::spawn`, and calling a
+//! Futures side by side: the per-poll cost of a context-wrapped future against a bare one,
+//! tokio's `TaskLocalFuture` and the other crates' wrappers, spawning with a context against
+//! `tokio::spawn` and the other crates' ways to hand theirs to a task, and calling a
 //! context-preserving `async fn`.
 //!
-//! Group and function names are read by `scripts/bench-report`; rename both together.
+//! Benchmark ids are the operations of `instructions.rs`; `scripts/bench-report` reads both.
+//! Rename all three together.
+
+#[macro_use]
+mod peers;
+
+// The values that fill the peers' contexts: 8-value contexts only.
+declare_fillers!(7);
 
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context as TaskContext, Poll, Waker};
-use std::time::{Duration, Instant};
 
 use contextvars::FutureExt;
 use contextvars_benches::{
     Pending, PendingReadingTaskLocal, PendingReadingVar, REQUEST_ID, TASK_REQUEST_ID, context_with,
 };
 use criterion::Criterion;
+use peers::{Peer, dcontext_with, enter, inherit_future, otel_context_with, spawn_and_await};
 
 /// Polls `future` once per iteration with a waker that does nothing: the figure is the cost of
 /// one poll.
@@ -34,62 +42,83 @@ fn poll(c: &mut Criterion) {
     bench_poll(&mut group, "bare", Pending);
     bench_poll(
         &mut group,
-        "with_context",
+        "contextvars",
         Pending.with_context(context_with(8)),
+    );
+    bench_poll(&mut group, "task_local", TASK_REQUEST_ID.scope(7, Pending));
+    bench_poll(
+        &mut group,
+        "opentelemetry",
+        opentelemetry::context::FutureExt::with_context(Pending, otel_context_with(8)),
     );
     bench_poll(
         &mut group,
-        "task_local_future",
-        TASK_REQUEST_ID.scope(7, Pending),
+        "dcontext",
+        dcontext::ContextFutureExt::attach(Pending, dcontext_with(8)),
+    );
+    bench_poll(
+        &mut group,
+        "inherit_task_local",
+        enter(Peer::InheritTaskLocal, 8, || inherit_future(Pending)),
     );
     // The same, with the inner future reading the variable on every poll.
     bench_poll(
         &mut group,
-        "with_context_get",
+        "contextvars_get",
         PendingReadingVar.with_context(context_with(8)),
     );
     bench_poll(
         &mut group,
-        "task_local_future_get",
+        "task_local_get",
         TASK_REQUEST_ID.scope(7, PendingReadingTaskLocal),
     );
     group.finish();
 }
 
-/// Spawns and awaits `iters` trivial tasks one after the other on a current-thread runtime,
-/// from inside a context with 8 variables set.
-fn spawn_loop<F, J>(iters: u64, spawn: F) -> Duration
-where
-    F: Fn() -> J,
-    J: Future,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime");
-    context_with(8).run(|| {
-        runtime.block_on(async {
-            let start = Instant::now();
-            for _ in 0..iters {
-                black_box(spawn().await);
-            }
-            start.elapsed()
-        })
-    })
-}
-
 fn spawn(c: &mut Criterion) {
     let mut group = c.benchmark_group("spawn");
-    group.bench_function("tokio_spawn", |b| {
-        b.iter_custom(|iters| spawn_loop(iters, || tokio::spawn(async { black_box(7_u64) })));
+    group.bench_function("tokio", |b| {
+        b.iter_custom(|iters| {
+            spawn_and_await(Peer::Contextvars, iters, || {
+                tokio::spawn(async { black_box(7_u64) })
+            })
+        });
     });
-    group.bench_function("contextvars_spawn", |b| {
-        b.iter_custom(|iters| spawn_loop(iters, || contextvars::spawn(async { black_box(7_u64) })));
+    group.bench_function("contextvars", |b| {
+        b.iter_custom(|iters| {
+            spawn_and_await(Peer::Contextvars, iters, || {
+                contextvars::spawn(async { black_box(7_u64) })
+            })
+        });
     });
     // The task-local way to hand a value to a task: a scope around its future.
-    group.bench_function("tokio_spawn_task_local_scope", |b| {
+    group.bench_function("task_local", |b| {
         b.iter_custom(|iters| {
-            spawn_loop(iters, || {
+            spawn_and_await(Peer::Contextvars, iters, || {
                 tokio::spawn(TASK_REQUEST_ID.scope(7, async { black_box(7_u64) }))
+            })
+        });
+    });
+    group.bench_function("opentelemetry", |b| {
+        b.iter_custom(|iters| {
+            spawn_and_await(Peer::Opentelemetry, iters, || {
+                tokio::spawn(opentelemetry::context::FutureExt::with_current_context(
+                    async { black_box(7_u64) },
+                ))
+            })
+        });
+    });
+    group.bench_function("dcontext", |b| {
+        b.iter_custom(|iters| {
+            spawn_and_await(Peer::Dcontext, iters, || {
+                tokio::spawn(dcontext::ContextFutureExt::fork(async { black_box(7_u64) }))
+            })
+        });
+    });
+    group.bench_function("inherit_task_local", |b| {
+        b.iter_custom(|iters| {
+            spawn_and_await(Peer::InheritTaskLocal, iters, || {
+                tokio::spawn(inherit_future(async { black_box(7_u64) }))
             })
         });
     });
@@ -136,6 +165,7 @@ fn preserve(c: &mut Criterion) {
 }
 
 fn main() {
+    peers::verify();
     let mut criterion = Criterion::default().configure_from_args();
     poll(&mut criterion);
     spawn(&mut criterion);

@@ -135,7 +135,11 @@ fn main() {
                 .iter()
                 .find(|(name, _)| name == op)
                 .unwrap_or_else(|| panic!("unknown operation {op}; see --list"));
-            run(iterations);
+            // On a thread of its own, as in `instructions.rs`: a fresh stack, whose addresses
+            // do not move with the length of the environment and arguments.
+            std::thread::scope(|scope| {
+                scope.spawn(|| run(iterations));
+            });
         }
         _ => {
             eprintln!("usage: hooks --list | hooks --time | hooks OP N");
