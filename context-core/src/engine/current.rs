@@ -250,6 +250,7 @@ impl Fast {
     /// everything that reads, writes or swaps the current frame, except `get`'s cache hits,
     /// which cannot happen while one waits (`enter_later` bumps the stamp).
     #[inline]
+    #[cfg_attr(not(feature = "hooks"), allow(clippy::unused_self))]
     fn resolve(&self) {
         #[cfg(feature = "hooks")]
         if let Some(pending) = self.pending.take() {

@@ -6,9 +6,10 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
+use pin_project_lite::pin_project;
 use tokio::task::{AbortHandle, Id, JoinError};
 
 use crate::context::Context;
@@ -115,12 +116,32 @@ where
     }
 }
 
-/// Runs a task's future in its context, then hands the output over together with the
-/// context the task finished in.
-async fn finish_in_context<F: Future>(future: WithContext<F>) -> Finished<F::Output> {
-    let mut future = pin!(future);
-    let output = future.as_mut().await;
-    Finished::new(output, future.take_context())
+/// Runs `future` in its context and hands the output over together with that context,
+/// which the output is dropped in if nobody takes it.
+fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F> {
+    Finishing { inner: future }
+}
+
+pin_project! {
+    /// A spawned task's future: [`finish_in_context`], written out by hand (one poll layer
+    /// less than an `async fn`).
+    struct Finishing<F> {
+        #[pin]
+        inner: WithContext<F>,
+    }
+}
+
+impl<F: Future> Future for Finishing<F> {
+    type Output = Finished<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut inner = self.project().inner;
+        match inner.as_mut().poll(cx) {
+            Poll::Ready(output) => Poll::Ready(Finished::new(output, inner.take_context())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// A finished task's output, with the context it finished in: if nobody takes the output,
