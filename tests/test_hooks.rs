@@ -515,3 +515,38 @@ fn a_context_entered_only_when_a_poll_first_uses_it_is_the_tasks_own() {
     // Nothing the tasks set reached the spawner's context.
     assert_eq!(ctx.get(&REQUEST), Some(&1));
 }
+
+/// A hooked task whose poll has not used its context yet drives, on its own thread, a runtime
+/// without the hooks: a task of that runtime, which has no context, spawns onto the hooked
+/// runtime. The new task must inherit nothing, neither from the hooked task nor from anyone.
+#[test]
+fn a_task_without_context_spawning_inside_a_lazily_entered_poll_passes_on_nothing() {
+    fn spawn_from_a_plain_task(read_first: bool) -> Option<&'static str> {
+        let runtime = hooked(true);
+        let handle = runtime.handle().clone();
+        runtime.block_on(async move {
+            let _user = USER.set("ann");
+            tokio::spawn(async move {
+                // This poll touches no variable: the task's context is still to be entered.
+                tokio::task::block_in_place(move || {
+                    let plain = Builder::new_current_thread().build().unwrap();
+                    plain.block_on(async move {
+                        tokio::spawn(async move {
+                            if read_first {
+                                assert_eq!(USER.get(), None);
+                            }
+                            // The hooked runtime's other worker runs it.
+                            handle.spawn(async { USER.get() }).await.unwrap()
+                        })
+                        .await
+                        .unwrap()
+                    })
+                })
+            })
+            .await
+            .unwrap()
+        })
+    }
+    assert_eq!(spawn_from_a_plain_task(false), None);
+    assert_eq!(spawn_from_a_plain_task(true), None);
+}

@@ -523,7 +523,14 @@ pub(crate) fn drop_bindings() {
         let mut keys = Vec::new();
         change_entered(|frame, _| frame.map.owned_keys(&mut keys));
         if keys.is_empty() {
-            break;
+            let shared = change_entered(|frame, _| std::mem::take(&mut frame.map));
+            drop(shared);
+            // Should that release have dropped a value after all (its other owner let go at
+            // the same moment) and its `Drop` have set something, that goes in another round.
+            if change_entered(|frame, _| frame.map.len() == 0) {
+                break;
+            }
+            continue;
         }
         keys.sort_unstable_by(|a, b| b.cmp(a));
         for key in keys {
@@ -532,8 +539,6 @@ pub(crate) fn drop_bindings() {
             drop(value);
         }
     }
-    let shared = change_entered(|frame, _| std::mem::take(&mut frame.map));
-    drop(shared);
 }
 
 /// A copy of the visible bindings (empty in a task outside any context).

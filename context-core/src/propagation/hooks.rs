@@ -201,7 +201,11 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
 /// context yet (the hooks enter it lazily) has it still in the table: copying it from there
 /// saves entering it now and leaving it after the poll, two more locks per spawn.
 fn spawner_context() -> Context {
-    if let Some(spawner) = current::pending_task() {
+    // Only if the code spawning is that task: a task without hooks polled inside its poll (a
+    // `LocalSet`, a runtime driven in `block_in_place`) must not copy its context.
+    if let Some(spawner) =
+        current::pending_task().filter(|&task| tokio::task::try_id() == Some(task))
+    {
         let mut shard = shard(spawner);
         match shard.get_mut(spawner) {
             // Not stored: the spawner has no context, and `Context::current()` would give
