@@ -52,20 +52,23 @@ fn multi_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Waits until `count` callers arrive, or gives up after a generous time so that a scheduling
-/// surprise fails the test instead of hanging it.
+/// Waits until `count` callers arrive, or gives up after `patience`, so that a round whose
+/// tasks did not spread over the workers ends instead of hanging (and is tried again).
 struct Rendezvous {
     arrived: Mutex<usize>,
     all_here: Condvar,
     count: usize,
+    /// How long a task waits for the others before it gives up and goes on.
+    patience: Duration,
 }
 
 impl Rendezvous {
-    fn new(count: usize) -> Self {
+    fn new(count: usize, patience: Duration) -> Self {
         Rendezvous {
             arrived: Mutex::new(0),
             all_here: Condvar::new(),
             count,
+            patience,
         }
     }
 
@@ -75,38 +78,47 @@ impl Rendezvous {
         self.all_here.notify_all();
         let _ = self
             .all_here
-            .wait_timeout_while(arrived, Duration::from_secs(30), |n| *n < self.count)
+            .wait_timeout_while(arrived, self.patience, |n| *n < self.count)
             .unwrap();
     }
 }
 
 /// Plain `tokio::spawn` tasks on every worker thread (each worker is held by one probe until
 /// all probes run), plus many more: none may see a value.
+///
+/// tokio does not promise to spread the probes of one round over the workers (a worker may
+/// take several from the shared queue while the others stay parked), so rounds repeat, each
+/// with a short rendezvous, until the probes have run on every worker.
 async fn assert_workers_are_clean() {
-    let rendezvous = Arc::new(Rendezvous::new(WORKERS));
-    let pinned: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let rendezvous = Arc::clone(&rendezvous);
-            tokio::spawn(async move {
-                rendezvous.wait();
-                probe()
-            })
-        })
-        .collect();
     let mut threads = HashSet::new();
-    for task in pinned {
-        let (thread, seen) = task.await.unwrap();
-        assert_eq!(
-            seen,
-            (None, None, 0, true),
-            "a worker thread kept a task's values"
-        );
-        threads.insert(thread);
+    for _round in 0..50 {
+        let rendezvous = Arc::new(Rendezvous::new(WORKERS, Duration::from_millis(500)));
+        let pinned: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let rendezvous = Arc::clone(&rendezvous);
+                tokio::spawn(async move {
+                    rendezvous.wait();
+                    probe()
+                })
+            })
+            .collect();
+        for task in pinned {
+            let (thread, seen) = task.await.unwrap();
+            assert_eq!(
+                seen,
+                (None, None, 0, true),
+                "a worker thread kept a task's values"
+            );
+            threads.insert(thread);
+        }
+        if threads.len() == WORKERS {
+            break;
+        }
     }
     assert_eq!(
         threads.len(),
         WORKERS,
-        "the probes did not cover every worker"
+        "the probes did not cover every worker in 50 rounds"
     );
 
     let many: Vec<_> = (0..256)
