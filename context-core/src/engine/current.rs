@@ -116,6 +116,8 @@ thread_local! {
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn current<R>(f: impl FnOnce(&RefCell<Current>) -> R) -> R {
+    // A deferred enter of the runtime hooks happens before anything reaches the frame.
+    fast(Fast::resolve);
     match CURRENT.try_with(|current| f(current)) {
         Ok(result) => result,
         Err(_) => unreachable!("a thread-local without a destructor stays accessible"),
@@ -246,9 +248,9 @@ fn fast<R>(f: impl FnOnce(&Fast) -> R) -> R {
 }
 
 impl Fast {
-    /// Carries out a deferred enter (see [`enter_later`]), if one is waiting: called first by
-    /// everything that reads, writes or swaps the current frame, except `get`'s cache hits,
-    /// which cannot happen while one waits (`enter_later` bumps the stamp).
+    /// Carries out a deferred enter (see [`enter_later`]), if one is waiting: [`current`], the
+    /// only way to the frame, calls it first. `get`'s cache hits do not reach the frame, and
+    /// cannot happen while an enter waits (`enter_later` bumps the stamp).
     #[inline]
     #[cfg_attr(not(feature = "hooks"), allow(clippy::unused_self))]
     fn resolve(&self) {
@@ -376,7 +378,6 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
 #[cold]
 #[inline(never)]
 fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
-    fast.resolve();
     let value = current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
@@ -423,7 +424,6 @@ impl Drop for Reading<'_> {
 /// `f` runs with the thread's state borrowed: it may read variables, not set them.
 #[inline]
 pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
-    fast(Fast::resolve);
     current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         // Look first: a key bound nowhere reads as unset whoever is running, so only a
@@ -449,7 +449,6 @@ fn change<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
     if !may_write() {
         return None;
     }
-    fast(Fast::resolve);
     Some(change_entered(|frame, fast| {
         fast.refuse_while_reading();
         f(frame, fast)
@@ -544,7 +543,6 @@ pub(crate) fn drop_bindings() {
 /// A copy of the visible bindings (empty in a task outside any context).
 #[inline]
 pub(crate) fn snapshot() -> Map {
-    fast(Fast::resolve);
     current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         if fast(Fast::visible) {
@@ -567,7 +565,6 @@ pub(crate) struct Entered<'a> {
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        fast(Fast::resolve);
         let outer_owner = swap(frame, running_task());
         Entered { frame, outer_owner }
     }

@@ -324,13 +324,12 @@ pub fn on_task_terminate(meta: &TaskMeta<'_>) {
     let id = meta.id();
     let ended = {
         let mut shard = shard(id);
-        let position = shard.position(id);
-        match position.and_then(|index| Some((index, shard.at(index)?))) {
-            Some((_, slot)) if slot.polling => {
-                slot.ended = true;
+        match shard.position(id) {
+            Some(index) if shard.at(index).polling => {
+                shard.at(index).ended = true;
                 None
             }
-            Some((index, _)) => shard.remove_at(index),
+            Some(index) => shard.remove_at(index),
             None => {
                 // Either a task no hook stored (a blocking task), or one ended before its spawn
                 // hook ran (spawned on a runtime that has shut down), which must then store

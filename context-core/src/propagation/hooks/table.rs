@@ -125,9 +125,15 @@ impl<V> Table<V> {
     }
 
     /// The value stored at `index` (from [`position`](Self::position)).
+    ///
+    /// # Panics
+    /// If nothing is stored there.
     #[inline]
-    pub(super) fn at(&mut self, index: usize) -> Option<&mut V> {
-        self.buckets[index].as_mut().map(|(_, value)| value)
+    pub(super) fn at(&mut self, index: usize) -> &mut V {
+        &mut self.buckets[index]
+            .as_mut()
+            .expect("`position` gives the index of a stored entry")
+            .1
     }
 
     /// Empties bucket `hole` (from [`position`](Self::position)) and returns its value.
