@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use contextvars::Context;
-use contextvars_benches::context_with;
+use contextvars_benches::{REQUEST_ID, context_with};
 use tokio::runtime::{Builder, Runtime};
 
 type Op = fn(u64);
@@ -22,6 +22,8 @@ type Op = fn(u64);
 const OPS: &[(&str, Op)] = &[
     ("poll/unhooked", poll_unhooked),
     ("poll/hooked", poll_hooked),
+    ("poll_reading/wrapped_unhooked", poll_reading_wrapped),
+    ("poll_reading/hooked", poll_reading_hooked),
     ("spawn/unhooked", spawn_unhooked),
     ("spawn/hooked", spawn_hooked),
 ];
@@ -57,6 +59,37 @@ fn poll_unhooked(iterations: u64) {
 
 fn poll_hooked(iterations: u64) {
     polls(true, iterations);
+}
+
+/// One task polled `iterations` times that reads a variable on every poll, which makes the
+/// hooks enter its context each time: on a runtime with the hooks (`tokio::spawn`), or
+/// without them (`contextvars::spawn`, whose wrapper enters it on every poll).
+fn polls_reading(hooked: bool, iterations: u64) {
+    let runtime = runtime(hooked);
+    let mut ctx: Context = context_with(8);
+    ctx.run(|| {
+        runtime.block_on(async {
+            let task = async move {
+                for _ in 0..iterations {
+                    assert_eq!(black_box(&REQUEST_ID).get(), Some(7));
+                    tokio::task::yield_now().await;
+                }
+            };
+            if hooked {
+                tokio::spawn(task).await.expect("the task runs");
+            } else {
+                contextvars::spawn(task).await.expect("the task runs");
+            }
+        });
+    });
+}
+
+fn poll_reading_wrapped(iterations: u64) {
+    polls_reading(false, iterations);
+}
+
+fn poll_reading_hooked(iterations: u64) {
+    polls_reading(true, iterations);
 }
 
 /// `tokio::spawn` + await of an empty task, `iterations` times, from a task.
