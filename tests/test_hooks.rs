@@ -1,7 +1,9 @@
 //! Automatic flow (feature `hooks`, under `--cfg tokio_unstable`): on a runtime with the hooks,
 //! every task, however spawned, starts in a snapshot of its spawner's context taken at the
-//! spawn; sets on either side stay invisible to the other; where no hook runs, a task without
-//! a context still reads an empty context and cannot set.
+//! spawn, for reading; a task spawned with plain `tokio::spawn` writes only in a context it
+//! enters (`scope`, `with_context`, `contextvars::spawn`, the layer), unless the runtime was
+//! built with `install_writable`; sets on either side stay invisible to the other; where no
+//! hook runs, a task without a context still reads an empty context and cannot set.
 //!
 //! Run with `RUSTFLAGS="--cfg tokio_unstable" cargo test --features hooks --test test_hooks`.
 
@@ -19,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use contextvars::tower::ContextLayer;
-use contextvars::{Context, FutureExt, context_var};
+use contextvars::{Context, FutureExt, SetError, context_var};
 use support::Rng;
 use tokio::net::TcpListener;
 use tokio::runtime::{Builder, Runtime};
@@ -36,6 +38,15 @@ static SERVER: &'static str;
 
 /// A runtime with the hooks installed: two workers, or the current thread.
 fn hooked(multi_thread: bool) -> Runtime {
+    hooked_with(multi_thread, contextvars::hooks::install)
+}
+
+/// A runtime with the opt-in writable inheritance (asyncio's rule).
+fn hooked_writable(multi_thread: bool) -> Runtime {
+    hooked_with(multi_thread, contextvars::hooks::install_writable)
+}
+
+fn hooked_with(multi_thread: bool, install: fn(&mut Builder) -> &mut Builder) -> Runtime {
     let mut builder = if multi_thread {
         let mut builder = Builder::new_multi_thread();
         builder.worker_threads(2);
@@ -43,9 +54,7 @@ fn hooked(multi_thread: bool) -> Runtime {
     } else {
         Builder::new_current_thread()
     };
-    contextvars::hooks::install(builder.enable_all())
-        .build()
-        .unwrap()
+    install(builder.enable_all()).build().unwrap()
 }
 
 #[contextvars::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,18 +62,57 @@ async fn child_and_grandchild_see_the_parents_values_as_of_the_spawn() {
     let _user = USER.set("ann");
     let child = tokio::spawn(async {
         let child_saw = USER.get();
-        let _ = USER.set("bob");
-        let grandchild = tokio::spawn(async { USER.get() });
-        let _ = USER.set("cid"); // after the grandchild's spawn: not seen by it
-        (child_saw, grandchild.await.unwrap())
+        // The child reads what it inherited; it writes in a scope of its own.
+        let grandchild = USER.scope("bob", async { tokio::spawn(async { USER.get() }) });
+        let grandchild = grandchild.await;
+        (child_saw, USER.get(), grandchild.await.unwrap())
     });
     let _later = USER.set("dan"); // after the child's spawn: not seen by it
-    assert_eq!(child.await.unwrap(), (Some("ann"), Some("bob")));
+    assert_eq!(
+        child.await.unwrap(),
+        (Some("ann"), Some("ann"), Some("bob"))
+    );
     assert_eq!(USER.get(), Some("dan"));
 }
 
-#[contextvars::test]
-async fn sets_never_cross_between_parent_and_child_either_way() {
+#[contextvars::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_spawned_task_cannot_write_to_what_it_inherited() {
+    let _user = USER.set("ann");
+    let child = tokio::spawn(async {
+        let refused = USER.try_set("bob").map(drop);
+        let metadata = contextvars::metadata::try_set_metadata_with(
+            "plan",
+            "gold",
+            contextvars::metadata::MetadataFlags::NONE,
+        );
+        (refused, metadata, USER.get())
+    });
+    let (refused, metadata, seen) = child.await.unwrap();
+    assert_eq!(refused, Err(SetError::Inherited { var: "USER" }));
+    assert!(metadata.is_err());
+    assert_eq!(seen, Some("ann"));
+    let message = tokio::spawn(async { USER.try_set("bob").unwrap_err().to_string() })
+        .await
+        .unwrap();
+    assert!(message.contains("contextvars::spawn"), "{message}");
+    assert!(message.contains("ContextLayer"), "{message}");
+    assert!(message.lines().count() <= 3, "{message}");
+    // `set` panics with that message, inside the child: its handle reports the panic.
+    let failed = tokio::spawn(async {
+        let _ = USER.set("bob");
+    })
+    .await;
+    assert!(failed.unwrap_err().is_panic());
+}
+
+/// The opt-in: asyncio's rule, where a plain-spawned task writes to its own snapshot.
+#[test]
+fn with_install_writable_sets_never_cross_between_parent_and_child_either_way() {
+    hooked_writable(false).block_on(sets_never_cross());
+    hooked_writable(true).block_on(sets_never_cross());
+}
+
+async fn sets_never_cross() {
     let _user = USER.set("ann");
     let (child_set, child_has_set) = oneshot::channel();
     let (parent_set, parent_has_set) = oneshot::channel();
@@ -100,19 +148,21 @@ fn tasks_keep_their_values_when_they_migrate_between_workers() {
         let tasks: Vec<_> = (0..TASKS)
             .map(|n| {
                 let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    let _ = REQUEST.set(n);
-                    let mut threads = HashSet::new();
-                    for _ in 0..200 {
-                        threads.insert(std::thread::current().id());
-                        // Everyone waits for everyone: wakes come from whichever worker
-                        // arrives last, so tasks move between the two workers.
-                        tokio::time::timeout(Duration::from_secs(30), barrier.wait())
-                            .await
-                            .expect("another task failed: see its panic");
-                        assert_eq!(REQUEST.get(), Some(n));
-                    }
-                    threads
+                // Each task inherits its own value (plain-spawned tasks read, not write).
+                REQUEST.sync_scope(n, || {
+                    tokio::spawn(async move {
+                        let mut threads = HashSet::new();
+                        for _ in 0..200 {
+                            threads.insert(std::thread::current().id());
+                            // Everyone waits for everyone: wakes come from whichever worker
+                            // arrives last, so tasks move between the two workers.
+                            tokio::time::timeout(Duration::from_secs(30), barrier.wait())
+                                .await
+                                .expect("another task failed: see its panic");
+                            assert_eq!(REQUEST.get(), Some(n));
+                        }
+                        threads
+                    })
                 })
             })
             .collect();
@@ -136,7 +186,7 @@ fn handle_spawn_from_a_plain_thread_inherits_that_threads_context() {
         let _user = USER.set("ann");
         let task = handle.spawn(async {
             let seen = USER.get();
-            let _ = USER.set("bob");
+            assert!(USER.try_set("bob").is_err());
             seen
         });
         let seen = handle.block_on(task).unwrap();
@@ -155,7 +205,7 @@ fn spawn_from_the_block_on_root_inherits_the_threads_context() {
         let (seen, after) = runtime.block_on(async {
             let task = tokio::spawn(async {
                 let seen = USER.get();
-                let _ = USER.set("bob");
+                assert!(USER.try_set("bob").is_err());
                 seen
             });
             // The root's context is whole again after the task's polls on this thread.
@@ -240,11 +290,68 @@ async fn spawn_without_context_and_suppress_flow_inherit_nothing() {
 }
 
 /// Ten thousand tasks at once, each with random yields and nested plain spawns: each sees
-/// exactly its own values, and its children see the values it had when it spawned them.
+/// exactly its own values, and its children see the values it had when it spawned them. The
+/// tasks set their values in scopes of their own, as plain-spawned tasks must.
 #[test]
 fn ten_thousand_tasks_with_random_yields_and_nested_spawns_see_only_their_own() {
     const TASKS: u64 = 10_000;
     let runtime = hooked(true);
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|n| {
+                tokio::spawn(async move {
+                    assert_eq!(REQUEST.get(), None, "task {n} started with a value");
+                    REQUEST
+                        .scope(n, async move {
+                            let mut rng = Rng::new(n);
+                            let mut children = Vec::new();
+                            for step in 0..4 {
+                                for _ in 0..rng.below(3) {
+                                    tokio::task::yield_now().await;
+                                }
+                                assert_eq!(REQUEST.get(), Some(n));
+                                if rng.below(2) == 0 {
+                                    let user = if step % 2 == 0 { "even" } else { "odd" };
+                                    let yields = rng.below(3);
+                                    children.push(USER.sync_scope(user, || {
+                                        tokio::spawn(async move {
+                                            for _ in 0..yields {
+                                                tokio::task::yield_now().await;
+                                            }
+                                            let seen = (REQUEST.get(), USER.get());
+                                            assert!(REQUEST.try_set(n + TASKS).is_err());
+                                            let grandchild = REQUEST.scope(n + TASKS, async {
+                                                tokio::spawn(async { REQUEST.get() })
+                                            });
+                                            let grandchild = grandchild.await.await.unwrap();
+                                            assert_eq!(grandchild, Some(n + TASKS));
+                                            assert_eq!(seen, (Some(n), Some(user)));
+                                        })
+                                    }));
+                                }
+                            }
+                            for child in children {
+                                child.await.unwrap();
+                            }
+                            assert_eq!(REQUEST.get(), Some(n));
+                        })
+                        .await;
+                    assert_eq!(REQUEST.get(), None);
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+}
+
+/// The same load with the opt-in writable inheritance: tasks set their inherited snapshot.
+#[test]
+fn with_install_writable_ten_thousand_tasks_with_random_yields_and_nested_spawns_see_only_their_own()
+ {
+    const TASKS: u64 = 10_000;
+    let runtime = hooked_writable(true);
     runtime.block_on(async {
         let tasks: Vec<_> = (0..TASKS)
             .map(|n| {
@@ -294,11 +401,15 @@ async fn request(client: &mut http::Client, path: &str) -> String {
     answer.body
 }
 
-/// What a handler reports: the server's variable, the request's, and the user it sets.
+/// What a handler reports: the server's variable, the request's, the user, and whether it
+/// may set the user.
 fn report() -> String {
     let seen = format!("{:?} {:?} {:?}", SERVER.get(), REQUEST.get(), USER.get());
-    let _ = USER.set("set by a handler");
-    seen
+    match USER.try_set("set by a handler") {
+        Ok(_) => format!("{seen} set"),
+        Err(SetError::Inherited { .. }) => format!("{seen} read-only"),
+        Err(err) => format!("{seen} {err}"),
+    }
 }
 
 #[test]
@@ -312,7 +423,8 @@ fn an_axum_server_started_in_a_context_gives_it_to_its_connections_and_the_layer
             .layer(ContextLayer::with_base(
                 Context::current().with_value(&REQUEST, 7),
             ));
-        // Without the layer, a handler runs in its connection task's context.
+        // Without the layer, a handler runs in its connection task's context, which it reads
+        // and cannot write to: one connection serves many requests.
         let app = Router::new()
             .route("/plain", get(|| async { report() }))
             .merge(layered);
@@ -328,23 +440,23 @@ fn an_axum_server_started_in_a_context_gives_it_to_its_connections_and_the_layer
         for _ in 0..3 {
             assert_eq!(
                 request(&mut connection, "/layered").await,
-                r#"Some("edge-1") Some(7) None"#
+                r#"Some("edge-1") Some(7) None set"#
             );
         }
         assert_eq!(
             request(&mut connection, "/plain").await,
-            r#"Some("edge-1") None None"#,
+            r#"Some("edge-1") None None read-only"#,
             "the connection task did not inherit the server's context"
         );
         // A second connection: a task of its own, with nothing from the first.
         let mut second = http::Client::connect(addr).await;
         assert_eq!(
             request(&mut second, "/plain").await,
-            r#"Some("edge-1") None None"#
+            r#"Some("edge-1") None None read-only"#
         );
         assert_eq!(
             request(&mut second, "/layered").await,
-            r#"Some("edge-1") Some(7) None"#
+            r#"Some("edge-1") Some(7) None set"#
         );
         server.abort();
         // The server's own context never saw a handler's set.
@@ -463,7 +575,16 @@ fn futures_dropped_at_shutdown_read_an_empty_context() {
 /// lose it, and must not let the worker's own context show through.
 #[test]
 fn a_context_entered_only_when_a_poll_first_uses_it_is_the_tasks_own() {
-    let runtime = hooked(true);
+    entered_when_first_used(false);
+    entered_when_first_used(true);
+}
+
+fn entered_when_first_used(writable: bool) {
+    let runtime = if writable {
+        hooked_writable(true)
+    } else {
+        hooked(true)
+    };
     let mut ctx = Context::new()
         .with_value(&USER, "ann")
         .with_value(&REQUEST, 1);
@@ -483,8 +604,9 @@ fn a_context_entered_only_when_a_poll_first_uses_it_is_the_tasks_own() {
                     // A snapshot as the first use.
                     let snapshot = Context::current();
                     tokio::task::yield_now().await;
-                    // A write as the first use, then reads.
-                    let _request = REQUEST.set(100 + i);
+                    // A write as the first use (refused where the inheritance is read-only),
+                    // then reads.
+                    let _request = REQUEST.try_set(100 + i);
                     tokio::task::yield_now().await;
                     let after_yield = (USER.get(), REQUEST.get());
                     (
@@ -507,9 +629,9 @@ fn a_context_entered_only_when_a_poll_first_uses_it_is_the_tasks_own() {
             (
                 (Some("ann"), Some(1)),
                 Some("ann"),
-                (Some("ann"), Some(100 + i))
+                (Some("ann"), Some(if writable { 100 + i } else { 1 }))
             ),
-            "task {i}"
+            "task {i}, writable: {writable}"
         );
     }
     // Nothing the tasks set reached the spawner's context.

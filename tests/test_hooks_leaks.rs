@@ -103,8 +103,8 @@ fn completed(runtime: &Runtime, flavor: &str) {
     runtime.block_on(async {
         tokio::spawn(async {
             for n in 0..TASKS as u64 {
-                let _ = REQUEST.set(n);
-                tokio::spawn(async { REQUEST.get() }).await.unwrap();
+                let task = REQUEST.sync_scope(n, || tokio::spawn(async { REQUEST.get() }));
+                assert_eq!(task.await.unwrap(), Some(n));
             }
         })
         .await

@@ -115,7 +115,26 @@ pub enum SetError {
     /// task, where a middleware outside the tower layer runs, a shared worker such as
     /// `Buffer`'s) has no context of its own; the thread's context belongs to whichever task
     /// ran there last, so writing to it would leak the value into other tasks.
+    ///
+    /// The fix: spawn the task with [`contextvars::spawn`](crate::spawn) (or
+    /// `spawn_blocking`, `spawn_local`), wrap its future with
+    /// [`.in_current_context()`](crate::FutureExt::in_current_context) or
+    /// [`.with_context(ctx)`](crate::FutureExt::with_context), set the variable for a part of
+    /// the code with [`scope`](crate::ContextVar::scope), or, in a server, set it behind the
+    /// tower layer `contextvars::tower::ContextLayer`, which gives every request a context of
+    /// its own: a middleware that sets variables must run inside that layer (with axum, the
+    /// last `.layer()` call adds the outermost layer, so `ContextLayer` comes last), and a
+    /// shared worker such as tower's `Buffer` needs `contextvars::tower::AcrossWorkerLayer`.
     NoContext {
+        /// The variable's name.
+        var: &'static str,
+    },
+    /// A task spawned with plain `tokio::spawn` on a runtime with the hooks of
+    /// `contextvars::hooks` (a server's connection task, say) inherits its spawner's values
+    /// for reading only. It cannot tell which of the requests it serves a value would belong
+    /// to (one keep-alive connection serves many users' requests), so writes need a context
+    /// the code entered: the fixes are those of [`NoContext`](Self::NoContext).
+    Inherited {
         /// The variable's name.
         var: &'static str,
     },
@@ -131,17 +150,18 @@ impl fmt::Display for SetError {
         match self {
             SetError::NoContext { var } => write!(
                 f,
-                "cannot set context variable `{var}`: this tokio task runs outside any context. \
-                 While serving a request, the likely cause is code that runs outside the \
-                 `contextvars` tower layer: a middleware placed outside `ContextLayer` (with axum, one added by a \
-                 later `.layer()` call, such as a `from_fn` middleware: the last `.layer()` is \
-                 the outermost, and `ContextLayer` must be), or a service behind a shared worker \
-                 such as tower's `Buffer` (wrap the worker's layer in \
-                 `contextvars::tower::AcrossWorkerLayer`). In a task spawned with plain \
-                 `tokio::spawn` or `tokio::task::spawn_blocking`: spawn it with \
-                 `contextvars::spawn` (or `contextvars::spawn_blocking`), wrap its future with \
-                 `.in_current_context()` or `.with_context(ctx)`, or use \
-                 `{var}.scope(value, fut)`"
+                "cannot set `{var}`: this tokio task has no context (spawned with plain \
+                 `tokio::spawn`?).\nSpawn it with `contextvars::spawn`, or set it inside \
+                 `{var}.scope(value, fut)`; in a server, behind `contextvars::tower::ContextLayer`.\n\
+                 More: the docs of `contextvars::SetError::NoContext`."
+            ),
+            SetError::Inherited { var } => write!(
+                f,
+                "cannot set `{var}`: this task inherited its spawner's context for reading only \
+                 (plain `tokio::spawn` under `contextvars::hooks`).\nSpawn it with \
+                 `contextvars::spawn`, or set it inside `{var}.scope(value, fut)`; in a server, \
+                 behind `contextvars::tower::ContextLayer`.\n\
+                 More: the docs of `contextvars::SetError::Inherited`."
             ),
             SetError::ThreadExiting { var } => write!(
                 f,
@@ -159,6 +179,7 @@ impl SetError {
     pub(crate) fn new(why: Unwritable, var: &'static str) -> Self {
         match why {
             Unwritable::NoContext => SetError::NoContext { var },
+            Unwritable::Inherited => SetError::Inherited { var },
             Unwritable::ThreadExiting => SetError::ThreadExiting { var },
         }
     }

@@ -409,7 +409,9 @@ impl<K: Key> ContextVar<K> {
     ///
     /// # Panics
     /// In a tokio task that runs outside any context (see the crate docs): setting there
-    /// would leak the value to the next task on the worker thread. The message names the fix;
+    /// would leak the value to the next task on the worker thread. Likewise in a task spawned
+    /// with plain `tokio::spawn` under `contextvars::hooks`, which inherits its spawner's
+    /// values for reading only. The message names the fix;
     /// [`try_set`](Self::try_set) returns the error instead. (While the thread's locals are
     /// being destroyed, in a value's `Drop` at thread exit, `set` does nothing and returns a
     /// token that resets nothing: a panic there would abort the process.)
@@ -442,7 +444,9 @@ impl<K: Key> ContextVar<K> {
     ///
     /// # Errors
     /// [`SetError::NoContext`] in a tokio task that runs outside any context;
-    /// [`SetError::ThreadExiting`] while the thread's locals are being destroyed.
+    /// [`SetError::Inherited`] in a task whose context the runtime hooks inherited from its
+    /// spawner, for reading only; [`SetError::ThreadExiting`] while the thread's locals are
+    /// being destroyed.
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
         let leaf = self.leaf(value);
         let (context, old) = current::write(|frame| (frame.id(), frame.map.insert(leaf)))
@@ -610,6 +614,8 @@ pub(crate) fn restore(
         Ok(Err((err, _old))) => Err(err),
         Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: var.name() }),
         Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: var.name() }),
+        // Nothing can be set in an inherited context, so no token belongs to it.
+        Err(Unwritable::Inherited) => Err(ResetError::OtherContext { var: var.name() }),
     }
 }
 

@@ -85,6 +85,36 @@ const NO_TASK: Task = None;
 #[cfg(not(feature = "tokio"))]
 const NO_TASK: Task = ();
 
+/// Who may see the thread's current frame, and whether they may write to it.
+#[derive(Clone, Copy)]
+pub(crate) struct Owner {
+    /// The task that made the frame current: `NO_TASK` for the thread's own context and for a
+    /// context entered outside any task. Only code of that task sees the frame.
+    task: Task,
+    /// Whether that task may write to it. A context entered by the code that runs in it (a
+    /// `Context::run`, a polled `WithContext`, the thread's own) is writable; a context the
+    /// runtime hooks inherited for a task spawned without one is read-only by default, since
+    /// nothing tells which request of a connection, say, such a task serves.
+    writable: bool,
+}
+
+impl Owner {
+    /// The owner of the thread's own context.
+    const THREAD: Owner = Owner {
+        task: NO_TASK,
+        writable: true,
+    };
+
+    /// The owner of a context entered here by the code that runs in it.
+    #[inline]
+    fn entered_here() -> Owner {
+        Owner {
+            task: running_task(),
+            writable: true,
+        }
+    }
+}
+
 /// The tokio task being polled on this thread, if any.
 #[inline]
 fn running_task() -> Task {
@@ -149,8 +179,9 @@ impl Drop for Teardown {
             )
         });
         // Dropped with nothing borrowed: a value's `Drop` may read (it finds nothing) and
-        // try to set (it is refused).
-        drop(frame);
+        // try to set (it is refused). A panic in it would abort the process here, inside a
+        // thread-local's destructor: the panic hook prints it, and it goes no further.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(frame)));
     }
 }
 
@@ -193,12 +224,11 @@ struct Fast {
     /// Bumped (by [`STAMP_STEP`]) before every change to the thread's current frame. Kept
     /// shifted into the high bits, as entries' tags hold it; never 0.
     stamp: Cell<u64>,
-    /// The task that made the current frame current: `NO_TASK` for the thread's own context
-    /// and for a context entered outside any task. Only code of that task sees the frame.
-    /// Any other task polled meanwhile on this thread (a task spawned without a context,
-    /// polled by a runtime driven inside `Context::run`, or by a `LocalSet` inside a
-    /// context's future) sees an empty context and cannot write.
-    owner: Cell<Task>,
+    /// The task that made the current frame current, and whether it may write to it. Any
+    /// other task polled meanwhile on this thread (a task spawned without a context, polled
+    /// by a runtime driven inside `Context::run`, or by a `LocalSet` inside a context's
+    /// future) sees an empty context and cannot write.
+    owner: Cell<Owner>,
     /// Whether a `get` is cloning a value out of the current frame right now: the frame must
     /// not be written meanwhile (`Fast::refuse_while_reading`).
     reading: Cell<bool>,
@@ -222,7 +252,7 @@ thread_local! {
         Fast {
             // Entries start with tag 0, which no stamp makes.
             stamp: Cell::new(STAMP_STEP),
-            owner: Cell::new(NO_TASK),
+            owner: Cell::new(Owner::THREAD),
             reading: Cell::new(false),
             entries: [const {
                 Cell::new(Entry { tag: 0, value: std::ptr::null() })
@@ -298,7 +328,7 @@ impl Fast {
     /// Whether the code running now may see and write the current frame.
     #[inline]
     fn visible(&self) -> bool {
-        running_task() == self.owner.get()
+        running_task() == self.owner.get().task
     }
 
     #[inline]
@@ -438,6 +468,8 @@ pub(crate) fn find<R>(key: u32, f: impl FnOnce(&Leaf) -> R) -> Option<R> {
 pub(crate) enum Unwritable {
     /// A tokio task polled outside any context.
     NoContext,
+    /// A task whose context the runtime hooks inherited from its spawner, for reading only.
+    Inherited,
     /// A thread whose context is already torn down (a value's `Drop` at thread exit).
     ThreadExiting,
 }
@@ -476,7 +508,7 @@ fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
 /// in a context of its own): the frame that holds the value is moved, unchanged, into the
 /// storage of the entered context, which stays borrowed until the swap back.
 #[inline]
-fn swap(frame: &mut Frame, owner: Task) -> Task {
+fn swap(frame: &mut Frame, owner: Owner) -> Owner {
     current(|current| {
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
         fast(|fast| {
@@ -498,10 +530,12 @@ pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable>
     // variables.
     let mut f = Some(f);
     let result = change(|frame, fast| {
-        if fast.visible() {
-            Ok(f.take().expect("called once")(frame))
-        } else {
+        if !fast.visible() {
             Err(Unwritable::NoContext)
+        } else if !fast.owner.get().writable {
+            Err(Unwritable::Inherited)
+        } else {
+            Ok(f.take().expect("called once")(frame))
         }
     });
     result.unwrap_or(Err(Unwritable::ThreadExiting))
@@ -516,14 +550,20 @@ pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable>
 /// inside the context, which only lowers reference counts (and should another owner let go
 /// at the same moment, the last release still happens inside a context).
 ///
+/// A value whose `Drop` panics does not stop the others: each is dropped on its own, and the
+/// first panic is raised again once all are gone (unless the thread is already unwinding from
+/// another panic, where a second one would abort the process: the panic hook has printed it,
+/// and it goes no further).
+///
 /// The caller has just entered the context whose values are to go, so the frame is visible.
 pub(crate) fn drop_bindings() {
+    let mut first_panic = None;
     loop {
         let mut keys = Vec::new();
         change_entered(|frame, _| frame.map.owned_keys(&mut keys));
         if keys.is_empty() {
             let shared = change_entered(|frame, _| std::mem::take(&mut frame.map));
-            drop(shared);
+            catch_drop_panic(shared, &mut first_panic);
             // Should that release have dropped a value after all (its other owner let go at
             // the same moment) and its `Drop` have set something, that goes in another round.
             if change_entered(|frame, _| frame.map.len() == 0) {
@@ -535,8 +575,20 @@ pub(crate) fn drop_bindings() {
         for key in keys {
             let value = change_entered(|frame, _| frame.map.remove(key));
             // Dropped with the thread state released.
-            drop(value);
+            catch_drop_panic(value, &mut first_panic);
         }
+    }
+    if let Some(payload) = first_panic {
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
+/// Drops `value`, keeping the first panic of its `Drop` in `first_panic`.
+fn catch_drop_panic<T>(value: T, first_panic: &mut Option<Box<dyn std::any::Any + Send>>) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value))) {
+        first_panic.get_or_insert(payload);
     }
 }
 
@@ -559,13 +611,13 @@ pub(crate) fn snapshot() -> Map {
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
     /// The owner of what was current before.
-    outer_owner: Task,
+    outer_owner: Owner,
 }
 
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let outer_owner = swap(frame, running_task());
+        let outer_owner = swap(frame, Owner::entered_here());
         Entered { frame, outer_owner }
     }
 }
@@ -625,25 +677,36 @@ pub(crate) fn cancel_later(task: tokio::task::Id) -> bool {
 }
 
 /// Makes `frame` the thread's current context for `task`, which need not be the task tokio
-/// reports as running now (inside a poll hook it is not). `frame` receives what was current;
-/// the result is its owner, for [`exit_owned`]. `None` if the thread's state is gone (then
-/// nothing was swapped and `exit_owned` must not be called).
+/// reports as running now (inside a poll hook it is not); `task` may write to it only if
+/// `writable`. `frame` receives what was current; the result is its owner, for
+/// [`exit_owned`]. `None` if the thread's state is gone (then nothing was swapped and
+/// `exit_owned` must not be called).
 #[cfg(feature = "hooks")]
 #[inline]
-pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Task> {
+pub(crate) fn enter_owned(
+    frame: &mut Frame,
+    task: tokio::task::Id,
+    writable: bool,
+) -> Option<Owner> {
     // A task's context swapped in here is swapped out by the after-poll hook; should a
     // thread end between the two, `TEARDOWN` must be there to drop it.
     if !may_write() {
         return None;
     }
-    Some(swap(frame, Some(task)))
+    Some(swap(
+        frame,
+        Owner {
+            task: Some(task),
+            writable,
+        },
+    ))
 }
 
 /// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,
 /// owned by `outer_owner`, and `frame` receives the task's bindings back.
 #[cfg(feature = "hooks")]
 #[inline]
-pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
+pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Owner) {
     swap(frame, outer_owner);
 }
 

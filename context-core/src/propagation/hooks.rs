@@ -8,8 +8,30 @@
 //! tokio's runtime hooks close that gap: [`install`] sets four of them on a runtime
 //! [`Builder`], and from then on every task of that runtime, whether started by
 //! `tokio::spawn`, `Handle::spawn` from a plain thread, a `JoinSet` or a third-party crate,
-//! starts in a snapshot of the context that was current where it was spawned. Sets on either
-//! side stay invisible to the other, exactly as with [`contextvars::spawn`](crate::spawn).
+//! starts in a snapshot of the context that was current where it was spawned, for reading.
+//!
+//! # What flows, and what may be written where
+//!
+//! - **Reading**: every task reads the values its spawner had at the spawn, however it was
+//!   spawned. Later sets by the spawner are invisible to it.
+//! - **Writing** needs a context that the code entered itself: a task spawned with
+//!   [`contextvars::spawn`](crate::spawn) (or `spawn_blocking`, `spawn_local`), a future
+//!   wrapped with [`.in_current_context()`](crate::FutureExt::in_current_context) or
+//!   [`.with_context(ctx)`](crate::FutureExt::with_context), the code inside
+//!   [`scope`](crate::ContextVar::scope) / [`sync_scope`](crate::ContextVar::sync_scope) or
+//!   [`Context::run`](crate::Context::run), and every request behind the tower layer
+//!   `contextvars::tower::ContextLayer`. What is set there stays there, as always.
+//! - A `set` in a task spawned with plain `tokio::spawn` fails (`set` panics, `try_set`
+//!   returns [`SetError::Inherited`](crate::SetError::Inherited)), with a message that names
+//!   these fixes. The reason is servers: a connection task is spawned with plain
+//!   `tokio::spawn`, and one HTTP/1 keep-alive connection serves many requests, often of
+//!   different users (a load balancer reuses its connections). Were the connection's inherited
+//!   context writable, what one request's handler sets would be what the next request on that
+//!   connection reads. Read-only, such a write fails loudly where it is made.
+//! - So the layer is still what gives each request a context of its own: the hooks carry the
+//!   values into every task a request spawns, the layer keeps requests apart.
+//! - [`install_writable`] gives asyncio's rule instead (plain-spawned tasks may write to their
+//!   snapshot): safe only where every server of the runtime runs behind `ContextLayer`.
 //!
 //! The hooks are an unstable tokio API: build with `RUSTFLAGS="--cfg tokio_unstable"` and the
 //! `hooks` feature of `contextvars`. `#[contextvars::main]` and `#[contextvars::test]` are
@@ -27,13 +49,15 @@
 //!
 //! runtime.block_on(async {
 //!     let _user = USER.set("ann");
-//!     // A plain `tokio::spawn`: the task inherits a snapshot of the spawner's context...
+//!     // A plain `tokio::spawn`: the task reads a snapshot of the spawner's context...
 //!     let child = tokio::spawn(async {
 //!         let seen = USER.get();
-//!         let _ = USER.set("bob"); // ...and may set its own values, which stay in it.
-//!         seen
+//!         assert!(USER.try_set("bob").is_err()); // ...but does not write to it;
+//!         // a context it enters itself is its own to write.
+//!         let inner = USER.scope("bob", async { USER.get() }).await;
+//!         (seen, inner)
 //!     });
-//!     assert_eq!(child.await.unwrap(), Some("ann"));
+//!     assert_eq!(child.await.unwrap(), (Some("ann"), Some("bob")));
 //!     assert_eq!(USER.get(), Some("ann"));
 //! });
 //! ```
@@ -125,6 +149,8 @@ use tokio::task::{Id, JoinHandle};
 
 use crate::context::Context;
 use crate::current;
+use crate::future::FutureExt;
+use crate::task::finish_in_context;
 use table::Table;
 
 /// Installs the four hooks on `builder`: every task of the runtime it builds starts in a
@@ -156,6 +182,39 @@ pub fn install(builder: &mut Builder) -> &mut Builder {
         .on_task_terminate(on_task_terminate)
 }
 
+/// [`install`], with asyncio's rule instead of the read-only one: every task spawned with
+/// plain `tokio::spawn` may also set variables in the snapshot it inherited, as if it had been
+/// spawned with [`contextvars::spawn`](crate::spawn).
+///
+/// **Safe only where every server of the runtime runs behind
+/// `contextvars::tower::ContextLayer`** (and every middleware that sets variables inside it).
+/// A server's connection task is spawned with plain `tokio::spawn`, and one HTTP/1 keep-alive
+/// connection serves many requests, often of different users (a load balancer reuses its
+/// upstream connections): without the layer, what the first request's handler sets is what
+/// the second request reads. With [`install`], that set fails loudly instead.
+///
+/// ```
+/// # use context_core as contextvars;
+/// # use contextvars::{ContextVar, Key, NoDefault};
+/// # #[allow(non_camel_case_types)] struct USER {}
+/// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+/// # static USER: ContextVar<USER> = ContextVar::new("user");
+/// let runtime = contextvars::hooks::install_writable(&mut tokio::runtime::Builder::new_current_thread())
+///     .build()
+///     .unwrap();
+/// runtime.block_on(async {
+///     let child = tokio::spawn(async {
+///         let _ = USER.set("bob"); // allowed: the task's inherited snapshot is its own
+///         USER.get()
+///     });
+///     assert_eq!(child.await.unwrap(), Some("bob"));
+///     assert_eq!(USER.get(), None);
+/// });
+/// ```
+pub fn install_writable(builder: &mut Builder) -> &mut Builder {
+    install(builder).on_task_spawn(on_task_spawn_writable)
+}
+
 /// The spawn hook: stores a snapshot of the context current here (the spawner's) for the
 /// new task. tokio calls it on the spawner's thread, before the task can run.
 ///
@@ -169,8 +228,24 @@ pub fn install(builder: &mut Builder) -> &mut Builder {
 ///     // ... the application's own spawn accounting
 /// });
 /// ```
+///
+/// The task may read its snapshot, not write to it: see [`SetError::Inherited`]. Call
+/// [`on_task_spawn_writable`] instead for asyncio's rule.
+///
+/// [`SetError::Inherited`]: crate::SetError::Inherited
 #[inline]
 pub fn on_task_spawn(meta: &TaskMeta<'_>) {
+    store_spawner_context(meta, false);
+}
+
+/// [`on_task_spawn`] for [`install_writable`]: the task may also write to its snapshot.
+#[inline]
+pub fn on_task_spawn_writable(meta: &TaskMeta<'_>) {
+    store_spawner_context(meta, true);
+}
+
+#[inline]
+fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool) {
     let id = meta.id();
     // On a runtime already shut down, tokio ends the task (and calls the terminate hook)
     // before this hook: storing a context now would keep it forever.
@@ -190,6 +265,7 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
     let slot = Slot {
         context: spawner_context(),
         outer_owner: None,
+        writable,
         polling: false,
         ended: false,
     };
@@ -251,8 +327,10 @@ fn try_enter(id: Id) -> bool {
         // No context stored: the task has none.
         None => true,
         Some(slot) if !slot.polling => {
-            if let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id) {
-                slot.outer_owner = outer_owner;
+            if let Some(outer_owner) =
+                current::enter_owned(slot.context.frame_mut(), id, slot.writable)
+            {
+                slot.outer_owner = Some(outer_owner);
                 slot.polling = true;
             }
             true
@@ -299,7 +377,9 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
     if !slot.polling {
         return;
     }
-    current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
+    if let Some(outer_owner) = slot.outer_owner.take() {
+        current::exit_owned(slot.context.frame_mut(), outer_owner);
+    }
     slot.polling = false;
     if slot.ended {
         remove_ended(shard, id);
@@ -314,7 +394,18 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
 fn remove_ended(mut shard: MutexGuard<'_, Table<Slot>>, id: Id) {
     let ended = shard.remove(id);
     drop(shard);
-    drop(ended);
+    drop_ended(ended);
+}
+
+/// Drops an ended task's context. tokio calls the poll hooks where a panic is not caught
+/// (it aborts a multi-thread runtime's process, and escapes `block_on` on a current-thread
+/// one), and the task has already handed its output to its `JoinHandle`, so there is no one
+/// left to report a panic of a value's `Drop` to: every value is still dropped, the panic
+/// hook prints the panic, and it goes no further. (The values of a task's own context, a
+/// `contextvars::spawn` task's or a request's, are dropped before it ends, where a panic is
+/// the task's: only what a task inherited, after its owner let go, can reach here.)
+fn drop_ended(ended: Option<Slot>) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(ended)));
 }
 
 /// The terminate hook: drops the ended task's stored context (at once, or, if the task ended
@@ -339,7 +430,7 @@ pub fn on_task_terminate(meta: &TaskMeta<'_>) {
             }
         }
     };
-    drop(ended);
+    drop_ended(ended);
 }
 
 /// How many tasks' contexts the hooks hold right now, across all runtimes: one per task that
@@ -419,7 +510,9 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    suppress_flow(|| tokio::spawn(future))
+    // Wrapped in a context of its own, which it may write to: an inherited one (even empty)
+    // would be read-only.
+    suppress_flow(|| tokio::spawn(finish_in_context(future.with_context(Context::new()))))
 }
 
 /// What the hooks keep for one task.
@@ -428,7 +521,9 @@ struct Slot {
     /// thread before it (the two are swapped).
     context: Context,
     /// During a poll, the owner of the frame that `context` then holds.
-    outer_owner: Option<Id>,
+    outer_owner: Option<current::Owner>,
+    /// Whether the task may write to its inherited context ([`install_writable`]).
+    writable: bool,
     /// Between the two poll hooks.
     polling: bool,
     /// The task ended during the current poll: the after-poll hook removes the slot.

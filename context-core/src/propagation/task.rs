@@ -79,7 +79,9 @@ where
     JoinHandle {
         inner: tokio::task::spawn_blocking(move || {
             let output = context.run(f);
-            Finished::new(output, context)
+            // The values go inside the task: a panic of a value's `Drop` is the task's.
+            drop(context);
+            output
         }),
     }
 }
@@ -116,61 +118,35 @@ where
     }
 }
 
-/// Runs `future` in its context and hands the output over together with that context,
-/// which the output is dropped in if nobody takes it.
-fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F> {
+/// Runs `future` in its context, and drops that context's values inside the task when it
+/// finishes, before its output is handed over: a panic of a value's `Drop` is then a panic
+/// of the task, which its `JoinHandle` reports as it does a panic of its body.
+pub(crate) fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F> {
     Finishing { inner: future }
 }
 
 pin_project! {
     /// A spawned task's future: [`finish_in_context`], written out by hand (one poll layer
     /// less than an `async fn`).
-    struct Finishing<F> {
+    pub(crate) struct Finishing<F> {
         #[pin]
         inner: WithContext<F>,
     }
 }
 
 impl<F: Future> Future for Finishing<F> {
-    type Output = Finished<F::Output>;
+    type Output = F::Output;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut inner = self.project().inner;
         match inner.as_mut().poll(cx) {
-            Poll::Ready(output) => Poll::Ready(Finished::new(output, inner.take_context())),
+            Poll::Ready(output) => {
+                // Should a value's `Drop` panic, the output goes with the task's future.
+                drop(inner.take_context());
+                Poll::Ready(output)
+            }
             Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// A finished task's output, with the context it finished in: if nobody takes the output,
-/// it is dropped inside that context.
-struct Finished<T> {
-    output: Option<T>,
-    context: Context,
-}
-
-impl<T> Finished<T> {
-    fn new(output: T, context: Context) -> Self {
-        Finished {
-            output: Some(output),
-            context,
-        }
-    }
-
-    /// The output; the context is dropped here (its own values inside it).
-    fn into_output(mut self) -> T {
-        self.output
-            .take()
-            .expect("a finished task's output is taken once")
-    }
-}
-
-impl<T> Drop for Finished<T> {
-    fn drop(&mut self) {
-        if let Some(output) = self.output.take() {
-            self.context.run(|| drop(output));
         }
     }
 }
@@ -181,13 +157,13 @@ impl<T> Drop for Finished<T> {
 /// Awaiting it gives the task's output, or a [`JoinError`] if the task panicked or was
 /// aborted. Dropping it detaches the task, which runs on.
 ///
-/// **Where an output nobody takes is dropped.** When the handle is dropped without being
-/// awaited, tokio drops the task's output (after the task finishes, or at once if it already
-/// has). The output is then dropped inside the context the task finished in, so its `Drop`
-/// reads the values the task saw and may set variables (what it sets is discarded with that
-/// context). That is the one context that exists wherever tokio drops it: the dropping code
-/// may be another task, a worker thread between polls, or no task at all. An output that is
-/// awaited belongs to the awaiting code from then on, like any value.
+/// **Where the task's values are dropped.** When the task finishes, the values of its
+/// context are dropped inside the task, before its output is handed over, so their `Drop`
+/// reads and sets the task's own variables. A value whose `Drop` panics makes the task's
+/// handle give a panic [`JoinError`], as a panic in the task's body does; the other values are
+/// still dropped, inside the task. The output is an ordinary value from then on: awaited, it
+/// belongs to the awaiting code; when the handle is dropped without being awaited, tokio
+/// drops it where the task ran, outside the task's context.
 ///
 /// [tokio-join-handle]: https://docs.rs/tokio/1/tokio/task/struct.JoinHandle.html
 ///
@@ -205,7 +181,7 @@ impl<T> Drop for Finished<T> {
 /// # });
 /// ```
 pub struct JoinHandle<T> {
-    inner: tokio::task::JoinHandle<Finished<T>>,
+    inner: tokio::task::JoinHandle<T>,
 }
 
 impl<T> JoinHandle<T> {
@@ -239,9 +215,7 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.inner)
-            .poll(cx)
-            .map(|result| result.map(Finished::into_output))
+        Pin::new(&mut self.inner).poll(cx)
     }
 }
 
