@@ -93,9 +93,14 @@
 //! context, and nothing panics. Values go one at a time, and while one is dropped the
 //! others not yet dropped are still readable.
 //!
-//! A task's output that nobody awaits (its [`JoinHandle`] was dropped) is dropped inside the
-//! context the task finished in, since tokio drops it wherever it happens to be: in the code
-//! that drops the handle, or on a worker right after the task's last poll.
+//! A task's values are dropped inside the task when it ends, before its output is handed
+//! over: a value whose `Drop` panics makes the task's [`JoinHandle`] report a panic, as a panic
+//! in its body does, and the task's other values are still dropped, inside it. A dropped
+//! [`Context`] likewise drops all its values and then raises the first such panic in the code
+//! that dropped it. No such panic ever aborts the process: under `contextvars::hooks`, where a
+//! value can outlive its owner in a task spawned with plain `tokio::spawn` and go only when
+//! that task has already handed over its output, the panic hook prints the panic and it goes
+//! no further.
 //!
 //! ## Tasks spawned without a context (the safety rule)
 //!
@@ -125,8 +130,13 @@
 //! With tokio's runtime hooks (an unstable tokio API: build with
 //! `RUSTFLAGS="--cfg tokio_unstable"` and the `hooks` feature), every task of a runtime, however
 //! it is spawned (plain `tokio::spawn`, `Handle::spawn` from any thread, a `JoinSet`, a server's
-//! connection tasks, any library's own spawns), starts in a snapshot of its spawner's context,
-//! as every asyncio task does. [`#[contextvars::main]`](macro@main) and
+//! connection tasks, any library's own spawns), reads a snapshot of its spawner's context. A
+//! task spawned with plain `tokio::spawn` reads it and cannot write to it: writes need a
+//! context the code entered (`contextvars::spawn`, `scope`, `Context::run`, the tower layer),
+//! since a server's connection task, say, serves many requests one after the other, and
+//! nothing else tells them apart. `contextvars::hooks::install_writable` gives asyncio's rule
+//! instead, for runtimes whose every server runs behind the tower layer.
+//! [`#[contextvars::main]`](macro@main) and
 //! [`#[contextvars::test]`](macro@test) are
 //! `#[tokio::main]` and `#[tokio::test]` with the hooks installed;
 //! `contextvars::hooks::install(&mut builder)` installs them on a runtime you build by hand.

@@ -605,7 +605,7 @@ impl Exec {
             }
             Err(payload) => {
                 let text = panic_text(&*payload);
-                if text.contains("runs outside any context") {
+                if text.contains("this tokio task has no context") {
                     self.push(Obs::Scoped(var, Err(Refused::NoContext)));
                 } else {
                     self.push(Obs::Unexpected(text));
@@ -1193,7 +1193,7 @@ fn library_agrees_with_the_pep_567_model() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let text = panic_text(info.payload());
-        if !text.contains("runs outside any context") && !text.contains("different context") {
+        if !text.contains("this tokio task has no context") && !text.contains("different context") {
             default_hook(info);
         }
     }));

@@ -151,16 +151,17 @@ impl fmt::Display for SetError {
             SetError::NoContext { var } => write!(
                 f,
                 "cannot set `{var}`: this tokio task has no context (spawned with plain \
-                 `tokio::spawn`?).\nSpawn it with `contextvars::spawn`, or set it inside \
-                 `{var}.scope(value, fut)`; in a server, behind `contextvars::tower::ContextLayer`.\n\
+                 `tokio::spawn`?).\nFix: spawn it with `contextvars::spawn`, or set it inside \
+                 `{var}.scope(value, fut)`; in a server, inside \
+                 `contextvars::tower::ContextLayer` (with axum, the last `.layer()` call).\n\
                  More: the docs of `contextvars::SetError::NoContext`."
             ),
             SetError::Inherited { var } => write!(
                 f,
                 "cannot set `{var}`: this task inherited its spawner's context for reading only \
-                 (plain `tokio::spawn` under `contextvars::hooks`).\nSpawn it with \
+                 (plain `tokio::spawn` under `contextvars::hooks`).\nFix: spawn it with \
                  `contextvars::spawn`, or set it inside `{var}.scope(value, fut)`; in a server, \
-                 behind `contextvars::tower::ContextLayer`.\n\
+                 inside `contextvars::tower::ContextLayer` (with axum, the last `.layer()` call).\n\
                  More: the docs of `contextvars::SetError::Inherited`."
             ),
             SetError::ThreadExiting { var } => write!(

@@ -100,8 +100,9 @@
 //! # The layer goes outermost
 //!
 //! Only the code that runs inside the layer sees the request's context. A middleware placed
-//! *outside* it runs in the connection task, which has no context: its reads find nothing and
-//! its `set` panics (the message says so). With axum, the **last** `.layer()` call wraps all
+//! *outside* it runs in the connection task, which has no context of its own: its reads find
+//! nothing (under `contextvars::hooks`, only what the server's task had) and its `set` panics
+//! (the message says so). With axum, the **last** `.layer()` call wraps all
 //! the others, so `ContextLayer` is added last:
 //!
 //! ```text

@@ -150,7 +150,6 @@ use tokio::task::{Id, JoinHandle};
 use crate::context::Context;
 use crate::current;
 use crate::future::FutureExt;
-use crate::task::finish_in_context;
 use table::Table;
 
 /// Installs the four hooks on `builder`: every task of the runtime it builds starts in a
@@ -512,7 +511,7 @@ where
 {
     // Wrapped in a context of its own, which it may write to: an inherited one (even empty)
     // would be read-only.
-    suppress_flow(|| tokio::spawn(finish_in_context(future.with_context(Context::new()))))
+    suppress_flow(|| tokio::spawn(future.with_context(Context::new())))
 }
 
 /// What the hooks keep for one task.

@@ -81,7 +81,7 @@ where
             let output = context.run(f);
             // The values go inside the task: a panic of a value's `Drop` is the task's.
             drop(context);
-            output
+            Finished::new(output)
         }),
     }
 }
@@ -121,21 +121,21 @@ where
 /// Runs `future` in its context, and drops that context's values inside the task when it
 /// finishes, before its output is handed over: a panic of a value's `Drop` is then a panic
 /// of the task, which its `JoinHandle` reports as it does a panic of its body.
-pub(crate) fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F> {
+fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F> {
     Finishing { inner: future }
 }
 
 pin_project! {
     /// A spawned task's future: [`finish_in_context`], written out by hand (one poll layer
     /// less than an `async fn`).
-    pub(crate) struct Finishing<F> {
+    struct Finishing<F> {
         #[pin]
         inner: WithContext<F>,
     }
 }
 
 impl<F: Future> Future for Finishing<F> {
-    type Output = F::Output;
+    type Output = Finished<F::Output>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
@@ -144,9 +144,38 @@ impl<F: Future> Future for Finishing<F> {
             Poll::Ready(output) => {
                 // Should a value's `Drop` panic, the output goes with the task's future.
                 drop(inner.take_context());
-                Poll::Ready(output)
+                Poll::Ready(Finished::new(output))
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A finished task's output. If nobody takes it (the handle was dropped), it is dropped inside
+/// an empty context of its own, wherever tokio drops it: its `Drop` reads no task's values,
+/// and what it sets goes nowhere.
+struct Finished<T> {
+    output: Option<T>,
+}
+
+impl<T> Finished<T> {
+    fn new(output: T) -> Self {
+        Finished {
+            output: Some(output),
+        }
+    }
+
+    fn into_output(mut self) -> T {
+        self.output
+            .take()
+            .expect("a finished task's output is taken once")
+    }
+}
+
+impl<T> Drop for Finished<T> {
+    fn drop(&mut self) {
+        if let Some(output) = self.output.take() {
+            Context::new().run(|| drop(output));
         }
     }
 }
@@ -162,8 +191,10 @@ impl<F: Future> Future for Finishing<F> {
 /// reads and sets the task's own variables. A value whose `Drop` panics makes the task's
 /// handle give a panic [`JoinError`], as a panic in the task's body does; the other values are
 /// still dropped, inside the task. The output is an ordinary value from then on: awaited, it
-/// belongs to the awaiting code; when the handle is dropped without being awaited, tokio
-/// drops it where the task ran, outside the task's context.
+/// belongs to the awaiting code; when the handle is dropped without being awaited, it is
+/// dropped inside an empty context of its own, wherever tokio drops it (in the code that drops
+/// the handle, or on a worker after the task's last poll): its `Drop` reads no task's values,
+/// and what it sets goes nowhere.
 ///
 /// [tokio-join-handle]: https://docs.rs/tokio/1/tokio/task/struct.JoinHandle.html
 ///
@@ -181,7 +212,7 @@ impl<F: Future> Future for Finishing<F> {
 /// # });
 /// ```
 pub struct JoinHandle<T> {
-    inner: tokio::task::JoinHandle<T>,
+    inner: tokio::task::JoinHandle<Finished<T>>,
 }
 
 impl<T> JoinHandle<T> {
@@ -215,7 +246,9 @@ impl<T> Future for JoinHandle<T> {
     type Output = Result<T, JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.inner).poll(cx)
+        Pin::new(&mut self.inner)
+            .poll(cx)
+            .map(|result| result.map(Finished::into_output))
     }
 }
 
