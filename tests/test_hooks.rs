@@ -63,8 +63,7 @@ async fn child_and_grandchild_see_the_parents_values_as_of_the_spawn() {
     let child = tokio::spawn(async {
         let child_saw = USER.get();
         // The child reads what it inherited; it writes in a scope of its own.
-        let grandchild = USER.scope("bob", async { tokio::spawn(async { USER.get() }) });
-        let grandchild = grandchild.await;
+        let grandchild = USER.sync_scope("bob", || tokio::spawn(async { USER.get() }));
         (child_saw, USER.get(), grandchild.await.unwrap())
     });
     let _later = USER.set("dan"); // after the child's spawn: not seen by it
@@ -320,10 +319,10 @@ fn ten_thousand_tasks_with_random_yields_and_nested_spawns_see_only_their_own() 
                                             }
                                             let seen = (REQUEST.get(), USER.get());
                                             assert!(REQUEST.try_set(n + TASKS).is_err());
-                                            let grandchild = REQUEST.scope(n + TASKS, async {
+                                            let grandchild = REQUEST.sync_scope(n + TASKS, || {
                                                 tokio::spawn(async { REQUEST.get() })
                                             });
-                                            let grandchild = grandchild.await.await.unwrap();
+                                            let grandchild = grandchild.await.unwrap();
                                             assert_eq!(grandchild, Some(n + TASKS));
                                             assert_eq!(seen, (Some(n), Some(user)));
                                         })
