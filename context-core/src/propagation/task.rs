@@ -178,8 +178,8 @@ impl<T> Drop for Finished<T> {
 /// An owned permission to await a task spawned by [`spawn`], [`spawn_blocking`] or
 /// [`spawn_local`]: tokio's [`JoinHandle`][tokio-join-handle], with the same methods.
 ///
-/// Awaiting it gives the task's output, or a [`JoinError`] if the task panicked or was
-/// aborted. Dropping it detaches the task, which runs on.
+/// Awaiting it gives the task's output, or a [`JoinError`](https://docs.rs/tokio/1/tokio/task/struct.JoinError.html) if the
+/// task panicked or was aborted. Dropping it detaches the task, which runs on.
 ///
 /// **Where an output nobody takes is dropped.** When the handle is dropped without being
 /// awaited, tokio drops the task's output (after the task finishes, or at once if it already
@@ -210,7 +210,8 @@ pub struct JoinHandle<T> {
 
 impl<T> JoinHandle<T> {
     /// Aborts the task, as tokio's `JoinHandle::abort`: awaiting the handle then gives
-    /// a cancelled [`JoinError`], unless the task finished first. The task's future is dropped
+    /// a cancelled [`JoinError`](https://docs.rs/tokio/1/tokio/task/struct.JoinError.html), unless the task
+    /// finished first. The task's future is dropped
     /// inside its context.
     pub fn abort(&self) {
         self.inner.abort();
