@@ -206,7 +206,7 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
     // without its `tracing` feature (nothing would write the variable on a log line).
     let log_feature = args.log.map(|span| {
         let feature = args.private_at(span);
-        quote!(#(#cfgs)* #feature::log_feature!();)
+        quote_spanned!(span=> #(#cfgs)* #feature::log_feature!();)
     });
     quote! {
         #log_feature
