@@ -9,6 +9,7 @@
 //!
 //! Run with `cargo run --example executor`.
 
+use std::panic;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
@@ -82,9 +83,16 @@ fn main() {
         }
 
         // A panic on the pool comes back to the caller as an error; the worker lives on.
-        // (The default panic hook prints the panic on the worker's thread first.)
+        // The panic is provoked on purpose, so while it happens a panic hook prints one line
+        // instead of the default hook's message (and backtrace, with RUST_BACKTRACE=1).
+        let default_hook = panic::take_hook();
+        panic::set_hook(Box::new(|info| {
+            let location = info.location().map(ToString::to_string).unwrap_or_default();
+            eprintln!("(a pool worker panicked on purpose at {location})");
+        }));
         let failed = run_in_executor(|job| pool.execute(job), || -> u64 { panic!("bad row") });
         let err = failed.await.expect_err("the job panicked");
+        panic::set_hook(default_hook);
         println!("caught: {err}");
 
         // Outside any request: the defaults.

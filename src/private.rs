@@ -6,6 +6,10 @@ pub use context_core::{Context, ContextVar, FutureExt, Key, NoDefault, WithConte
 /// of the runtime, one clear error without it.
 pub use context_core::{__baggage_feature as baggage_feature, __claim_baggage as claim_baggage};
 
+/// `#[context_var(log)]`: nothing with the `tracing` feature of the runtime, one clear error
+/// without it.
+pub use context_core::__log_feature as log_feature;
+
 /// What a context variable's value must be. `#[context_var]` makes its `Key` impl hold only
 /// where the value type implements this, so that a type that is not `Send + Sync + 'static`
 /// gives one error, on the type, with this message (instead of one per bound that fails).

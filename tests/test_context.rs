@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use contextvars::{Context, context_var, copy_context};
+use contextvars::{Context, FutureExt, context_var, copy_context};
 
 #[context_var]
 static A: u32;
@@ -321,5 +321,38 @@ fn snapshots_follow_set_and_reset() {
             (before.get(&A), during.get(&A), after.get(&A)),
             (None, Some(&1), None)
         );
+    });
+}
+
+/// `#[preserve_context]`: its future captures the context current at the call.
+#[contextvars::preserve_context]
+async fn read_a_preserved() -> Option<u32> {
+    A.get()
+}
+
+// `run` runs its closure, not the future the closure returns: an `async` block built in `run`
+// runs where it is awaited, in the context current there, and its sets never reach the
+// context `run` entered. `with_context` runs a future in a context; what the closure starts
+// (a spawn, a `#[preserve_context]` call) takes the entered context along.
+#[test]
+fn run_does_not_run_the_future_its_closure_returns() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut ctx = Context::new().with_value(&A, 1);
+        let built_in_ctx = ctx.run(|| async {
+            let seen = A.get();
+            let _ = A.set(2);
+            seen
+        });
+        assert_eq!(built_in_ctx.await, None);
+        assert_eq!(ctx.get(&A), Some(&1));
+        assert_eq!(A.get(), Some(2)); // the set landed where the future was polled
+
+        assert_eq!(async { A.get() }.with_context(ctx.clone()).await, Some(1));
+        assert_eq!(ctx.run(read_a_preserved).await, Some(1));
+        let spawned = ctx.run(|| contextvars::spawn(async { A.get() }));
+        assert_eq!(spawned.await.unwrap(), Some(1));
     });
 }

@@ -5,7 +5,8 @@
 //! built with `install_writable`; sets on either side stay invisible to the other; where no
 //! hook runs, a task without a context still reads an empty context and cannot set.
 //!
-//! Run with `RUSTFLAGS="--cfg tokio_unstable" cargo test --features hooks --test test_hooks`.
+//! Run with `cargo test --features hooks --test test_hooks` (the workspace's `.cargo/config.toml`
+//! sets `--cfg tokio_unstable`).
 
 #![cfg(all(tokio_unstable, feature = "hooks"))]
 

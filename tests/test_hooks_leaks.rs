@@ -3,7 +3,8 @@
 //! Counted with `contextvars::hooks::stored_contexts()`, which covers every runtime of the
 //! process: hence one test in this binary, its scenarios in sequence.
 //!
-//! Run with `RUSTFLAGS="--cfg tokio_unstable" cargo test --features hooks --test test_hooks_leaks`.
+//! Run with `cargo test --features hooks --test test_hooks_leaks` (the workspace's
+//! `.cargo/config.toml` sets `--cfg tokio_unstable`).
 
 #![cfg(all(tokio_unstable, feature = "hooks"))]
 

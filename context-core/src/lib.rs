@@ -91,3 +91,26 @@ macro_rules! __baggage_feature {
 macro_rules! __claim_baggage {
     ($($tokens:tt)*) => {};
 }
+
+/// Without the `tracing` feature, `#[context_var(log)]` is one clear error, on `log`, that
+/// names the feature: nothing would put the variable on a log line.
+#[cfg(not(feature = "tracing"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_feature {
+    () => {
+        ::core::compile_error!(
+            "`#[context_var(log)]` puts the variable on the log lines of the formatters of \
+             `contextvars::tracing`, which need the `tracing` feature of `contextvars`: \
+             `contextvars = { version = \"...\", features = [\"tracing\"] }`"
+        );
+    };
+}
+
+/// With the feature, `#[context_var(log)]` needs nothing more.
+#[cfg(feature = "tracing")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_feature {
+    () => {};
+}

@@ -44,7 +44,8 @@ impl Arg {
 pub(crate) struct Args {
     pub(crate) name: Option<LitStr>,
     krate: Option<Path>,
-    pub(crate) log: bool,
+    /// `log`, with its span: the error without the runtime's `tracing` feature goes there.
+    pub(crate) log: Option<Span>,
     /// The baggage key, checked to be a token.
     pub(crate) baggage: Option<LitStr>,
 }
@@ -125,7 +126,7 @@ pub(crate) fn parse(tokens: TokenStream, attr: &str, accepted: &[Arg]) -> syn::R
                 if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
                     return Err(meta.error("`log` takes no value: write `#[context_var(log)]`"));
                 }
-                args.log = true;
+                args.log = Some(syn::spanned::Spanned::span(&meta.path));
             }
             Arg::Baggage => {
                 let key: LitStr = meta.value()?.parse()?;

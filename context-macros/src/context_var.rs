@@ -23,6 +23,10 @@
 //! }
 //! ```
 //!
+//! With `log`, `const LOG: bool = true;` and, before the rest,
+//! `::contextvars::__private::log_feature!();`: nothing with the runtime's `tracing` feature,
+//! one error on `log` without it.
+//!
 //! The struct lives in the type namespace and the static in the value namespace, so both
 //! carry the user's name: `Token<TENANT>` is the token of `TENANT` and of nothing else.
 //!
@@ -177,7 +181,7 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
         Some(name) => name.clone(),
         None => LitStr::new(&syn::ext::IdentExt::unraw(ident).to_string(), ident.span()),
     };
-    let log = args.log;
+    let log = args.log.is_some();
     let (kind, constructor) = match default {
         None => (quote!(NoDefault), quote!(new(#name))),
         Some(expr) => {
@@ -198,7 +202,15 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
         .iter()
         .filter(|attr| attr.path().is_ident("cfg"))
         .collect();
+    // With `log`: nothing, through a macro of the runtime that is one clear error, on `log`,
+    // without its `tracing` feature (nothing would write the variable on a log line).
+    let log_feature = args.log.map(|span| {
+        let feature = args.private_at(span);
+        quote_spanned!(span=> #(#cfgs)* #feature::log_feature!();)
+    });
     quote! {
+        #log_feature
+
         #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_camel_case_types)]

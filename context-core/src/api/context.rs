@@ -128,6 +128,35 @@ impl Context {
     /// assert_eq!(ctx.get(&COUNT), Some(&3));
     /// assert_eq!(COUNT.get(), 0);
     /// ```
+    ///
+    /// # Futures
+    ///
+    /// `run` runs `f`, not what `f` returns. A future that `f` builds (an `async` block, a
+    /// call to an `async fn`) does nothing until it is polled, and it is polled later, where
+    /// it is awaited, in the context current there: none of it runs in this context, and what
+    /// it sets never reaches it. To run a future in a context, use
+    /// [`FutureExt::with_context`](crate::FutureExt::with_context). What `f` starts does take
+    /// this context along: a task spawned with `contextvars::spawn` in `f` starts in a snapshot
+    /// of it, and a `#[preserve_context]` function called in `f` captures it.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// # use contextvars::{Context, ContextVar, FutureExt, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let ctx = Context::new().with_value(&USER, "ann");
+    ///
+    /// // Not in `ctx`: `run` only builds the future, which is polled here, outside it.
+    /// let built_in_ctx = ctx.clone().run(|| async { USER.get() });
+    /// assert_eq!(built_in_ctx.await, None);
+    ///
+    /// // In `ctx`, on every poll.
+    /// assert_eq!(async { USER.get() }.with_context(ctx).await, Some("ann"));
+    /// # });
+    /// ```
     #[inline]
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
         let _entered = Entered::new(&mut self.frame);

@@ -25,7 +25,10 @@ use crate::var::restore;
 /// `let _ = V.scoped(value);` drops the guard at once, so the value is reset on the same
 /// line: bind it to a named variable (`let _guard = …`), or use
 /// [`sync_scope`](crate::ContextVar::sync_scope) / [`scope`](crate::ContextVar::scope), which
-/// cannot be misused that way. Clippy's `let_underscore_must_use` lint catches the mistake.
+/// cannot be misused that way. An unused guard is a warning (`#[must_use]`), but `let _ =`
+/// silences it, and the help rustc prints under that warning suggests `let _ = ...`: for a
+/// guard, do not follow it. No lint tells `let _ = V.scoped(value)` apart from the harmless
+/// `let _ = V.set(value)` (the value then stays until the context ends).
 ///
 /// ```
 /// # use context_core as contextvars;
@@ -41,8 +44,10 @@ use crate::var::restore;
 /// drop(outer);
 /// assert_eq!(TENANT.get(), None);
 /// ```
-#[must_use = "the value is reset as soon as the guard is dropped, so `let _ = var.scoped(..)` \
-              resets it at once: bind it with `let _guard = ...`, or use `sync_scope`/`scope`"]
+#[must_use = "the guard resets the variable when it is dropped: keep it in a named binding, \
+              `let _guard = var.scoped(..)`, for as long as the value must hold, or use \
+              `var.sync_scope(..)`/`var.scope(..)`; `let _ = var.scoped(..)` drops it, and \
+              resets the value, on the same line"]
 pub struct ScopeGuard {
     var: &'static dyn VarMeta,
     key: u32,

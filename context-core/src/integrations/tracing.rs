@@ -52,7 +52,8 @@
 //! the choice is where to write them. Entering a span per context would make the values
 //! appear only where a span was entered (not in a spawned task or thread that inherited the
 //! context without the span) and would cost a span per request and per task. Wrapping the
-//! [`FormatEvent`] reads the context that is current when the line is written, which is
+//! [`FormatEvent`](https://docs.rs/tracing-subscriber/0.3/tracing_subscriber/fmt/trait.FormatEvent.html)
+//! reads the context that is current when the line is written, which is
 //! exactly the context the event belongs to, works for the text and JSON formats alike, and
 //! costs nothing where nothing logs. The inner formatter writes the line into a buffer (one
 //! per thread, reused), and the wrapper adds the fields before the line's end.
@@ -233,6 +234,8 @@ where
     N: for<'w> FormatFields<'w> + 'static,
     F: FormatEvent<S, N>,
 {
+    /// Writes the line the inner formatter writes, with the logged variables of the current
+    /// context added before its end.
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,

@@ -183,8 +183,8 @@ impl<T> Drop for Finished<T> {
 /// An owned permission to await a task spawned by [`spawn`], [`spawn_blocking`] or
 /// [`spawn_local`]: tokio's [`JoinHandle`][tokio-join-handle], with the same methods.
 ///
-/// Awaiting it gives the task's output, or a [`JoinError`] if the task panicked or was
-/// aborted. Dropping it detaches the task, which runs on.
+/// Awaiting it gives the task's output, or a [`JoinError`](https://docs.rs/tokio/1/tokio/task/struct.JoinError.html) if the
+/// task panicked or was aborted. Dropping it detaches the task, which runs on.
 ///
 /// **Where the task's values are dropped.** When the task finishes, the values of its
 /// context are dropped inside the task, before its output is handed over, so their `Drop`
@@ -217,7 +217,8 @@ pub struct JoinHandle<T> {
 
 impl<T> JoinHandle<T> {
     /// Aborts the task, as tokio's `JoinHandle::abort`: awaiting the handle then gives
-    /// a cancelled [`JoinError`], unless the task finished first. The task's future is dropped
+    /// a cancelled [`JoinError`](https://docs.rs/tokio/1/tokio/task/struct.JoinError.html), unless the task
+    /// finished first. The task's future is dropped
     /// inside its context.
     pub fn abort(&self) {
         self.inner.abort();
