@@ -94,7 +94,7 @@ mod hooks {
 async fn main() {
     let _id = REQUEST_ID.set(7);
     let seen = tokio::spawn(async { REQUEST_ID.get() }).await.unwrap();
-    assert_eq!(seen, Some(7));        // a plain tokio::spawn inherited it
+    assert_eq!(seen, Some(7));        // a plain tokio::spawn inherited it, to read
 }
 
     #[test]
