@@ -59,7 +59,9 @@
 //! - [`scoped`](ContextVar::scoped) returns a [`ScopeGuard`] that restores its variable,
 //!   and only that one, on drop, also on panic, exactly as resetting a token would;
 //!   [`sync_scope`](ContextVar::sync_scope) and [`scope`](ContextVar::scope) are the
-//!   closure and future forms, named as in `tokio::task_local!`.
+//!   closure and future forms, named as in `tokio::task_local!`. As there, `scope`'s future
+//!   takes its copy of the context when first polled, so nested scopes compose:
+//!   `B.scope(b, A.scope(a, future))` sees both values.
 //!
 //! # Contexts
 //!
