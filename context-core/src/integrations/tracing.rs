@@ -7,8 +7,8 @@
 //! secrets (tokens, credentials, personal data), so logging is opt-in per variable.
 //!
 //! ```text
-//! 2026-11-23T15:40:00.000000Z  INFO app: order placed amount=12 tenant="acme" request_id="r-17"
-//! {"timestamp":"…","level":"INFO","fields":{"message":"order placed","amount":12},"target":"app","@contextvars":{"tenant":"acme","request_id":"r-17"}}
+//! 2026-11-23T15:40:00.000000Z  INFO app: order placed amount=12 request_id="r-17" tenant="acme"
+//! {"timestamp":"…","level":"INFO","fields":{"message":"order placed","amount":12},"target":"app","@contextvars":{"request_id":"r-17","tenant":"acme"}}
 //! ```
 //!
 //! - **Text** ([`ContextFields::text`]): after the event's own fields, as `name=value`, the
@@ -28,6 +28,29 @@
 //! field named with that exact string literal (`"@contextvars" = …`) could, and then the
 //! member takes one more `@` (`"@@contextvars"`, and so on until the key is free): a line
 //! never has a key twice, and no field is lost.
+//!
+//! # Variables that share a name
+//!
+//! A variable is written under its name (`#[context_var(name = "…")]`, else the static's
+//! identifier), and names need not be unique: two modules, or two crates, may each declare a
+//! `tenant`. A line never has a key twice, by these rules, which depend only on what the line
+//! holds:
+//!
+//! - Where two or more variables on the line share a name (or, on a text line, a variable's
+//!   name is one of the event's own fields), each of those variables is written as
+//!   `name@path`, `path` being where it is declared: the module path and the static's
+//!   identifier, as in `tenant@my_app::billing::TENANT`. A name no other key on the line has
+//!   stays as it is, so a variable's key changes only on lines where its name is shared.
+//! - The variables come in the order of their keys (byte order), then the metadata entries
+//!   that opted into logs, in the order of theirs.
+//! - A key that is still taken (a metadata entry named like a variable, or two copies of one
+//!   crate declaring the same static) becomes `key#2`, or `key#3` if that is taken too, and so
+//!   on, in that order: nothing is dropped.
+//!
+//! ```text
+//! INFO app: invoice sent tenant@my_app::auth::TENANT="acme" tenant@my_app::billing::TENANT="acme-eu"
+//! {…,"@contextvars":{"tenant@my_app::auth::TENANT":"acme","tenant@my_app::billing::TENANT":"acme-eu"}}
+//! ```
 //!
 //! # Spans
 //!
@@ -106,6 +129,7 @@
 //! # assert!(!out.contains("s3cr3t"));
 //! ```
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
@@ -119,6 +143,8 @@ use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::context::{Context, ValueRef};
+use crate::current;
+use crate::map::{Leaf, Map};
 
 /// An event formatter that writes what `inner` writes, plus the context variables that opted
 /// into logs. See the [module docs](self).
@@ -239,7 +265,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let context = span_context(ctx, event).unwrap_or_else(Context::current);
+        let bindings = Bindings::of(ctx, event);
         let line = LINE.try_with(|line| {
             line.try_borrow_mut()
                 .map(|mut line| std::mem::take(&mut *line))
@@ -254,8 +280,12 @@ where
             .inner
             .format_event(ctx, Writer::new(&mut line), event)
             .and_then(|()| match self.style {
-                Style::Text => write_text(&mut writer, &line, &context),
-                Style::Json => write_json(&mut writer, &line, &context),
+                Style::Text => {
+                    // The event's own fields are on the line already: their names are taken.
+                    let taken: Vec<&str> = event.fields().map(|field| field.name()).collect();
+                    write_text(&mut writer, &line, &bindings.fields(&taken))
+                }
+                Style::Json => write_json(&mut writer, &line, &bindings.fields(&[])),
             });
         if line.capacity() > MAX_KEPT_LINE {
             line = String::new();
@@ -266,6 +296,98 @@ where
             }
         });
         result
+    }
+}
+
+/// The bindings a line carries: those of the context current where the event is written, or,
+/// for a line about a span itself, of the context the span was created in.
+struct Bindings {
+    map: Map,
+    // Declared after `map`, so dropped after it: the values are still held by the context
+    // when the line's copy of the map lets go of them.
+    _span_context: Option<Context>,
+}
+
+impl Bindings {
+    fn of<S, N>(ctx: &FmtContext<'_, S, N>, event: &Event<'_>) -> Bindings
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'w> FormatFields<'w> + 'static,
+    {
+        match span_context(ctx, event) {
+            Some(mut context) => Bindings {
+                map: context.run(current::snapshot),
+                _span_context: Some(context),
+            },
+            None => Bindings {
+                map: current::snapshot(),
+                _span_context: None,
+            },
+        }
+    }
+
+    /// The variables that opted into logs and the metadata entries that did, each with the
+    /// key it is written under on this line, where `taken` are the keys the line has already.
+    /// See [Variables that share a name](self#variables-that-share-a-name).
+    fn fields(&self, taken: &[&str]) -> Vec<(Cow<'_, str>, Field<'_>)> {
+        let vars: Vec<&Leaf> = self.map.iter().filter(|leaf| leaf.var.log()).collect();
+        let mut fields: Vec<(Cow<'_, str>, Field<'_>)> = Vec::with_capacity(vars.len());
+        for leaf in &vars {
+            let name = leaf.var.name();
+            let shared = taken.contains(&name)
+                || vars
+                    .iter()
+                    .any(|other| other.key != leaf.key && other.var.name() == name);
+            let key = if shared {
+                Cow::Owned(format!("{name}@{}", leaf.var.path()))
+            } else {
+                Cow::Borrowed(name)
+            };
+            fields.push((key, Field::Var(leaf)));
+        }
+        // Variables in a fixed order (by key), so that the numbered keys below are too.
+        fields.sort_by(|(a, _), (b, _)| a.cmp(b));
+        crate::metadata::for_each_logged(&self.map, |key, value| {
+            fields.push((Cow::Borrowed(key), Field::Metadata(value)));
+        });
+        // Whatever is still taken (metadata named like a variable, two copies of one crate)
+        // takes the first free `#2`, `#3`, ….
+        let fields_len = fields.len();
+        for i in 0..fields_len {
+            let (earlier, rest) = fields.split_at_mut(i);
+            let key = &mut rest[0].0;
+            let is_free = |candidate: &str| {
+                !taken.contains(&candidate) && earlier.iter().all(|(k, _)| k != candidate)
+            };
+            if !is_free(key) {
+                // At most `fields.len() + taken.len()` keys are taken, so one of as many
+                // more numbers is free.
+                let free = (2..=fields_len + taken.len() + 2)
+                    .map(|n| format!("{key}#{n}"))
+                    .find(|candidate| is_free(candidate))
+                    .unwrap_or_default();
+                *key = Cow::Owned(free);
+            }
+        }
+        fields
+    }
+}
+
+/// What a line writes after a key.
+enum Field<'a> {
+    /// A variable's value.
+    Var(&'a Leaf),
+    /// A metadata entry's value.
+    Metadata(&'a str),
+}
+
+impl fmt::Debug for Field<'_> {
+    /// The value as text lines write it: a variable's `Debug` output, an entry's quoted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Var(leaf) => leaf.var.fmt_value(&*leaf.value, f),
+            Field::Metadata(value) => fmt::Debug::fmt(value, f),
+        }
     }
 }
 
@@ -330,6 +452,10 @@ where
 /// into logs ([`Key::LOG`](crate::Key::LOG)): the building block for another log or trace
 /// integration (an OpenTelemetry exporter, a custom formatter).
 ///
+/// Names need not be unique, so `f` may see one twice: an integration that writes them as
+/// keys must tell them apart itself (this module's formatters do so as
+/// [Variables that share a name](self#variables-that-share-a-name) says).
+///
 /// ```
 /// # use context_core as contextvars;
 /// use contextvars::tracing::for_each_logged;
@@ -355,47 +481,37 @@ pub fn for_each_logged(mut f: impl FnMut(&'static str, ValueRef<'_>)) {
     }
 }
 
-fn logged(context: &Context) -> impl Iterator<Item = (&'static str, ValueRef<'_>)> {
-    context.iter().filter(|(_, value)| value.is_logged())
-}
-
 /// Splits a formatted line into its text and its line end.
 fn split_line_end(line: &str) -> (&str, &str) {
     let body = line.trim_end_matches(['\n', '\r']);
     (body, &line[body.len()..])
 }
 
-fn write_text(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Result {
+fn write_text(
+    writer: &mut Writer<'_>,
+    line: &str,
+    fields: &[(Cow<'_, str>, Field<'_>)],
+) -> fmt::Result {
     let (body, end) = split_line_end(line);
     writer.write_str(body)?;
-    for (name, value) in logged(context) {
-        write!(writer, " {name}={value:?}")?;
+    for (key, value) in fields {
+        write!(writer, " {key}={value:?}")?;
     }
-    let mut result = Ok(());
-    crate::metadata::for_each_logged(context, |key, value| {
-        result = result.and_then(|()| write!(writer, " {key}={value:?}"));
-    });
-    result?;
     writer.write_str(end)
 }
 
-fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Result {
+fn write_json(
+    writer: &mut Writer<'_>,
+    line: &str,
+    fields: &[(Cow<'_, str>, Field<'_>)],
+) -> fmt::Result {
     let (body, end) = split_line_end(line);
-    let mut fields = logged(context).peekable();
-    // Metadata entries opted into logs, each a member of its own, after the variables (an
-    // entry named like a variable is left out: a JSON object has each key once).
-    let mut metadata = Vec::new();
-    crate::metadata::for_each_logged(context, |key, value| {
-        if logged(context).all(|(name, _)| name != key) {
-            metadata.push((key.to_string(), value.to_string()));
-        }
-    });
     let Some(open) = body.strip_suffix('}').filter(|_| body.starts_with('{')) else {
         // Not a JSON object: write the line as it is, and the fields as text.
-        return write_text(writer, line, context);
+        return write_text(writer, line, fields);
     };
     writer.write_str(open)?;
-    if fields.peek().is_some() || !metadata.is_empty() {
+    if !fields.is_empty() {
         if !open.trim_end().ends_with('{') {
             writer.write_char(',')?;
         }
@@ -409,24 +525,16 @@ fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Re
         }
         writer.write_str(JSON_KEY)?;
         writer.write_str("\":{")?;
-        let mut written = 0;
-        for (name, value) in fields {
-            if written > 0 {
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
                 writer.write_char(',')?;
             }
-            written += 1;
-            write_json_string(writer, name)?;
-            writer.write_char(':')?;
-            write_json_value(writer, value)?;
-        }
-        for (key, value) in &metadata {
-            if written > 0 {
-                writer.write_char(',')?;
-            }
-            written += 1;
             write_json_string(writer, key)?;
             writer.write_char(':')?;
-            write_json_string(writer, value)?;
+            match value {
+                Field::Var(leaf) => write_json_value(writer, leaf)?,
+                Field::Metadata(value) => write_json_string(writer, value)?,
+            }
         }
         writer.write_char('}')?;
     }
@@ -471,7 +579,8 @@ fn has_top_level_key(object: &str, ats: usize, key: &str) -> bool {
 
 /// Writes a bound value as JSON: a number, a boolean or a string where the type says what
 /// it is, else the string of its `Debug` output.
-fn write_json_value(writer: &mut Writer<'_>, value: ValueRef<'_>) -> fmt::Result {
+fn write_json_value(writer: &mut Writer<'_>, leaf: &Leaf) -> fmt::Result {
+    let value = &*leaf.value;
     macro_rules! as_number {
         ($($ty:ty),*) => {$(
             if let Some(number) = value.downcast_ref::<$ty>() {
@@ -504,7 +613,7 @@ fn write_json_value(writer: &mut Writer<'_>, value: ValueRef<'_>) -> fmt::Result
     if let Some(c) = value.downcast_ref::<char>() {
         return write_json_string(writer, c.encode_utf8(&mut [0; 4]));
     }
-    write_json_string(writer, &format!("{value:?}"))
+    write_json_string(writer, &format!("{:?}", Field::Var(leaf)))
 }
 
 fn write_json_string(writer: &mut Writer<'_>, string: &str) -> fmt::Result {
