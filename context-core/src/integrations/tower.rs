@@ -118,13 +118,25 @@
 //!
 //! When a `ContextLayer`'s service is called inside a request context that another layer of
 //! this module entered (an outer `ContextLayer`, or [`ReenterContextLayer`] below a worker),
-//! from the outer service's `call` or from its response future (axum calls inner services
-//! from the future), the request builds on that context (a copy of it, as the outer hook and
-//! any middleware in between left it) instead of starting from this layer's base. So an outer
-//! layer may set what every route needs (a request id) and an inner one, on some routes, add
-//! to it (a tenant): the handler sees both. What the inner layer sets does not reach the
-//! outer layer's context. The same holds for any service with a `ContextLayer` that a handler
-//! calls in-process: its requests build on the handler's context.
+//! the request builds on that context (a copy of it, as the outer hook and any middleware in
+//! between left it) instead of starting from this layer's base. So an outer layer may set what
+//! every route needs (a request id) and an inner one, on some routes, add to it (a tenant):
+//! the handler sees both. What the inner layer sets does not reach the outer layer's context.
+//! The same holds for any service with a `ContextLayer` that a handler calls in-process: its
+//! requests build on the handler's context.
+//!
+//! That holds wherever the call happens, as long as the request's context went there: in the
+//! outer service's `call` or its response future (axum calls inner services from the future),
+//! and in a task, a `LocalSet` task or a thread the context was passed to
+//! ([`spawn`](crate::spawn), [`spawn_local`](crate::spawn_local),
+//! [`spawn_blocking`](crate::spawn_blocking),
+//! [`in_current_context`](crate::FutureExt::in_current_context), or every task under the
+//! runtime hooks), whichever thread polls it. A task the context did not go to (a plain
+//! `tokio::task::spawn_local`) has no context, so a layer called there starts from its own
+//! base. A request's context is recognized by one binding of its own, named
+//! `contextvars.tower.request`, which the layer adds: it shows in the context's mapping view
+//! (`Debug`, [`len`](Context::len), [`iter`](Context::iter)) like any other, and is never
+//! logged nor sent as baggage.
 //!
 //! # Shared workers: `Buffer` and the like
 //!
@@ -152,7 +164,6 @@
 //! What the inner service sets stays below the worker: the layers above, and a response body
 //! wrapped by [`ContextLayer::body_in_context`], do not see it.
 
-use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -165,6 +176,7 @@ use tower_service::Service;
 
 use crate::context::Context;
 use crate::future::{FutureExt, WithContext};
+use crate::var::{ContextVar, Key, NoDefault};
 
 // Feature `baggage`: the client layer, and the types `ContextLayer::accept_baggage` makes
 // (defined with the rest of the baggage support, in `crate::baggage`).
@@ -423,7 +435,7 @@ impl<S, H, M: Clone> Layer<S> for ContextLayer<H, M, NoHook> {
     fn layer(&self, inner: S) -> Self::Service {
         ContextService {
             inner,
-            base: self.base.clone(),
+            base: marked(self.base.clone()),
             hook: Arc::clone(&self.hook),
             response: self.response.clone(),
         }
@@ -439,7 +451,7 @@ impl<S, M: Clone, F> Layer<S> for ContextLayer<NoHook, M, AsyncHook<F>> {
                 inner,
                 hook: Arc::clone(&self.async_hook.0),
             },
-            base: self.base.clone(),
+            base: marked(self.base.clone()),
             hook: Arc::new(NoHook),
             response: self.response.clone(),
         }
@@ -782,7 +794,7 @@ where
         let (hook, inner) = (&self.hook, &mut self.inner);
         let future = context.run(|| {
             hook.on_request(&mut request);
-            in_request(|| inner.call(request))
+            inner.call(request)
         });
         ResponseFuture {
             inner: future.with_context(context),
@@ -887,7 +899,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = ready!(in_request(|| this.inner.as_mut().poll(cx)));
+        let result = ready!(this.inner.as_mut().poll(cx));
         let context = this.inner.as_ref().get_ref().context();
         Poll::Ready(result.map(|response| this.response.wrap_response(response, context)))
     }
@@ -1046,7 +1058,7 @@ where
                 StateProj::Hook { hook, service } => match ready!(hook.poll(cx)) {
                     Ok(request) => {
                         let mut service = service.take().expect("the hook finishes once");
-                        let call = in_request(|| service.call(request));
+                        let call = service.call(request);
                         state.set(State::Call { call });
                     }
                     Err(response) => return Poll::Ready(Ok(response)),
@@ -1069,37 +1081,32 @@ impl<H, S, F> fmt::Debug for HookThenCall<H, S, F> {
     }
 }
 
-thread_local! {
-    /// Whether the code running now runs in a request's context entered by a layer of this
-    /// module: the inner service's `call`, or a poll of its future. A `ContextLayer` called
-    /// there (directly, or from that future as axum's `oneshot` does) builds on that context
-    /// instead of its base.
-    static IN_REQUEST: Cell<bool> = const { Cell::new(false) };
+/// The key of [`IN_REQUEST`].
+struct InRequest {}
+
+impl Key for InRequest {
+    type Value = ();
+    type Default = NoDefault;
 }
 
-/// Puts `IN_REQUEST` back as it was, however the call ends.
-struct RestoreInRequest(bool);
+/// Marks a request's context, as a layer of this module enters it: a `ContextLayer` called
+/// where the current context has it (from the outer service's `call` or its response future,
+/// or from a task or a thread the request's context flowed to) builds on that context instead
+/// of its base. A binding rather than a flag of the thread or task, so it goes wherever the
+/// context goes (`contextvars::spawn`, `spawn_local`, `spawn_blocking`, `in_current_context`,
+/// the runtime hooks) and nowhere else, whichever thread polls, and nothing has to be undone
+/// when a call or a poll panics or a request future is dropped.
+static IN_REQUEST: ContextVar<InRequest> = ContextVar::new("contextvars.tower.request");
 
-impl Drop for RestoreInRequest {
-    fn drop(&mut self) {
-        let _ = IN_REQUEST.try_with(|flag| flag.set(self.0));
-    }
-}
-
-/// Runs `call` (a service's `call`, or a poll of its future) with the request's context
-/// entered, marked as such.
-fn in_request<R>(call: impl FnOnce() -> R) -> R {
-    let outer = IN_REQUEST
-        .try_with(|flag| flag.replace(true))
-        .unwrap_or(false);
-    let _restore = RestoreInRequest(outer);
-    call()
+/// `context`, marked as a request's (each request of a layer starts from a copy of it).
+fn marked(context: Context) -> Context {
+    context.with_value(&IN_REQUEST, ())
 }
 
 /// The context a new request starts in: a copy of the request context it is called in, if
-/// an outer layer entered one, else a copy of `base`.
+/// an outer layer entered one, else a copy of `base` (marked).
 fn request_context(base: &Context) -> Context {
-    if IN_REQUEST.try_with(Cell::get).unwrap_or(false) {
+    if IN_REQUEST.is_set() {
         Context::current()
     } else {
         base.clone()
@@ -1358,11 +1365,18 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let mut context = request
+        let context = request
             .take_context()
             .unwrap_or_else(|| request_context(&Context::new()));
+        // A context carried by hand (not from a `ContextLayer`'s request) is a request's here
+        // too: a layer below builds on it.
+        let mut context = if context.contains(&IN_REQUEST) {
+            context
+        } else {
+            marked(context)
+        };
         let inner = &mut self.inner;
-        let future = context.run(|| in_request(|| inner.call(request)));
+        let future = context.run(|| inner.call(request));
         ResponseFuture {
             inner: future.with_context(context),
             response: KeepResponse,
