@@ -2,132 +2,17 @@
 //!
 //! [`ContextFields`] wraps one of tracing-subscriber's event formatters (text or JSON) and
 //! adds, to every event it writes, the context variables **that opted into logs**
-//! (`#[context_var(log)]`, [`Key::LOG`](crate::Key::LOG)) as they are in the context the
-//! event is emitted from. A variable that did not opt in is never written: context often holds
-//! secrets (tokens, credentials, personal data), so logging is opt-in per variable.
+//! ([`Key::LOG`](crate::Key::LOG)) as they are in the context the event is emitted from, and
+//! the metadata entries that did. Text lines get `name=value` after the event's own fields;
+//! JSON lines one more member, [`JSON_KEY`], an object of the variables. A line never has a
+//! key twice: variables whose name is shared on the line are written as `name@path`
+//! ([`Key::path`](crate::Key::path)), in the order of their keys, and a key still taken gets
+//! `#2`, `#3`, …. [`SpanContextLayer`] makes the lines about a span itself carry the context
+//! the span was created in; [`for_each_logged`] is the building block for other integrations.
 //!
-//! ```text
-//! 2026-11-23T15:40:00.000000Z  INFO app: order placed amount=12 request_id="r-17" tenant="acme"
-//! {"timestamp":"…","level":"INFO","fields":{"message":"order placed","amount":12},"target":"app","@contextvars":{"request_id":"r-17","tenant":"acme"}}
-//! ```
-//!
-//! - **Text** ([`ContextFields::text`]): after the event's own fields, as `name=value`, the
-//!   value formatted with `Debug` (as tracing writes `?value` fields).
-//! - **JSON** ([`ContextFields::json`]): one more top-level member, [`JSON_KEY`]
-//!   (`"@contextvars"`), an object of the variables. Strings, integers, floats, `bool` and
-//!   `char` (also behind `Box`/`Arc` for strings) are written as JSON values; any other type
-//!   as the JSON string of its `Debug` output.
-//!
-//! # A JSON key that cannot collide
-//!
-//! With `json().flatten_event(true)`, an event's fields are top-level members of the line,
-//! next to the formatter's own (`timestamp`, `level`, …), so a field named like the member
-//! this crate adds would make a line with the same key twice, which strict parsers reject and
-//! lenient ones resolve by dropping one. The member is therefore `"@contextvars"`: a field
-//! named with an identifier (`context = …`, `tenant.id = …`) can never be spelled so. Only a
-//! field named with that exact string literal (`"@contextvars" = …`) could, and then the
-//! member takes one more `@` (`"@@contextvars"`, and so on until the key is free): a line
-//! never has a key twice, and no field is lost.
-//!
-//! # Variables that share a name
-//!
-//! A variable is written under its name (`#[context_var(name = "…")]`, else the static's
-//! identifier), and names need not be unique: two modules, or two crates, may each declare a
-//! `tenant`. A line never has a key twice, by these rules, which depend only on what the line
-//! holds:
-//!
-//! - Where two or more variables on the line share a name (or, on a text line, a variable's
-//!   name is one of the event's own fields), each of those variables is written as
-//!   `name@path`, `path` being where it is declared: the module path and the static's
-//!   identifier, as in `tenant@my_app::billing::TENANT`. A name no other key on the line has
-//!   stays as it is, so a variable's key changes only on lines where its name is shared.
-//! - The variables come in the order of their keys (byte order), then the metadata entries
-//!   that opted into logs, in the order of theirs.
-//! - A key that is still taken (a metadata entry named like a variable, or two copies of one
-//!   crate declaring the same static) becomes `key#2`, or `key#3` if that is taken too, and so
-//!   on, in that order: nothing is dropped.
-//!
-//! ```text
-//! INFO app: invoice sent tenant@my_app::auth::TENANT="acme" tenant@my_app::billing::TENANT="acme-eu"
-//! {…,"@contextvars":{"tenant@my_app::auth::TENANT":"acme","tenant@my_app::billing::TENANT":"acme-eu"}}
-//! ```
-//!
-//! # Spans
-//!
-//! An event carries the fields of the context it is emitted in, whatever span it is in. The
-//! lines tracing-subscriber writes about a span itself (`with_span_events`: `new`, `enter`,
-//! `exit`, `close`) are events too, and by default carry the context current where they are
-//! written: for `close`, that is wherever the span's last handle is dropped, which may be
-//! another task than the one that created the span, or a task without a context. Add
-//! [`SpanContextLayer`] to the subscriber and they carry the context the span was *created*
-//! in instead, whoever enters, exits or drops it.
-//!
-//! The variables are read when the event is formatted, on the thread that emits it, so an
-//! event from a task spawned with [`spawn`](crate::spawn), a closure run by
-//! [`spawn_blocking`](crate::spawn_blocking), a thread from
-//! [`thread::spawn`](crate::thread::spawn) or a request served through the tower layer
-//! carries the fields of the context it runs in, and an event from a task that runs outside
-//! any context carries none.
-//!
-//! # Why a formatter wrapper
-//!
-//! A tracing event's fields are fixed by its call site, so no layer can add fields to it;
-//! the choice is where to write them. Entering a span per context would make the values
-//! appear only where a span was entered (not in a spawned task or thread that inherited the
-//! context without the span) and would cost a span per request and per task. Wrapping the
-//! [`FormatEvent`] reads the context that is current when the line is written, which is
-//! exactly the context the event belongs to, works for the text and JSON formats alike, and
-//! costs nothing where nothing logs. The inner formatter writes the line into a buffer (one
-//! per thread, reused), and the wrapper adds the fields before the line's end.
-//!
-//! Colours: tracing-subscriber gives a formatter writing into a buffer no ANSI colours
-//! unless the format asks for them itself, so to keep colours on a terminal, say so on the
-//! inner format: `format().with_ansi(true)`.
-//!
-//! ```
-//! # use context_core as contextvars;
-//! use contextvars::tracing::ContextFields;
-//! use contextvars::{ContextVar, Key, NoDefault};
-//! use tracing_subscriber::fmt::format;
-//! # use std::sync::{Arc, Mutex};
-//! # use std::io::Write;
-//! # #[derive(Clone, Default)] struct Buffer(Arc<Mutex<Vec<u8>>>);
-//! # impl Write for Buffer {
-//! #     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> { self.0.lock().unwrap().write(b) }
-//! #     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
-//! # }
-//! # let buffer = Buffer::default();
-//! # let out = buffer.clone();
-//!
-//! # #[allow(non_camel_case_types)] struct TENANT {}
-//! // What `#[context_var(name = "tenant", log)] static TENANT: String;` declares.
-//! impl Key for TENANT {
-//!     type Value = String;
-//!     type Default = NoDefault;
-//!     const LOG: bool = true;
-//!     # fn fmt_value(v: &String, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) }
-//! }
-//! static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
-//!
-//! # #[allow(non_camel_case_types)] struct API_KEY {}
-//! // Not opted in: never logged.
-//! # impl Key for API_KEY { type Value = String; type Default = NoDefault; }
-//! static API_KEY: ContextVar<API_KEY> = ContextVar::new("api_key");
-//!
-//! let subscriber = tracing_subscriber::fmt()
-//!     .event_format(ContextFields::text(format().without_time()))
-//! #   .with_writer(move || buffer.clone())
-//!     .finish();
-//! tracing::subscriber::with_default(subscriber, || {
-//!     let _tenant = TENANT.set("acme".to_string());
-//!     let _key = API_KEY.set("s3cr3t".to_string());
-//!     tracing::info!(amount = 12, "order placed");
-//! });
-//! # let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-//! // INFO rust_out: order placed amount=12 tenant="acme"
-//! # assert!(out.ends_with("order placed amount=12 tenant=\"acme\"\n"), "{out}");
-//! # assert!(!out.contains("s3cr3t"));
-//! ```
+//! The `contextvars` crate's documentation of this module tells the whole story with its
+//! macros (the formats, names that collide, spans, why a formatter wrapper); the items here
+//! are the runtime part.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -201,8 +86,7 @@ impl<F> ContextFields<F> {
     }
 
     /// For a format that writes one JSON object per line (`format().json()`): adds a
-    /// [`JSON_KEY`] member holding the variables (see the [module docs](self) for why that
-    /// name).
+    /// [`JSON_KEY`] member holding the variables (see [`JSON_KEY`] for why that name).
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -237,7 +121,9 @@ impl<F> ContextFields<F> {
 
 /// The member of a JSON line that holds the context variables: a name no field named with an
 /// identifier can have, so that it never collides with an event's own fields, even with
-/// `flatten_event(true)`. See [A JSON key that cannot collide](self#a-json-key-that-cannot-collide).
+/// `flatten_event(true)`. Only a field named with that exact string literal
+/// (`"@contextvars" = …`) could; the member then takes one more `@` (`"@@contextvars"`, and so
+/// on until the key is free), so that no field is lost.
 ///
 /// ```
 /// # use context_core as contextvars;
@@ -327,8 +213,8 @@ impl Bindings {
     }
 
     /// The variables that opted into logs and the metadata entries that did, each with the
-    /// key it is written under on this line, where `taken` are the keys the line has already.
-    /// See [Variables that share a name](self#variables-that-share-a-name).
+    /// key it is written under on this line, where `taken` are the keys the line has already,
+    /// by the rules the `contextvars` crate's docs of this module give.
     fn fields(&self, taken: &[&str]) -> Vec<(Cow<'_, str>, Field<'_>)> {
         let vars: Vec<&Leaf> = self.map.iter().filter(|leaf| leaf.var.log()).collect();
         let mut fields: Vec<(Cow<'_, str>, Field<'_>)> = Vec::with_capacity(vars.len());
@@ -453,8 +339,8 @@ where
 /// integration (an OpenTelemetry exporter, a custom formatter).
 ///
 /// Names need not be unique, so `f` may see one twice: an integration that writes them as
-/// keys must tell them apart itself (this module's formatters do so as
-/// [Variables that share a name](self#variables-that-share-a-name) says).
+/// keys must tell them apart itself (this module's formatters write each variable whose name
+/// is shared on the line as `name@path`, with [`Key::path`](crate::Key::path)).
 ///
 /// ```
 /// # use context_core as contextvars;
