@@ -310,3 +310,58 @@ async fn an_async_hook_that_panics_errs_or_never_returns_leaks_nothing_to_the_ne
     let expected: Vec<_> = sent.iter().map(|t| (t.clone(), Some(t.clone()))).collect();
     assert_eq!(dropped, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hook_that_never_returns_keeps_its_request_context_to_itself_when_the_client_gives_up() {
+    let dropped: Drops = Arc::default();
+    let probes = Arc::clone(&dropped);
+    // No timeout on the server: the client is the one that gives up.
+    let layer = ContextLayer::new().on_request_async(move |request: Request| {
+        let probes = Arc::clone(&probes);
+        async move {
+            if let Some(tenant) = header(&request, "x-tenant-id") {
+                let _ = TENANT.set(tenant.clone());
+                let _ = PROBE.set(Probe(probes, tenant));
+            }
+            if header(&request, "x-mode").as_deref() == Some("hang") {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Response>(request)
+        }
+    });
+    let app = Router::new().route("/", get(whoami)).layer(layer);
+    let addr = http::serve(app).await;
+
+    let rounds: Vec<_> = (0..8)
+        .map(|c| {
+            tokio::spawn(async move {
+                let tenant = format!("hang-{c}");
+                let mut client = http::Client::connect(addr).await;
+                let hung = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    client.try_get("/", &[("x-tenant-id", &tenant), ("x-mode", "hang")]),
+                )
+                .await;
+                assert!(hung.is_err(), "the hook never returns");
+                drop(client);
+                // Other connections, and other requests, start afresh meanwhile.
+                let mut client = http::Client::connect(addr).await;
+                for r in 0..5 {
+                    let answer = client.get("/", &[]).await;
+                    assert_eq!(answer.body, "none none none", "{tenant}");
+                    let ok = format!("ok-{c}-{r}");
+                    let answer = client.get("/", &[("x-tenant-id", &ok)]).await;
+                    assert_eq!(answer.body, format!("none {ok} none"));
+                }
+            })
+        })
+        .collect();
+    for round in rounds {
+        round.await.unwrap();
+    }
+    // Whatever the server has dropped so far (the finished requests' values, and a hung
+    // request's if the server noticed the closed connection) was dropped in its own context.
+    for (tenant, seen) in dropped.lock().unwrap().iter() {
+        assert_eq!(seen.as_deref(), Some(tenant.as_str()));
+    }
+}
