@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use contextvars::tower::{BodyInContext, ContextLayer};
-use contextvars::{WithContext, context_var};
+use contextvars::{Scope, context_var};
 use serde::Serialize;
 
 /// A tenant, as the directory knows it.
@@ -68,7 +68,7 @@ impl TenantContext {
 
     /// Runs a background job for `tenant`, outside any request: the job and all it spawns
     /// see that tenant, and nothing it sets escapes.
-    pub(crate) fn scope<F: Future>(tenant: Arc<Tenant>, job: F) -> WithContext<F> {
+    pub(crate) fn scope<F: Future>(tenant: Arc<Tenant>, job: F) -> Scope<F> {
         TENANT.scope(tenant, job)
     }
 

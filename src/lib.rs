@@ -59,7 +59,9 @@
 //! - [`scoped`](ContextVar::scoped) returns a [`ScopeGuard`] that restores its variable,
 //!   and only that one, on drop, also on panic, exactly as resetting a token would;
 //!   [`sync_scope`](ContextVar::sync_scope) and [`scope`](ContextVar::scope) are the
-//!   closure and future forms, named as in `tokio::task_local!`.
+//!   closure and future forms, named as in `tokio::task_local!`. As there, `scope`'s future
+//!   takes its copy of the context when first polled, so nested scopes compose:
+//!   `B.scope(b, A.scope(a, future))` sees both values.
 //!
 //! # Contexts
 //!
@@ -229,10 +231,16 @@ pub mod baggage {
 }
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub use context_core::tower;
+#[doc = include_str!("../docs/tower.md")]
+pub mod tower {
+    pub use context_core::tower::*;
+}
 #[cfg(feature = "tracing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
-pub use context_core::tracing;
+#[doc = include_str!("../docs/tracing.md")]
+pub mod tracing {
+    pub use context_core::tracing::*;
+}
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use context_core::{JoinHandle, spawn, spawn_blocking, spawn_local};
@@ -256,6 +264,17 @@ pub mod __private;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The tower and tracing guides' examples, compiled whatever the features (the tests enable
+/// the runtime's `tower` and `tracing` features); with the features, the modules' own docs
+/// run them.
+#[cfg(all(doctest, not(feature = "tower")))]
+#[doc = include_str!("../docs/tower.md")]
+struct TowerDoctests;
+
+#[cfg(all(doctest, not(feature = "tracing")))]
+#[doc = include_str!("../docs/tracing.md")]
+struct TracingDoctests;
 
 /// The baggage guide's examples, compiled whatever the features (the tests enable the
 /// runtime's `baggage` feature).

@@ -457,3 +457,173 @@ fn with_span_context_layer_a_span_close_line_carries_the_context_the_span_was_cr
         )
     );
 }
+
+/// Two more variables named `tenant`, declared in other modules, as two crates or two parts of
+/// an application may.
+mod billing {
+    #[contextvars::context_var(name = "tenant", log)]
+    pub(crate) static TENANT: String;
+}
+
+mod auth {
+    #[contextvars::context_var(name = "tenant", log)]
+    pub(crate) static TENANT: &'static str;
+}
+
+/// A subscriber for this thread only, with a text layer and a JSON layer, each writing into a
+/// buffer of its own.
+fn text_and_json() -> (impl tracing::Subscriber + Send + Sync, Capture, Capture) {
+    let (text, json) = (Capture::default(), Capture::default());
+    let (t, j) = (text.clone(), json.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            fmt::layer()
+                .map_event_format(ContextFields::text)
+                .with_writer(move || t.clone()),
+        )
+        .with(
+            fmt::layer()
+                .json()
+                .map_event_format(ContextFields::json)
+                .with_writer(move || j.clone()),
+        );
+    (subscriber, text, json)
+}
+
+/// The members of a line's context object, parsed with its duplicates (the test's values hold
+/// no braces, so the object ends at the first `}`).
+fn context_members(line: &str) -> Vec<(String, serde_json::Value)> {
+    let member = format!("\"{JSON_KEY}\":");
+    let start = line.find(&member).expect(line) + member.len();
+    let end = start + line[start..].find('}').expect(line);
+    let Members(members) = serde_json::from_str(&line[start..=end]).expect(line);
+    members
+}
+
+/// The `key=value` pairs a text line ends with, after the event's message: every key once.
+fn text_keys(line: &str, marker: &str) -> Vec<String> {
+    let tail = &line[line.find(marker).expect(line) + marker.len()..];
+    let keys: Vec<String> = tail
+        .split(' ')
+        .filter_map(|pair| pair.split_once('=').map(|(key, _)| key.to_string()))
+        .collect();
+    for key in &keys {
+        assert_eq!(
+            keys.iter().filter(|k| *k == key).count(),
+            1,
+            "`{key}` twice in {line}"
+        );
+    }
+    keys
+}
+
+#[test]
+fn variables_that_share_a_name_get_distinct_keys_on_text_and_json_lines() {
+    let (subscriber, text, json) = text_and_json();
+    tracing::subscriber::with_default(subscriber, || {
+        let _tenant = TENANT.set("main".into());
+        let _billing = billing::TENANT.set("billing".into());
+        let _auth = auth::TENANT.set("auth");
+        let _request = REQUEST_ID.set("r-9".into());
+        tracing::info!("marker-shared-name");
+    });
+
+    // Each variable that shares its name is written as `name@path`, path being where it is
+    // declared; a name no other variable on the line has stays as it is.
+    let expected = [
+        ("tenant@test_tracing::TENANT", "main"),
+        ("tenant@test_tracing::billing::TENANT", "billing"),
+        ("tenant@test_tracing::auth::TENANT", "auth"),
+        ("request_id", "r-9"),
+    ];
+
+    let [json] = &json.lines("marker-shared-name")[..] else {
+        panic!("one JSON line")
+    };
+    let members = context_members(json);
+    assert_eq!(members.len(), 4, "{json}");
+    let mut keys: Vec<&str> = members.iter().map(|(key, _)| key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 4, "a key twice in {json}");
+    for (key, value) in expected {
+        let found = members.iter().find(|(k, _)| k == key);
+        assert_eq!(
+            found.map(|(_, v)| v.as_str()),
+            Some(Some(value)),
+            "{key} in {json}"
+        );
+    }
+    parse_without_duplicates(json);
+
+    let [text] = &text.lines("marker-shared-name")[..] else {
+        panic!("one text line")
+    };
+    let keys = text_keys(text, "marker-shared-name");
+    assert_eq!(keys.len(), 4, "{text}");
+    assert!(
+        keys.is_sorted(),
+        "variables in the order of their keys: {text}"
+    );
+    let json_keys: Vec<&str> = members.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(json_keys, keys, "the same keys in the same order");
+    for (key, value) in expected {
+        assert!(
+            text.contains(&format!(" {key}={value:?}")),
+            "{key} in {text}"
+        );
+    }
+}
+
+#[test]
+fn a_text_line_never_repeats_a_key_of_the_event_or_of_metadata() {
+    let (subscriber, text, json) = text_and_json();
+    tracing::subscriber::with_default(subscriber, || {
+        Context::new().run(|| {
+            let _tenant = TENANT.set("from-context".into());
+            let _request = REQUEST_ID.set("r-1".into());
+            contextvars::metadata::set_metadata_with(
+                "request_id",
+                "from-metadata",
+                contextvars::metadata::MetadataFlags::LOG,
+            );
+            tracing::info!(tenant = "from-event", "marker-event-field");
+        });
+    });
+
+    // The event's own field keeps its name; the variable that shares it takes its path.
+    let [text] = &text.lines("marker-event-field")[..] else {
+        panic!("one text line")
+    };
+    let keys = text_keys(text, "marker-event-field");
+    assert_eq!(keys.len(), 4, "{text}");
+    for field in [
+        r#" tenant="from-event""#,
+        r#" tenant@test_tracing::TENANT="from-context""#,
+        r#" request_id="r-1""#,
+        r#" request_id#2="from-metadata""#,
+    ] {
+        assert!(text.contains(field), "{field} in {text}");
+    }
+
+    // In JSON the event's fields and the context's members are apart: only the metadata entry
+    // named like a variable needs another key.
+    let [json] = &json.lines("marker-event-field")[..] else {
+        panic!("one JSON line")
+    };
+    let members = context_members(json);
+    let expected = [
+        ("tenant", "from-context"),
+        ("request_id", "r-1"),
+        ("request_id#2", "from-metadata"),
+    ];
+    assert_eq!(members.len(), expected.len(), "{json}");
+    for (key, value) in expected {
+        let found = members.iter().find(|(k, _)| k == key);
+        assert_eq!(
+            found.map(|(_, v)| v.as_str()),
+            Some(Some(value)),
+            "{key} in {json}"
+        );
+    }
+}

@@ -41,7 +41,7 @@ use api::{context, error, guard, token, var};
 use engine::{current, map};
 #[cfg(feature = "tokio")]
 use propagation::task;
-use propagation::{executor, future, gather};
+use propagation::{executor, future, gather, scope};
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -65,6 +65,7 @@ pub use executor::{Job, JobError, RunInExecutor, run_in_executor};
 pub use future::{FutureExt, WithContext};
 pub use gather::{Gather, gather};
 pub use guard::ScopeGuard;
+pub use scope::Scope;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};

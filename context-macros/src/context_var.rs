@@ -19,6 +19,7 @@
 //!     type Value = <fn(&'static ()) -> u64 as ::contextvars::__private::Returns>::Output;
 //!     type Default = ::contextvars::__private::WithDefault;
 //!     const LOG: bool = false;
+//!     fn path() -> &'static str { concat!(module_path!(), "::TENANT") }
 //!     fn fmt_value(..) { /* the value's Debug, or its type name */ }
 //! }
 //! ```
@@ -182,6 +183,11 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
         None => LitStr::new(&syn::ext::IdentExt::unraw(ident).to_string(), ident.span()),
     };
     let log = args.log.is_some();
+    // Where the variable is declared, to tell apart on a log line variables that share a name.
+    let path = LitStr::new(
+        &format!("::{}", syn::ext::IdentExt::unraw(ident)),
+        ident.span(),
+    );
     let (kind, constructor) = match default {
         None => (quote!(NoDefault), quote!(new(#name))),
         Some(expr) => {
@@ -227,6 +233,10 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
             type Value = #value;
             type Default = #private::#kind;
             const LOG: bool = #log;
+
+            fn path() -> &'static str {
+                ::core::concat!(::core::module_path!(), #path)
+            }
 
             fn fmt_value(
                 value: &Self::Value,

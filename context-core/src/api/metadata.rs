@@ -313,10 +313,16 @@ pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
     METADATA.try_set(map).map(drop)
 }
 
-/// Calls `f` with each entry of `context`'s metadata that opted into logs.
+/// Calls `f` with each entry of the metadata in `bindings` that opted into logs, in key order.
 #[cfg(feature = "tracing")]
-pub(crate) fn for_each_logged(context: &crate::Context, mut f: impl FnMut(&str, &str)) {
-    if let Some(map) = context.get(&METADATA) {
+pub(crate) fn for_each_logged<'a>(
+    bindings: &'a crate::map::Map,
+    mut f: impl FnMut(&'a str, &'a str),
+) {
+    let metadata = bindings
+        .get(METADATA.key())
+        .map(|leaf| crate::var::downcast::<Metadata>(&*leaf.value));
+    if let Some(map) = metadata {
         for (key, entry) in &map.0 {
             if entry.flags.logged() {
                 f(key, &entry.value);

@@ -47,6 +47,15 @@ pub trait Key: 'static {
     /// often holds secrets, so the default is no.
     const LOG: bool = false;
 
+    /// Where the variable is declared, as `crate::module::STATIC`: what tells apart, on a log
+    /// line, variables that share a name (see the `tracing` module). `#[context_var]` writes
+    /// the static's `module_path!()` and identifier; the default is the name of this type,
+    /// which `#[context_var]` declares next to the static with the static's own name.
+    #[must_use]
+    fn path() -> &'static str {
+        type_name::<Self>()
+    }
+
     /// Formats a value in [`Context`]'s `Debug` output and [`Context::iter`]. The default
     /// writes the type's name; `#[context_var]` uses the value's `Debug` where it has one.
     ///
@@ -570,6 +579,10 @@ impl<K: Key> VarMeta for ContextVar<K> {
 
     fn log(&self) -> bool {
         K::LOG
+    }
+
+    fn path(&self) -> &'static str {
+        K::path()
     }
 
     fn fmt_value(

@@ -27,11 +27,13 @@ use std::sync::Arc;
 pub(crate) type Value = Arc<dyn Any + Send + Sync>;
 
 /// What the map needs to know about a variable without knowing its type: its name, whether
-/// it appears in logs, and how to format its values. `ContextVar` implements it; the map
+/// it appears in logs, where it is declared, and how to format its values. `ContextVar` implements it; the map
 /// knows nothing else of variables.
 pub(crate) trait VarMeta: Sync {
     fn name(&self) -> &'static str;
     fn log(&self) -> bool;
+    /// Where the variable is declared (`crate::module::STATIC`).
+    fn path(&self) -> &'static str;
     fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
     -> fmt::Result;
 }
@@ -368,6 +370,9 @@ mod tests {
         }
         fn log(&self) -> bool {
             false
+        }
+        fn path(&self) -> &'static str {
+            "tests::META"
         }
         fn fmt_value(
             &self,

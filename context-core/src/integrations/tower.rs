@@ -1,159 +1,21 @@
 //! A tower layer that runs every request in a context of its own (feature `tower`).
 //!
 //! A server (axum, tonic, hyper) serves each connection in a task spawned with plain
-//! `tokio::spawn`, which has no context: there, every variable reads as unset and `set`
-//! panics. [`ContextLayer`] gives each request a context instead:
+//! `tokio::spawn`, which has no context. [`ContextLayer`] gives each request one: a fresh copy
+//! of a base context captured when the layer is built, entered for the service's `call`, every
+//! poll of the response future and its drop, with an optional hook that sets variables from
+//! the request ([`ContextLayer::on_request`], [`ContextLayer::on_request_async`]) and an option
+//! to poll streaming bodies in it too ([`ContextLayer::body_in_context`]). A layer called
+//! inside another layer's request, through any executor the request's context went to, builds
+//! on that request's context instead of its base; the request's context carries a binding of
+//! its own, `contextvars.tower.request`, that marks it so. [`AcrossWorkerLayer`] (or
+//! [`CarryContextLayer`] and [`ReenterContextLayer`]) carries each request's context past a
+//! shared worker such as `tower::buffer::Buffer`.
 //!
-//! - The layer captures a **base context** when it is built ([`ContextLayer::new`] takes a
-//!   snapshot of the current one, [`ContextLayer::with_base`] takes one you give). App-wide
-//!   values set at startup (configuration, a database pool, a region) flow into every request
-//!   from there.
-//! - Each request runs in a **fresh copy** of the base: the service's `call` (some services
-//!   do work there), then every poll of the response future, and the drop of that future.
-//!   What one request sets never reaches another, nor the base. (A layer nested in another
-//!   copies the outer request's context instead: see [Nested layers](#nested-layers).)
-//! - An optional **hook** ([`ContextLayer::on_request`]) runs first, inside the request's new
-//!   context, with the request: the place to set variables from headers (a request id, a
-//!   tenant, a user) or to generate them when they are absent. It may also edit the request,
-//!   for example to put a generated request id in a header for the handler or a proxy.
-//!   When the lookup is asynchronous (a tenant in a database), use
-//!   [`ContextLayer::on_request_async`]: its future runs in the request's context too, and may
-//!   answer early instead (a 404 for an unknown tenant).
-//! - **Streaming bodies.** An HTTP server polls a response's body *after* the service's
-//!   future has returned, in the connection task, outside the request's context. With
-//!   [`ContextLayer::body_in_context`] the layer wraps the body of every `http::Response` in a
-//!   [`ContextBody`], which polls (and drops) the body inside a copy of the request's context
-//!   as the handler left it. Without it, the response is passed on untouched and a body that
-//!   reads context variables while streaming reads them as unset.
-//!
-//! ```
-//! # use context_core as contextvars;
-//! use std::convert::Infallible;
-//! use std::future::{Ready, ready};
-//! use std::task::{Context as TaskContext, Poll};
-//!
-//! use contextvars::tower::ContextLayer;
-//! use contextvars::{ContextVar, Key, NoDefault};
-//! use tower_layer::Layer;
-//! use tower_service::Service;
-//!
-//! # #[allow(non_camel_case_types)] struct REGION {}
-//! # impl Key for REGION { type Value = &'static str; type Default = NoDefault; }
-//! static REGION: ContextVar<REGION> = ContextVar::new("region");
-//! # #[allow(non_camel_case_types)] struct REQUEST_ID {}
-//! # impl Key for REQUEST_ID { type Value = String; type Default = NoDefault; }
-//! static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
-//!
-//! /// A service that answers with what its context holds.
-//! #[derive(Clone)]
-//! struct Echo;
-//!
-//! impl Service<String> for Echo {
-//!     type Response = String;
-//!     type Error = Infallible;
-//!     type Future = Ready<Result<String, Infallible>>;
-//!
-//!     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-//!         Poll::Ready(Ok(()))
-//!     }
-//!
-//!     fn call(&mut self, _request: String) -> Self::Future {
-//!         ready(Ok(format!("{:?} {:?}", REGION.get(), REQUEST_ID.get())))
-//!     }
-//! }
-//!
-//! // At startup: app-wide values, then the layer, which captures them.
-//! let _region = REGION.set("eu-west");
-//! let layer = ContextLayer::new().on_request(|request: &mut String| {
-//!     let _ = REQUEST_ID.set(request.clone());
-//! });
-//! let mut service = layer.layer(Echo);
-//!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let answer = service.call("r-1".to_string()).await.unwrap();
-//! assert_eq!(answer, r#"Some("eu-west") Some("r-1")"#);
-//! let answer = service.call("r-2".to_string()).await.unwrap();
-//! assert_eq!(answer, r#"Some("eu-west") Some("r-2")"#);
-//! # });
-//! // Nothing a request set reached the caller.
-//! assert_eq!(REQUEST_ID.get(), None);
-//! ```
-//!
-//! # With axum, tonic and hyper
-//!
-//! The layer is generic over the request and response types, so it fits any tower stack:
-//!
-//! - **axum**: `Router::new().route(…).layer(ContextLayer::new().body_in_context())`. Name
-//!   the request type in a hook: `.on_request(|request: &mut axum::extract::Request| …)`.
-//!   The `tenants` example of the `contextvars` crate is a complete service, and its
-//!   end-to-end test runs it under load.
-//! - **tonic**: `Server::builder().layer(ContextLayer::new().body_in_context())`; a hook
-//!   receives `&mut http::Request<tonic::body::Body>`. Streaming responses are bodies, so
-//!   `body_in_context` covers server-streaming RPCs.
-//! - **hyper** (1.x has its own `Service` trait): wrap the layered service with
-//!   `hyper_util::service::TowerToHyperService::new(layer.layer(service))` and serve that.
-//!
-//! Build the layer where the base values are set: in `main` (or `#[tokio::main]`'s body),
-//! not inside a task spawned without a context, where [`Context::current()`] is empty and so
-//! would be the base.
-//!
-//! # The layer goes outermost
-//!
-//! Only the code that runs inside the layer sees the request's context. A middleware placed
-//! *outside* it runs in the connection task, which has no context of its own: its reads find
-//! nothing (under `contextvars::hooks`, only what the server's task had) and its `set` panics
-//! (the message says so). With axum, the **last** `.layer()` call wraps all
-//! the others, so `ContextLayer` is added last:
-//!
-//! ```text
-//! Router::new()
-//!     .route("/", get(handler))
-//!     .layer(axum::middleware::from_fn(authenticate)) // inside: sees and sets the context
-//!     .layer(ContextLayer::new().on_request(hook))    // added last: outermost
-//! ```
-//!
-//! With `tower::ServiceBuilder` it is the other way round: the **first** `.layer()` is the
-//! outermost.
-//!
-//! # Nested layers
-//!
-//! When a `ContextLayer`'s service is called inside a request context that another layer of
-//! this module entered (an outer `ContextLayer`, or [`ReenterContextLayer`] below a worker),
-//! from the outer service's `call` or from its response future (axum calls inner services
-//! from the future), the request builds on that context (a copy of it, as the outer hook and
-//! any middleware in between left it) instead of starting from this layer's base. So an outer
-//! layer may set what every route needs (a request id) and an inner one, on some routes, add
-//! to it (a tenant): the handler sees both. What the inner layer sets does not reach the
-//! outer layer's context. The same holds for any service with a `ContextLayer` that a handler
-//! calls in-process: its requests build on the handler's context.
-//!
-//! # Shared workers: `Buffer` and the like
-//!
-//! `tower::buffer::Buffer` (and any service that hands requests to a task of its own) calls
-//! the services below it from one worker task, spawned with plain `tokio::spawn`, for all
-//! requests. There no request's context is current: the services' `call` would read nothing,
-//! and a `set` there would panic and take the worker down with it. To carry each request's
-//! context across, wrap the worker's layer in an [`AcrossWorkerLayer`]:
-//!
-//! ```text
-//! ServiceBuilder::new()
-//!     .layer(ContextLayer::new().on_request(hook))
-//!     .layer(AcrossWorkerLayer::new(BufferLayer::new(1024)))
-//!     .layer(ConcurrencyLimitLayer::new(64))
-//!     .service(inner)
-//! ```
-//!
-//! Above the worker, [`CarryContextLayer`] puts a snapshot of the request's context into the
-//! request; below it, [`ReenterContextLayer`] takes it out and runs the inner service's
-//! `call`, and every poll and the drop of its future, in it. [`AcrossWorkerLayer`] is the
-//! two around the worker's layer; use them separately where the worker is built by hand
-//! (`Buffer::new`). The request must be able to carry a context: `http::Request` does (in its
-//! extensions); for another request type, implement [`CarriesContext`].
-//!
-//! What the inner service sets stays below the worker: the layers above, and a response body
-//! wrapped by [`ContextLayer::body_in_context`], do not see it.
+//! The `contextvars` crate's documentation of this module tells the whole story with its
+//! macros (the layer goes outermost, axum, tonic and hyper, nested layers, shared workers);
+//! the items here are the runtime part.
 
-use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -166,6 +28,7 @@ use tower_service::Service;
 
 use crate::context::Context;
 use crate::future::{FutureExt, WithContext};
+use crate::var::{ContextVar, Key, NoDefault};
 
 // Feature `baggage`: the client layer, and the types `ContextLayer::accept_baggage` makes
 // (defined with the rest of the baggage support, in `crate::baggage`).
@@ -424,7 +287,7 @@ impl<S, H, M: Clone> Layer<S> for ContextLayer<H, M, NoHook> {
     fn layer(&self, inner: S) -> Self::Service {
         ContextService {
             inner,
-            base: self.base.clone(),
+            base: marked(self.base.clone()),
             hook: Arc::clone(&self.hook),
             response: self.response.clone(),
         }
@@ -440,7 +303,7 @@ impl<S, M: Clone, F> Layer<S> for ContextLayer<NoHook, M, AsyncHook<F>> {
                 inner,
                 hook: Arc::clone(&self.async_hook.0),
             },
-            base: self.base.clone(),
+            base: marked(self.base.clone()),
             hook: Arc::new(NoHook),
             response: self.response.clone(),
         }
@@ -783,7 +646,7 @@ where
         let (hook, inner) = (&self.hook, &mut self.inner);
         let future = context.run(|| {
             hook.on_request(&mut request);
-            in_request(|| inner.call(request))
+            inner.call(request)
         });
         ResponseFuture {
             inner: future.with_context(context),
@@ -888,7 +751,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let result = ready!(in_request(|| this.inner.as_mut().poll(cx)));
+        let result = ready!(this.inner.as_mut().poll(cx));
         let context = this.inner.as_ref().get_ref().context();
         Poll::Ready(result.map(|response| this.response.wrap_response(response, context)))
     }
@@ -1047,7 +910,7 @@ where
                 StateProj::Hook { hook, service } => match ready!(hook.poll(cx)) {
                     Ok(request) => {
                         let mut service = service.take().expect("the hook finishes once");
-                        let call = in_request(|| service.call(request));
+                        let call = service.call(request);
                         state.set(State::Call { call });
                     }
                     Err(response) => return Poll::Ready(Ok(response)),
@@ -1070,37 +933,32 @@ impl<H, S, F> fmt::Debug for HookThenCall<H, S, F> {
     }
 }
 
-thread_local! {
-    /// Whether the code running now runs in a request's context entered by a layer of this
-    /// module: the inner service's `call`, or a poll of its future. A `ContextLayer` called
-    /// there (directly, or from that future as axum's `oneshot` does) builds on that context
-    /// instead of its base.
-    static IN_REQUEST: Cell<bool> = const { Cell::new(false) };
+/// The key of [`IN_REQUEST`].
+struct InRequest {}
+
+impl Key for InRequest {
+    type Value = ();
+    type Default = NoDefault;
 }
 
-/// Puts `IN_REQUEST` back as it was, however the call ends.
-struct RestoreInRequest(bool);
+/// Marks a request's context, as a layer of this module enters it: a `ContextLayer` called
+/// where the current context has it (from the outer service's `call` or its response future,
+/// or from a task or a thread the request's context flowed to) builds on that context instead
+/// of its base. A binding rather than a flag of the thread or task, so it goes wherever the
+/// context goes (`contextvars::spawn`, `spawn_local`, `spawn_blocking`, `in_current_context`,
+/// the runtime hooks) and nowhere else, whichever thread polls, and nothing has to be undone
+/// when a call or a poll panics or a request future is dropped.
+static IN_REQUEST: ContextVar<InRequest> = ContextVar::new("contextvars.tower.request");
 
-impl Drop for RestoreInRequest {
-    fn drop(&mut self) {
-        let _ = IN_REQUEST.try_with(|flag| flag.set(self.0));
-    }
-}
-
-/// Runs `call` (a service's `call`, or a poll of its future) with the request's context
-/// entered, marked as such.
-fn in_request<R>(call: impl FnOnce() -> R) -> R {
-    let outer = IN_REQUEST
-        .try_with(|flag| flag.replace(true))
-        .unwrap_or(false);
-    let _restore = RestoreInRequest(outer);
-    call()
+/// `context`, marked as a request's (each request of a layer starts from a copy of it).
+fn marked(context: Context) -> Context {
+    context.with_value(&IN_REQUEST, ())
 }
 
 /// The context a new request starts in: a copy of the request context it is called in, if
-/// an outer layer entered one, else a copy of `base`.
+/// an outer layer entered one, else a copy of `base` (marked).
 fn request_context(base: &Context) -> Context {
-    if IN_REQUEST.try_with(Cell::get).unwrap_or(false) {
+    if IN_REQUEST.is_set() {
         Context::current()
     } else {
         base.clone()
@@ -1359,11 +1217,18 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let mut context = request
+        let context = request
             .take_context()
             .unwrap_or_else(|| request_context(&Context::new()));
+        // A context carried by hand (not from a `ContextLayer`'s request) is a request's here
+        // too: a layer below builds on it.
+        let mut context = if context.contains(&IN_REQUEST) {
+            context
+        } else {
+            marked(context)
+        };
         let inner = &mut self.inner;
-        let future = context.run(|| in_request(|| inner.call(request)));
+        let future = context.run(|| inner.call(request));
         ResponseFuture {
             inner: future.with_context(context),
             response: KeepResponse,
@@ -1374,7 +1239,7 @@ where
 /// Carries each request's context across a worker task: wraps the worker's layer `L` (say
 /// `tower::buffer::BufferLayer`) between a [`CarryContextLayer`] above it and a
 /// [`ReenterContextLayer`] below it, so that the services under the worker run each request
-/// in that request's context. See [Shared workers](self#shared-workers-buffer-and-the-like).
+/// in that request's context. What the services under the worker set stays below it.
 ///
 /// ```
 /// # use context_core as contextvars;

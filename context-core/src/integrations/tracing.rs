@@ -2,111 +2,19 @@
 //!
 //! [`ContextFields`] wraps one of tracing-subscriber's event formatters (text or JSON) and
 //! adds, to every event it writes, the context variables **that opted into logs**
-//! (`#[context_var(log)]`, [`Key::LOG`](crate::Key::LOG)) as they are in the context the
-//! event is emitted from. A variable that did not opt in is never written: context often holds
-//! secrets (tokens, credentials, personal data), so logging is opt-in per variable.
+//! ([`Key::LOG`](crate::Key::LOG)) as they are in the context the event is emitted from, and
+//! the metadata entries that did. Text lines get `name=value` after the event's own fields;
+//! JSON lines one more member, [`JSON_KEY`], an object of the variables. A line never has a
+//! key twice: variables whose name is shared on the line are written as `name@path`
+//! ([`Key::path`](crate::Key::path)), in the order of their keys, and a key still taken gets
+//! `#2`, `#3`, …. [`SpanContextLayer`] makes the lines about a span itself carry the context
+//! the span was created in; [`for_each_logged`] is the building block for other integrations.
 //!
-//! ```text
-//! 2026-11-23T15:40:00.000000Z  INFO app: order placed amount=12 tenant="acme" request_id="r-17"
-//! {"timestamp":"…","level":"INFO","fields":{"message":"order placed","amount":12},"target":"app","@contextvars":{"tenant":"acme","request_id":"r-17"}}
-//! ```
-//!
-//! - **Text** ([`ContextFields::text`]): after the event's own fields, as `name=value`, the
-//!   value formatted with `Debug` (as tracing writes `?value` fields).
-//! - **JSON** ([`ContextFields::json`]): one more top-level member, [`JSON_KEY`]
-//!   (`"@contextvars"`), an object of the variables. Strings, integers, floats, `bool` and
-//!   `char` (also behind `Box`/`Arc` for strings) are written as JSON values; any other type
-//!   as the JSON string of its `Debug` output.
-//!
-//! # A JSON key that cannot collide
-//!
-//! With `json().flatten_event(true)`, an event's fields are top-level members of the line,
-//! next to the formatter's own (`timestamp`, `level`, …), so a field named like the member
-//! this crate adds would make a line with the same key twice, which strict parsers reject and
-//! lenient ones resolve by dropping one. The member is therefore `"@contextvars"`: a field
-//! named with an identifier (`context = …`, `tenant.id = …`) can never be spelled so. Only a
-//! field named with that exact string literal (`"@contextvars" = …`) could, and then the
-//! member takes one more `@` (`"@@contextvars"`, and so on until the key is free): a line
-//! never has a key twice, and no field is lost.
-//!
-//! # Spans
-//!
-//! An event carries the fields of the context it is emitted in, whatever span it is in. The
-//! lines tracing-subscriber writes about a span itself (`with_span_events`: `new`, `enter`,
-//! `exit`, `close`) are events too, and by default carry the context current where they are
-//! written: for `close`, that is wherever the span's last handle is dropped, which may be
-//! another task than the one that created the span, or a task without a context. Add
-//! [`SpanContextLayer`] to the subscriber and they carry the context the span was *created*
-//! in instead, whoever enters, exits or drops it.
-//!
-//! The variables are read when the event is formatted, on the thread that emits it, so an
-//! event from a task spawned with [`spawn`](crate::spawn), a closure run by
-//! [`spawn_blocking`](crate::spawn_blocking), a thread from
-//! [`thread::spawn`](crate::thread::spawn) or a request served through the tower layer
-//! carries the fields of the context it runs in, and an event from a task that runs outside
-//! any context carries none.
-//!
-//! # Why a formatter wrapper
-//!
-//! A tracing event's fields are fixed by its call site, so no layer can add fields to it;
-//! the choice is where to write them. Entering a span per context would make the values
-//! appear only where a span was entered (not in a spawned task or thread that inherited the
-//! context without the span) and would cost a span per request and per task. Wrapping the
-//! [`FormatEvent`](https://docs.rs/tracing-subscriber/0.3/tracing_subscriber/fmt/trait.FormatEvent.html)
-//! reads the context that is current when the line is written, which is
-//! exactly the context the event belongs to, works for the text and JSON formats alike, and
-//! costs nothing where nothing logs. The inner formatter writes the line into a buffer (one
-//! per thread, reused), and the wrapper adds the fields before the line's end.
-//!
-//! Colours: tracing-subscriber gives a formatter writing into a buffer no ANSI colours
-//! unless the format asks for them itself, so to keep colours on a terminal, say so on the
-//! inner format: `format().with_ansi(true)`.
-//!
-//! ```
-//! # use context_core as contextvars;
-//! use contextvars::tracing::ContextFields;
-//! use contextvars::{ContextVar, Key, NoDefault};
-//! use tracing_subscriber::fmt::format;
-//! # use std::sync::{Arc, Mutex};
-//! # use std::io::Write;
-//! # #[derive(Clone, Default)] struct Buffer(Arc<Mutex<Vec<u8>>>);
-//! # impl Write for Buffer {
-//! #     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> { self.0.lock().unwrap().write(b) }
-//! #     fn flush(&mut self) -> std::io::Result<()> { Ok(()) }
-//! # }
-//! # let buffer = Buffer::default();
-//! # let out = buffer.clone();
-//!
-//! # #[allow(non_camel_case_types)] struct TENANT {}
-//! // What `#[context_var(name = "tenant", log)] static TENANT: String;` declares.
-//! impl Key for TENANT {
-//!     type Value = String;
-//!     type Default = NoDefault;
-//!     const LOG: bool = true;
-//!     # fn fmt_value(v: &String, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { std::fmt::Debug::fmt(v, f) }
-//! }
-//! static TENANT: ContextVar<TENANT> = ContextVar::new("tenant");
-//!
-//! # #[allow(non_camel_case_types)] struct API_KEY {}
-//! // Not opted in: never logged.
-//! # impl Key for API_KEY { type Value = String; type Default = NoDefault; }
-//! static API_KEY: ContextVar<API_KEY> = ContextVar::new("api_key");
-//!
-//! let subscriber = tracing_subscriber::fmt()
-//!     .event_format(ContextFields::text(format().without_time()))
-//! #   .with_writer(move || buffer.clone())
-//!     .finish();
-//! tracing::subscriber::with_default(subscriber, || {
-//!     let _tenant = TENANT.set("acme".to_string());
-//!     let _key = API_KEY.set("s3cr3t".to_string());
-//!     tracing::info!(amount = 12, "order placed");
-//! });
-//! # let out = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-//! // INFO rust_out: order placed amount=12 tenant="acme"
-//! # assert!(out.ends_with("order placed amount=12 tenant=\"acme\"\n"), "{out}");
-//! # assert!(!out.contains("s3cr3t"));
-//! ```
+//! The `contextvars` crate's documentation of this module tells the whole story with its
+//! macros (the formats, names that collide, spans, why a formatter wrapper); the items here
+//! are the runtime part.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
@@ -120,6 +28,8 @@ use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::context::{Context, ValueRef};
+use crate::current;
+use crate::map::{Leaf, Map};
 
 /// An event formatter that writes what `inner` writes, plus the context variables that opted
 /// into logs. See the [module docs](self).
@@ -176,8 +86,7 @@ impl<F> ContextFields<F> {
     }
 
     /// For a format that writes one JSON object per line (`format().json()`): adds a
-    /// [`JSON_KEY`] member holding the variables (see the [module docs](self) for why that
-    /// name).
+    /// [`JSON_KEY`] member holding the variables (see [`JSON_KEY`] for why that name).
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -212,7 +121,9 @@ impl<F> ContextFields<F> {
 
 /// The member of a JSON line that holds the context variables: a name no field named with an
 /// identifier can have, so that it never collides with an event's own fields, even with
-/// `flatten_event(true)`. See [A JSON key that cannot collide](self#a-json-key-that-cannot-collide).
+/// `flatten_event(true)`. Only a field named with that exact string literal
+/// (`"@contextvars" = …`) could; the member then takes one more `@` (`"@@contextvars"`, and so
+/// on until the key is free), so that no field is lost.
 ///
 /// ```
 /// # use context_core as contextvars;
@@ -242,7 +153,7 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let context = span_context(ctx, event).unwrap_or_else(Context::current);
+        let bindings = Bindings::of(ctx, event);
         let line = LINE.try_with(|line| {
             line.try_borrow_mut()
                 .map(|mut line| std::mem::take(&mut *line))
@@ -257,8 +168,12 @@ where
             .inner
             .format_event(ctx, Writer::new(&mut line), event)
             .and_then(|()| match self.style {
-                Style::Text => write_text(&mut writer, &line, &context),
-                Style::Json => write_json(&mut writer, &line, &context),
+                Style::Text => {
+                    // The event's own fields are on the line already: their names are taken.
+                    let taken: Vec<&str> = event.fields().map(|field| field.name()).collect();
+                    write_text(&mut writer, &line, &bindings.fields(&taken))
+                }
+                Style::Json => write_json(&mut writer, &line, &bindings.fields(&[])),
             });
         if line.capacity() > MAX_KEPT_LINE {
             line = String::new();
@@ -269,6 +184,98 @@ where
             }
         });
         result
+    }
+}
+
+/// The bindings a line carries: those of the context current where the event is written, or,
+/// for a line about a span itself, of the context the span was created in.
+struct Bindings {
+    map: Map,
+    // Declared after `map`, so dropped after it: the values are still held by the context
+    // when the line's copy of the map lets go of them.
+    _span_context: Option<Context>,
+}
+
+impl Bindings {
+    fn of<S, N>(ctx: &FmtContext<'_, S, N>, event: &Event<'_>) -> Bindings
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'w> FormatFields<'w> + 'static,
+    {
+        match span_context(ctx, event) {
+            Some(mut context) => Bindings {
+                map: context.run(current::snapshot),
+                _span_context: Some(context),
+            },
+            None => Bindings {
+                map: current::snapshot(),
+                _span_context: None,
+            },
+        }
+    }
+
+    /// The variables that opted into logs and the metadata entries that did, each with the
+    /// key it is written under on this line, where `taken` are the keys the line has already,
+    /// by the rules the `contextvars` crate's docs of this module give.
+    fn fields(&self, taken: &[&str]) -> Vec<(Cow<'_, str>, Field<'_>)> {
+        let vars: Vec<&Leaf> = self.map.iter().filter(|leaf| leaf.var.log()).collect();
+        let mut fields: Vec<(Cow<'_, str>, Field<'_>)> = Vec::with_capacity(vars.len());
+        for leaf in &vars {
+            let name = leaf.var.name();
+            let shared = taken.contains(&name)
+                || vars
+                    .iter()
+                    .any(|other| other.key != leaf.key && other.var.name() == name);
+            let key = if shared {
+                Cow::Owned(format!("{name}@{}", leaf.var.path()))
+            } else {
+                Cow::Borrowed(name)
+            };
+            fields.push((key, Field::Var(leaf)));
+        }
+        // Variables in a fixed order (by key), so that the numbered keys below are too.
+        fields.sort_by(|(a, _), (b, _)| a.cmp(b));
+        crate::metadata::for_each_logged(&self.map, |key, value| {
+            fields.push((Cow::Borrowed(key), Field::Metadata(value)));
+        });
+        // Whatever is still taken (metadata named like a variable, two copies of one crate)
+        // takes the first free `#2`, `#3`, ….
+        let fields_len = fields.len();
+        for i in 0..fields_len {
+            let (earlier, rest) = fields.split_at_mut(i);
+            let key = &mut rest[0].0;
+            let is_free = |candidate: &str| {
+                !taken.contains(&candidate) && earlier.iter().all(|(k, _)| k != candidate)
+            };
+            if !is_free(key) {
+                // At most `fields.len() + taken.len()` keys are taken, so one of as many
+                // more numbers is free.
+                let free = (2..=fields_len + taken.len() + 2)
+                    .map(|n| format!("{key}#{n}"))
+                    .find(|candidate| is_free(candidate))
+                    .unwrap_or_default();
+                *key = Cow::Owned(free);
+            }
+        }
+        fields
+    }
+}
+
+/// What a line writes after a key.
+enum Field<'a> {
+    /// A variable's value.
+    Var(&'a Leaf),
+    /// A metadata entry's value.
+    Metadata(&'a str),
+}
+
+impl fmt::Debug for Field<'_> {
+    /// The value as text lines write it: a variable's `Debug` output, an entry's quoted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Var(leaf) => leaf.var.fmt_value(&*leaf.value, f),
+            Field::Metadata(value) => fmt::Debug::fmt(value, f),
+        }
     }
 }
 
@@ -333,6 +340,10 @@ where
 /// into logs ([`Key::LOG`](crate::Key::LOG)): the building block for another log or trace
 /// integration (an OpenTelemetry exporter, a custom formatter).
 ///
+/// Names need not be unique, so `f` may see one twice: an integration that writes them as
+/// keys must tell them apart itself (this module's formatters write each variable whose name
+/// is shared on the line as `name@path`, with [`Key::path`](crate::Key::path)).
+///
 /// ```
 /// # use context_core as contextvars;
 /// use contextvars::tracing::for_each_logged;
@@ -358,47 +369,37 @@ pub fn for_each_logged(mut f: impl FnMut(&'static str, ValueRef<'_>)) {
     }
 }
 
-fn logged(context: &Context) -> impl Iterator<Item = (&'static str, ValueRef<'_>)> {
-    context.iter().filter(|(_, value)| value.is_logged())
-}
-
 /// Splits a formatted line into its text and its line end.
 fn split_line_end(line: &str) -> (&str, &str) {
     let body = line.trim_end_matches(['\n', '\r']);
     (body, &line[body.len()..])
 }
 
-fn write_text(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Result {
+fn write_text(
+    writer: &mut Writer<'_>,
+    line: &str,
+    fields: &[(Cow<'_, str>, Field<'_>)],
+) -> fmt::Result {
     let (body, end) = split_line_end(line);
     writer.write_str(body)?;
-    for (name, value) in logged(context) {
-        write!(writer, " {name}={value:?}")?;
+    for (key, value) in fields {
+        write!(writer, " {key}={value:?}")?;
     }
-    let mut result = Ok(());
-    crate::metadata::for_each_logged(context, |key, value| {
-        result = result.and_then(|()| write!(writer, " {key}={value:?}"));
-    });
-    result?;
     writer.write_str(end)
 }
 
-fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Result {
+fn write_json(
+    writer: &mut Writer<'_>,
+    line: &str,
+    fields: &[(Cow<'_, str>, Field<'_>)],
+) -> fmt::Result {
     let (body, end) = split_line_end(line);
-    let mut fields = logged(context).peekable();
-    // Metadata entries opted into logs, each a member of its own, after the variables (an
-    // entry named like a variable is left out: a JSON object has each key once).
-    let mut metadata = Vec::new();
-    crate::metadata::for_each_logged(context, |key, value| {
-        if logged(context).all(|(name, _)| name != key) {
-            metadata.push((key.to_string(), value.to_string()));
-        }
-    });
     let Some(open) = body.strip_suffix('}').filter(|_| body.starts_with('{')) else {
         // Not a JSON object: write the line as it is, and the fields as text.
-        return write_text(writer, line, context);
+        return write_text(writer, line, fields);
     };
     writer.write_str(open)?;
-    if fields.peek().is_some() || !metadata.is_empty() {
+    if !fields.is_empty() {
         if !open.trim_end().ends_with('{') {
             writer.write_char(',')?;
         }
@@ -412,24 +413,16 @@ fn write_json(writer: &mut Writer<'_>, line: &str, context: &Context) -> fmt::Re
         }
         writer.write_str(JSON_KEY)?;
         writer.write_str("\":{")?;
-        let mut written = 0;
-        for (name, value) in fields {
-            if written > 0 {
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
                 writer.write_char(',')?;
             }
-            written += 1;
-            write_json_string(writer, name)?;
-            writer.write_char(':')?;
-            write_json_value(writer, value)?;
-        }
-        for (key, value) in &metadata {
-            if written > 0 {
-                writer.write_char(',')?;
-            }
-            written += 1;
             write_json_string(writer, key)?;
             writer.write_char(':')?;
-            write_json_string(writer, value)?;
+            match value {
+                Field::Var(leaf) => write_json_value(writer, leaf)?,
+                Field::Metadata(value) => write_json_string(writer, value)?,
+            }
         }
         writer.write_char('}')?;
     }
@@ -474,7 +467,8 @@ fn has_top_level_key(object: &str, ats: usize, key: &str) -> bool {
 
 /// Writes a bound value as JSON: a number, a boolean or a string where the type says what
 /// it is, else the string of its `Debug` output.
-fn write_json_value(writer: &mut Writer<'_>, value: ValueRef<'_>) -> fmt::Result {
+fn write_json_value(writer: &mut Writer<'_>, leaf: &Leaf) -> fmt::Result {
+    let value = &*leaf.value;
     macro_rules! as_number {
         ($($ty:ty),*) => {$(
             if let Some(number) = value.downcast_ref::<$ty>() {
@@ -507,7 +501,7 @@ fn write_json_value(writer: &mut Writer<'_>, value: ValueRef<'_>) -> fmt::Result
     if let Some(c) = value.downcast_ref::<char>() {
         return write_json_string(writer, c.encode_utf8(&mut [0; 4]));
     }
-    write_json_string(writer, &format!("{value:?}"))
+    write_json_string(writer, &format!("{:?}", Field::Var(leaf)))
 }
 
 fn write_json_string(writer: &mut Writer<'_>, string: &str) -> fmt::Result {

@@ -7,13 +7,12 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
-use crate::var::{ContextVar, Key};
 
 pin_project! {
     /// A future (or stream) that runs in its own [`Context`] on every poll.
     ///
-    /// Made by [`FutureExt::with_context`], [`FutureExt::in_current_context`],
-    /// [`ContextVar::scope`](crate::ContextVar::scope) and the spawn helpers. What the inner
+    /// Made by [`FutureExt::with_context`], [`FutureExt::in_current_context`] and the spawn
+    /// helpers. What the inner
     /// future sets stays in the wrapper's context, across `.await`s and whichever thread
     /// polls it, and never reaches the code that polls it. The inner future is also
     /// dropped inside the context, so its `Drop` sees the same values as its body.
@@ -61,6 +60,11 @@ impl<F> WithContext<F> {
     #[must_use]
     pub fn context(&self) -> &Context {
         &self.context
+    }
+
+    /// The context, to replace it before the first poll (what a scope does).
+    pub(crate) fn context_mut(self: Pin<&mut Self>) -> &mut Context {
+        self.project().context
     }
 
     /// Takes the context out, leaving an empty one: how a finished task hands its context to
@@ -162,26 +166,3 @@ pub trait FutureExt: Sized {
 }
 
 impl<T> FutureExt for T {}
-
-// `scope` lives here, beside the wrapper it returns, so that variables (the API layer) need
-// nothing from propagation.
-impl<K: Key> ContextVar<K> {
-    /// A future that runs `future` in a copy of the current context (taken now) with the
-    /// variable set to `value`; nothing it sets reaches the caller. Works in any task,
-    /// including one spawned without a context.
-    ///
-    /// ```
-    /// # use context_core as contextvars;
-    /// # use contextvars::{ContextVar, Key, NoDefault};
-    /// # #[allow(non_camel_case_types)] struct REQUEST_ID {}
-    /// # impl Key for REQUEST_ID { type Value = u64; type Default = NoDefault; }
-    /// # static REQUEST_ID: ContextVar<REQUEST_ID> = ContextVar::new("request_id");
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let seen = REQUEST_ID.scope(7, async { REQUEST_ID.get() }).await;
-    /// assert_eq!((seen, REQUEST_ID.get()), (Some(7), None));
-    /// # });
-    /// ```
-    pub fn scope<F: Future>(&'static self, value: K::Value, future: F) -> WithContext<F> {
-        WithContext::new(future, Context::current().with_value(self, value))
-    }
-}
