@@ -10,7 +10,8 @@
 //! context, polled while another task's context or the thread's own is current, must not see
 //! it, since what it holds belongs to someone else. Such a task reads an empty context instead,
 //! and cannot write. Entering a context records the running task (`tokio::task::try_id`) as the
-//! owner.
+//! owner. The owner may write to the frame unless the runtime hooks entered it for a task that
+//! only inherited it (a plain `tokio::spawn`): that task reads it and cannot write.
 
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
@@ -23,8 +24,15 @@ use crate::map::{Leaf, Map};
 pub(crate) struct Frame {
     pub(crate) map: Map,
     /// The context's identity, which tokens and guards check; `0` until something needs it.
+    /// [`READ_ONLY`] marks a context that its task only inherited (the runtime hooks' context
+    /// of a task spawned with plain `tokio::spawn`): it is read, never written.
     pub(crate) id: u64,
 }
+
+/// The bit of [`Frame::id`] that marks a read-only context. Kept in the id, which the write
+/// path reads anyway, so that entering and leaving contexts (the hot paths) carry no flag of
+/// their own. Ids are handed out from 1 upwards and never come near it.
+const READ_ONLY: u64 = 1 << 63;
 
 impl Frame {
     pub(crate) const EMPTY: Frame = Frame::with_map(Map::EMPTY);
@@ -84,36 +92,6 @@ type Task = ();
 const NO_TASK: Task = None;
 #[cfg(not(feature = "tokio"))]
 const NO_TASK: Task = ();
-
-/// Who may see the thread's current frame, and whether they may write to it.
-#[derive(Clone, Copy)]
-pub(crate) struct Owner {
-    /// The task that made the frame current: `NO_TASK` for the thread's own context and for a
-    /// context entered outside any task. Only code of that task sees the frame.
-    task: Task,
-    /// Whether that task may write to it. A context entered by the code that runs in it (a
-    /// `Context::run`, a polled `WithContext`, the thread's own) is writable; a context the
-    /// runtime hooks inherited for a task spawned without one is read-only by default, since
-    /// nothing tells which request of a connection, say, such a task serves.
-    writable: bool,
-}
-
-impl Owner {
-    /// The owner of the thread's own context.
-    const THREAD: Owner = Owner {
-        task: NO_TASK,
-        writable: true,
-    };
-
-    /// The owner of a context entered here by the code that runs in it.
-    #[inline]
-    fn entered_here() -> Owner {
-        Owner {
-            task: running_task(),
-            writable: true,
-        }
-    }
-}
 
 /// The tokio task being polled on this thread, if any.
 #[inline]
@@ -224,11 +202,12 @@ struct Fast {
     /// Bumped (by [`STAMP_STEP`]) before every change to the thread's current frame. Kept
     /// shifted into the high bits, as entries' tags hold it; never 0.
     stamp: Cell<u64>,
-    /// The task that made the current frame current, and whether it may write to it. Any
-    /// other task polled meanwhile on this thread (a task spawned without a context, polled
-    /// by a runtime driven inside `Context::run`, or by a `LocalSet` inside a context's
-    /// future) sees an empty context and cannot write.
-    owner: Cell<Owner>,
+    /// The task that made the current frame current: `NO_TASK` for the thread's own context
+    /// and for a context entered outside any task. Only code of that task sees the frame.
+    /// Any other task polled meanwhile on this thread (a task spawned without a context,
+    /// polled by a runtime driven inside `Context::run`, or by a `LocalSet` inside a
+    /// context's future) sees an empty context and cannot write.
+    owner: Cell<Task>,
     /// Whether a `get` is cloning a value out of the current frame right now: the frame must
     /// not be written meanwhile (`Fast::refuse_while_reading`).
     reading: Cell<bool>,
@@ -252,7 +231,7 @@ thread_local! {
         Fast {
             // Entries start with tag 0, which no stamp makes.
             stamp: Cell::new(STAMP_STEP),
-            owner: Cell::new(Owner::THREAD),
+            owner: Cell::new(NO_TASK),
             reading: Cell::new(false),
             entries: [const {
                 Cell::new(Entry { tag: 0, value: std::ptr::null() })
@@ -328,7 +307,7 @@ impl Fast {
     /// Whether the code running now may see and write the current frame.
     #[inline]
     fn visible(&self) -> bool {
-        running_task() == self.owner.get().task
+        running_task() == self.owner.get()
     }
 
     #[inline]
@@ -508,7 +487,7 @@ fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
 /// in a context of its own): the frame that holds the value is moved, unchanged, into the
 /// storage of the entered context, which stays borrowed until the swap back.
 #[inline]
-fn swap(frame: &mut Frame, owner: Owner) -> Owner {
+fn swap(frame: &mut Frame, owner: Task) -> Task {
     current(|current| {
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
         fast(|fast| {
@@ -532,7 +511,7 @@ pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable>
     let result = change(|frame, fast| {
         if !fast.visible() {
             Err(Unwritable::NoContext)
-        } else if !fast.owner.get().writable {
+        } else if frame.id & READ_ONLY != 0 {
             Err(Unwritable::Inherited)
         } else {
             Ok(f.take().expect("called once")(frame))
@@ -611,13 +590,13 @@ pub(crate) fn snapshot() -> Map {
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
     /// The owner of what was current before.
-    outer_owner: Owner,
+    outer_owner: Task,
 }
 
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let outer_owner = swap(frame, Owner::entered_here());
+        let outer_owner = swap(frame, running_task());
         Entered { frame, outer_owner }
     }
 }
@@ -687,26 +666,23 @@ pub(crate) fn enter_owned(
     frame: &mut Frame,
     task: tokio::task::Id,
     writable: bool,
-) -> Option<Owner> {
+) -> Option<Task> {
     // A task's context swapped in here is swapped out by the after-poll hook; should a
     // thread end between the two, `TEARDOWN` must be there to drop it.
     if !may_write() {
         return None;
     }
-    Some(swap(
-        frame,
-        Owner {
-            task: Some(task),
-            writable,
-        },
-    ))
+    if !writable {
+        frame.id |= READ_ONLY;
+    }
+    Some(swap(frame, Some(task)))
 }
 
 /// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,
 /// owned by `outer_owner`, and `frame` receives the task's bindings back.
 #[cfg(feature = "hooks")]
 #[inline]
-pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Owner) {
+pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
     swap(frame, outer_owner);
 }
 

@@ -332,7 +332,7 @@ fn try_enter(id: Id) -> bool {
             if let Some(outer_owner) =
                 current::enter_owned(slot.context.frame_mut(), id, slot.writable)
             {
-                slot.outer_owner = Some(outer_owner);
+                slot.outer_owner = outer_owner;
                 slot.polling = true;
             }
             true
@@ -379,9 +379,7 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
     if !slot.polling {
         return;
     }
-    if let Some(outer_owner) = slot.outer_owner.take() {
-        current::exit_owned(slot.context.frame_mut(), outer_owner);
-    }
+    current::exit_owned(slot.context.frame_mut(), slot.outer_owner);
     slot.polling = false;
     if slot.ended {
         remove_ended(shard, id);
@@ -523,7 +521,7 @@ struct Slot {
     /// thread before it (the two are swapped).
     context: Context,
     /// During a poll, the owner of the frame that `context` then holds.
-    outer_owner: Option<current::Owner>,
+    outer_owner: Option<Id>,
     /// Whether the task may write to its inherited context ([`install_writable`]).
     writable: bool,
     /// Between the two poll hooks.
