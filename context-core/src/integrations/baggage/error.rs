@@ -17,7 +17,7 @@ use super::header::{MAX_BYTES, MAX_ENTRIES};
 /// # use context_core as contextvars;
 /// use contextvars::baggage::BaggageError;
 ///
-/// let err = BaggageError::DuplicateKey { key: "tenant".into() };
+/// let err = BaggageError::BadEscape { key: "tenant".into() };
 /// assert_eq!(err.key(), Some("tenant"));
 /// assert!(err.to_string().contains("`tenant`"));
 /// ```
@@ -45,11 +45,6 @@ pub enum BaggageError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A key is given twice; which value the sender meant is unknown, so neither is taken.
-    DuplicateKey {
-        /// The key.
-        key: String,
-    },
     /// A value holds a `%` that does not start a two-digit hexadecimal escape.
     BadEscape {
         /// The entry's key.
@@ -59,6 +54,16 @@ pub enum BaggageError {
     NotUtf8 {
         /// The entry's key.
         key: String,
+    },
+    /// A property after an entry's value (`;name` or `;name=value`) is malformed, or its
+    /// value's escapes are bad as a value's would be.
+    BadProperty {
+        /// The entry's key.
+        key: String,
+        /// The property (cut short if long).
+        property: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A value does not parse into the type of the variable that claims its key.
     BadValue {
@@ -85,8 +90,8 @@ impl BaggageError {
     #[must_use]
     pub fn key(&self) -> Option<&str> {
         match self {
-            BaggageError::DuplicateKey { key }
-            | BaggageError::BadEscape { key }
+            BaggageError::BadEscape { key }
+            | BaggageError::BadProperty { key, .. }
             | BaggageError::NotUtf8 { key }
             | BaggageError::BadValue { key, .. } => Some(key),
             _ => None,
@@ -156,9 +161,14 @@ impl fmt::Display for BaggageError {
                 text,
                 reason,
             } => write!(f, "entry {entry} (`{text}`): {reason}"),
-            BaggageError::DuplicateKey { key } => {
-                write!(f, "the key `{key}` is given more than once")
-            }
+            BaggageError::BadProperty {
+                key,
+                property,
+                reason,
+            } => write!(
+                f,
+                "the property `{property}` of the entry `{key}`: {reason}"
+            ),
             BaggageError::BadEscape { key } => write!(
                 f,
                 "the value of `{key}` holds a `%` that does not start an escape such as `%2C`"

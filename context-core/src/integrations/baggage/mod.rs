@@ -21,7 +21,7 @@ mod header;
 mod registry;
 mod server;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -49,11 +49,21 @@ pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 /// no variable claimed). For clients that are not tower services; [`BaggageLayer`] does this
 /// for those that are.
 ///
-/// Entries already in `headers` are kept and win: a key they hold is not written again (they
-/// were put on this request on purpose). The result stays within the W3C limits
-/// ([`MAX_ENTRIES`] entries, [`MAX_BYTES`] bytes): an entry that would pass them is left
-/// out, and the number left out is returned. Where nothing is to be added, `headers` is
-/// left as it was.
+/// Lines already in `headers` are never removed or changed, and their entries win: a key
+/// they hold is not written again (they were put on this request on purpose). The new
+/// entries go at the end of the first `baggage` line, whose text is kept byte for byte
+/// (OpenTelemetry's propagators read only the first line), or, where that line is not
+/// text, on a line of their own after the others.
+///
+/// Values are percent-encoded so that OpenTelemetry's Rust and Python propagators read them
+/// back exactly: everything outside printable ASCII, and space, `"`, `,`, `;`, `\`, `%`,
+/// `=`, `+`. An entry received from a header and not changed since is written back exactly
+/// as it came, escapes and properties included, so a service in the middle passes on what
+/// it got.
+///
+/// The result stays within the W3C limits ([`MAX_ENTRIES`] entries, [`MAX_BYTES`] bytes,
+/// counting the lines already there): an entry that would pass them is left out, and the
+/// number left out is returned. Where nothing is to be added, `headers` is left as it was.
 ///
 /// ```
 /// # use context_core as contextvars;
@@ -68,10 +78,6 @@ pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 /// assert_eq!(inject(&mut headers), 0);
 /// assert_eq!(headers["baggage"], "trace-flag=1,region=eu%20west");
 /// ```
-#[allow(
-    clippy::missing_panics_doc,
-    reason = "the header is built from visible ASCII only"
-)]
 pub fn inject(headers: &mut HeaderMap) -> usize {
     inject_from(&Context::current(), headers)
 }
@@ -93,59 +99,142 @@ pub fn inject(headers: &mut HeaderMap) -> usize {
 /// assert_eq!(headers["baggage"], "region=eu");
 /// ```
 pub fn inject_from(context: &Context, headers: &mut HeaderMap) -> usize {
-    let existing: Vec<&str> = headers
-        .get_all(BAGGAGE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|member| member.trim_matches([' ', '\t']))
-        .filter(|member| !member.is_empty())
-        .collect();
-    // Keys already in the header win. Those added below are distinct already: claimed keys
-    // are, and metadata keys are, and a metadata entry under a claimed key is skipped.
-    let keys: HashSet<&str> = existing.iter().map(|m| header::member_key(m)).collect();
-    let mut out = existing.join(",");
-    let mut count = existing.len();
+    // What the lines already there hold: their keys, entries and bytes (joined with commas,
+    // as a receiver joins them). A line that is not text is read for its keys as best it can.
+    let mut keys: HashSet<String> = HashSet::new();
+    let (mut count, mut bytes, mut lines) = (0, 0, 0);
+    for line in headers.get_all(BAGGAGE) {
+        let text = String::from_utf8_lossy(line.as_bytes());
+        bytes += line.len() + usize::from(lines > 0);
+        lines += 1;
+        for member in text.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if !member.is_empty() {
+                keys.insert(header::member_key(member).to_string());
+                count += 1;
+            }
+        }
+    }
+    let mut ours = String::new();
     let (mut added, mut left_out) = (0, 0);
     let mut member = String::new();
-    let mut add = |key: &str, value: &str, properties: Option<&str>| {
-        if keys.contains(key) {
-            return;
-        }
-        member.clear();
-        header::write_member(&mut member, key, value, properties);
-        let comma = usize::from(!out.is_empty());
-        if count + 1 > MAX_ENTRIES || out.len() + comma + member.len() > MAX_BYTES {
+    let received = context.get(&RECEIVED);
+    let mut add = |member: &str| {
+        // A comma before it: after the lines there, or after the entries added before it.
+        let comma = usize::from(lines > 0 || added > 0);
+        if count + 1 > MAX_ENTRIES || bytes + comma + member.len() > MAX_BYTES {
             left_out += 1;
             return;
         }
-        if comma == 1 {
-            out.push(',');
+        if added > 0 {
+            ours.push(',');
         }
-        out.push_str(&member);
+        ours.push_str(member);
+        bytes += comma + member.len();
         count += 1;
         added += 1;
     };
+    // The claimed keys are distinct, and so are metadata keys; a metadata entry under a
+    // claimed key is skipped.
     let mut claimed = Vec::new();
     for claim in &registry::registry().all {
+        let key = claim.key();
         if let Some(value) = claim.value_in(context) {
-            add(claim.key(), &value, None);
-            claimed.push(claim.key());
+            claimed.push(key);
+            if keys.contains(key) {
+                continue;
+            }
+            member.clear();
+            match received.and_then(|r| r.unchanged(key, &value)) {
+                Some(raw) => {
+                    header::write_raw(&mut member, key, &raw.text, raw.properties.as_deref());
+                }
+                None => header::write_member(&mut member, key, &value, None),
+            }
+            add(&member);
         }
     }
     if let Some(map) = context.get(&METADATA) {
         for (key, entry) in &map.0 {
-            if entry.flags.propagated() && is_baggage_key(key) && !claimed.contains(&&**key) {
-                add(key, &entry.value, entry.properties.as_deref());
+            if !entry.flags.propagated()
+                || !is_baggage_key(key)
+                || claimed.contains(&&**key)
+                || keys.contains(&**key)
+            {
+                continue;
             }
+            member.clear();
+            let properties = entry.properties.as_deref();
+            match received.and_then(|r| r.unchanged(key, &entry.value)) {
+                Some(raw) => header::write_raw(&mut member, key, &raw.text, properties),
+                None => header::write_member(&mut member, key, &entry.value, properties),
+            }
+            add(&member);
         }
     }
     if added > 0 {
-        if let Ok(value) = HeaderValue::from_str(&out) {
-            headers.insert(BAGGAGE, value);
-        }
+        place(headers, &ours);
     }
     left_out
+}
+
+/// Puts `ours` (entries, joined) into `headers` without changing a line already there: at
+/// the end of the first line where it is text, else on a line of its own.
+fn place(headers: &mut HeaderMap, ours: &str) {
+    let mut lines: Vec<HeaderValue> = headers.get_all(BAGGAGE).iter().cloned().collect();
+    let extended = lines.first().and_then(|first| {
+        let text = first.to_str().ok()?;
+        let comma = if text.trim_matches([' ', '\t']).is_empty() {
+            ""
+        } else {
+            ","
+        };
+        let mut value = HeaderValue::from_str(&format!("{text}{comma}{ours}")).ok()?;
+        value.set_sensitive(first.is_sensitive());
+        Some(value)
+    });
+    // `ours` is visible ASCII: it always makes a header value.
+    let Ok(own_line) = HeaderValue::from_str(ours) else {
+        return;
+    };
+    match extended {
+        Some(first) => {
+            lines[0] = first;
+            headers.remove(BAGGAGE);
+            for line in lines {
+                headers.append(BAGGAGE, line);
+            }
+        }
+        None => {
+            headers.append(BAGGAGE, own_line);
+        }
+    }
+}
+
+/// How a received header is read: made by `accept_baggage` and its options.
+#[derive(Clone)]
+pub(crate) struct Accept {
+    pub(crate) policy: Policy,
+    /// The only keys taken from a header, where the application limited them.
+    pub(crate) keys: Option<std::sync::Arc<[Box<str>]>>,
+    /// Whether the entries no variable claims are forwarded (else only kept to read).
+    pub(crate) forward: bool,
+}
+
+impl Accept {
+    pub(crate) fn new() -> Self {
+        Accept {
+            policy: Policy::Reject,
+            keys: None,
+            forward: true,
+        }
+    }
+
+    fn takes(&self, key: &str) -> bool {
+        self.keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| &**k == key))
+    }
 }
 
 /// What to do with a bad header or entry.
@@ -157,15 +246,74 @@ pub(crate) enum Policy {
     Ignore(std::sync::Arc<dyn Fn(&BaggageError) + Send + Sync>),
 }
 
+/// An entry as it was received, for writing it back unchanged.
+#[derive(Clone)]
+struct AsReceived {
+    /// The value it was read as (decoded).
+    value: Box<str>,
+    /// The value as it came.
+    text: Box<str>,
+    /// Its properties, for a claimed entry (an unclaimed one keeps them in its metadata
+    /// entry).
+    properties: Option<std::sync::Arc<str>>,
+}
+
+/// The entries a context received whose header form a fresh write would not reproduce
+/// (escapes written otherwise, properties of a claimed entry), by key.
+#[derive(Clone, Default)]
+struct Received(BTreeMap<Box<str>, AsReceived>);
+
+impl Received {
+    /// The entry received under `key`, if the context still holds the value it arrived with.
+    fn unchanged(&self, key: &str, value: &str) -> Option<&AsReceived> {
+        self.0.get(key).filter(|raw| &*raw.value == value)
+    }
+}
+
+struct ReceivedVar {}
+
+impl crate::var::Key for ReceivedVar {
+    type Value = Received;
+    type Default = crate::var::NoDefault;
+
+    fn fmt_value(value: &Received, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(value.0.keys()).finish()
+    }
+}
+
+/// The header form of received entries, where it differs from what a write would make.
+static RECEIVED: crate::var::ContextVar<ReceivedVar> =
+    crate::var::ContextVar::new("baggage.received");
+
+/// The record to keep of `member` (taken from a header), if a fresh write would not give
+/// back what came.
+fn record(
+    member: &header::Member<'_>,
+    properties: Option<std::sync::Arc<str>>,
+) -> Option<(Box<str>, AsReceived)> {
+    if properties.is_none() && header::writes_as(&member.value, member.raw) {
+        return None;
+    }
+    Some((
+        member.key.into(),
+        AsReceived {
+            value: member.value.as_str().into(),
+            text: member.raw.into(),
+            properties,
+        },
+    ))
+}
+
 /// Reads the `baggage` headers of a request into the current context: the claimed
-/// variables, and the other entries as metadata to forward. Under [`Policy::Reject`] the
-/// first error is returned and nothing is set.
-pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), BaggageError> {
+/// variables, and the other entries as metadata to forward. What the context already holds
+/// (the application's own values) is never replaced. Under [`Policy::Reject`] the first
+/// error is returned and nothing is set.
+pub(crate) fn accept(headers: &HeaderMap, settings: &Accept) -> Result<(), BaggageError> {
     let mut values = headers.get_all(BAGGAGE).iter().peekable();
     if values.peek().is_none() {
         return Ok(());
     }
-    let fail = |err: BaggageError| match policy {
+    let fail = |err: BaggageError| match &settings.policy {
         Policy::Reject => Err(err),
         Policy::Ignore(report) => {
             report(&err);
@@ -191,37 +339,73 @@ pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), Baggage
     };
     let registry = registry::registry();
     let mut staged = Vec::new();
-    let mut forwarded = Vec::new();
+    let mut unclaimed = Vec::new();
     for member in members {
+        // Keys the application did not list are not read at all, good or bad; an entry too
+        // malformed to have a key is still an error of the header.
+        let key = match &member {
+            Ok(member) => Some(member.key),
+            Err(err) => err.key(),
+        };
+        if key.is_some_and(|key| !settings.takes(key)) {
+            continue;
+        }
         let parsed = member.and_then(|member| match registry.by_key.get(member.key) {
             Some(claim) => claim.parse(&member.value).map(|s| (Some(s), member)),
             None => Ok((None, member)),
         });
         match parsed {
-            Ok((Some(registry::Staged(leaf)), _)) => staged.push(leaf),
-            Ok((None, member)) => forwarded.push((
-                member.key.into(),
-                Entry {
-                    value: member.value.into(),
-                    flags: MetadataFlags::BAGGAGE,
-                    properties: member.properties,
-                },
-            )),
+            Ok((Some(registry::Staged(leaf)), member)) => staged.push((leaf, member)),
+            Ok((None, member)) => unclaimed.push(member),
             Err(err) => fail(err)?,
         }
     }
+    let mut records = Vec::new();
     if !staged.is_empty() {
         let replaced = current::write(|frame| {
-            staged
-                .into_iter()
-                .filter_map(|leaf| frame.map.insert(leaf))
-                .collect::<Vec<_>>()
+            let mut replaced = Vec::new();
+            for (leaf, member) in staged {
+                // A variable the context holds was set by the application: it wins.
+                if frame.map.get(leaf.key).is_some() {
+                    replaced.push(leaf.value);
+                    continue;
+                }
+                records.extend(record(&member, member.properties.clone()));
+                replaced.extend(frame.map.insert(leaf));
+            }
+            replaced
         });
         // Replaced values are dropped here, with the thread's state released.
         drop(replaced);
     }
-    if !forwarded.is_empty() {
-        let _ = metadata::update(|map| map.0.extend(forwarded));
+    if !unclaimed.is_empty() {
+        let flags = if settings.forward {
+            MetadataFlags::BAGGAGE
+        } else {
+            MetadataFlags::NONE
+        };
+        let _ = metadata::update(|map| {
+            for member in unclaimed {
+                // An entry the application set (private or not) wins.
+                if map.0.contains_key(member.key) {
+                    continue;
+                }
+                records.extend(record(&member, None));
+                map.0.insert(
+                    member.key.into(),
+                    Entry {
+                        value: member.value.into(),
+                        flags,
+                        properties: member.properties,
+                    },
+                );
+            }
+        });
+    }
+    if !records.is_empty() {
+        let mut received = RECEIVED.with(|r| r.cloned().unwrap_or_default());
+        received.0.extend(records);
+        let _ = RECEIVED.try_set(received);
     }
     Ok(())
 }
