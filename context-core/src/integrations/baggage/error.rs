@@ -79,16 +79,27 @@ pub enum BaggageError {
 }
 
 impl BaggageError {
-    /// The key of the offending entry, where it is known.
+    /// What names the offending entry: its key, or, for an entry too malformed to have one
+    /// ([`Malformed`](Self::Malformed)), its text (cut short if long). `None` for the header
+    /// as a whole (too long, too many entries, not text).
     ///
     /// ```
     /// # use context_core as contextvars;
     /// use contextvars::baggage::BaggageError;
     ///
+    /// assert_eq!(BaggageError::NotUtf8 { key: "user".into() }.key(), Some("user"));
     /// assert_eq!(BaggageError::TooLong { bytes: 9000 }.key(), None);
     /// ```
     #[must_use]
     pub fn key(&self) -> Option<&str> {
+        match self {
+            BaggageError::Malformed { text, .. } => Some(text),
+            other => other.entry_key(),
+        }
+    }
+
+    /// The key of the offending entry, where it has one.
+    pub(crate) fn entry_key(&self) -> Option<&str> {
         match self {
             BaggageError::BadEscape { key }
             | BaggageError::BadProperty { key, .. }
@@ -114,12 +125,9 @@ impl BaggageError {
         let mut out = String::from("{\"error\":");
         json_string(&mut out, &self.to_string());
         out.push_str(",\"entry\":");
-        match self {
-            BaggageError::Malformed { text, .. } => json_string(&mut out, text),
-            other => match other.key() {
-                Some(key) => json_string(&mut out, key),
-                None => out.push_str("null"),
-            },
+        match self.key() {
+            Some(entry) => json_string(&mut out, entry),
+            None => out.push_str("null"),
         }
         out.push('}');
         out

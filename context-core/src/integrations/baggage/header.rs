@@ -253,7 +253,7 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
     let key_of = |member: &Result<Member<'_>, BaggageError>| -> Option<String> {
         match member {
             Ok(m) => Some(m.key.to_string()),
-            Err(err) => err.key().map(str::to_string),
+            Err(err) => err.entry_key().map(str::to_string),
         }
     };
     let mut seen = std::collections::HashSet::new();

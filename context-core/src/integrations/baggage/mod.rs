@@ -15,6 +15,7 @@
 //! The `contextvars` crate's documentation of this module tells the whole story with its
 //! macros; the items here are the runtime part.
 
+mod carrier;
 mod client;
 mod error;
 mod header;
@@ -23,12 +24,13 @@ mod server;
 
 use std::collections::{BTreeMap, HashSet};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 
 use crate::context::Context;
 use crate::current;
 use crate::metadata::{self, Entry, METADATA, MetadataFlags};
 
+pub use carrier::Carrier;
 pub use client::{BaggageLayer, BaggageService};
 pub use error::BaggageError;
 pub use header::{MAX_BYTES, MAX_ENTRIES, is_baggage_key};
@@ -42,6 +44,9 @@ pub use inventory;
 
 /// The header's name, `baggage`.
 pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
+/// The key baggage travels under in any carrier.
+const BAGGAGE_KEY: &str = "baggage";
 
 /// Writes the current context's baggage into `headers`: every variable declared with
 /// `#[context_var(baggage = "…")]` that is set here, then every [metadata map](crate::metadata)
@@ -82,6 +87,70 @@ pub fn inject(headers: &mut HeaderMap) -> usize {
     inject_from(&Context::current(), headers)
 }
 
+/// [`inject`] into any [`Carrier`] of string pairs: a message broker's headers, a
+/// `HashMap<String, String>`, a `BTreeMap<String, String>`, an `http::HeaderMap`. Writes the
+/// `baggage` key only, with the same rules: what the carrier already holds under it is kept
+/// and wins, and the result stays within the limits (the number of entries left out is
+/// returned).
+///
+/// ```
+/// # use context_core as contextvars;
+/// use std::collections::HashMap;
+///
+/// use contextvars::baggage::inject_into;
+/// use contextvars::metadata::{MetadataFlags, set_metadata_with};
+///
+/// set_metadata_with("region", "eu west", MetadataFlags::BAGGAGE);
+/// let mut headers = HashMap::from([("baggage".to_string(), "a=1".to_string())]);
+/// assert_eq!(inject_into(&mut headers), 0);
+/// assert_eq!(headers["baggage"], "a=1,region=eu%20west");
+/// ```
+pub fn inject_into<C: Carrier + ?Sized>(carrier: &mut C) -> usize {
+    inject_from(&Context::current(), carrier)
+}
+
+/// Reads the baggage a [`Carrier`] holds under `baggage` (an incoming message's headers)
+/// into a new context, and returns it: a copy of the current context with the carrier's
+/// entries added, as [`accept_baggage`](crate::tower::ContextLayer::accept_baggage) adds a
+/// request's. Run the message's work in it with [`Context::run`] or
+/// [`FutureExt::with_context`](crate::FutureExt::with_context).
+///
+/// The header is checked exactly as `accept_baggage` checks one, with the same limits and
+/// errors; the entries no variable claims are kept as metadata to forward; what the current
+/// context already holds for a variable or metadata key wins over the carrier's entry. It
+/// never sets anything in the current context, so it works anywhere, in a tokio task that
+/// has no context too (the copy is then empty but for the carrier's entries).
+///
+/// # Errors
+/// The first thing wrong with the header, as a [`BaggageError`] that names the entry by its
+/// key, or quotes it where it has none ([`BaggageError::key`]). Nothing is returned from a
+/// bad header: reject the message, or handle it without baggage.
+///
+/// # Panics
+/// If two variables in the program claim the same baggage key, as `accept_baggage` does.
+///
+/// ```
+/// # use context_core as contextvars;
+/// use std::collections::BTreeMap;
+///
+/// use contextvars::baggage::extract;
+/// use contextvars::metadata::get_metadata;
+///
+/// let message = BTreeMap::from([("baggage".to_string(), "campaign=spring%20sale".to_string())]);
+/// let mut context = extract(&message).unwrap();
+/// assert_eq!(context.run(|| get_metadata("campaign")).as_deref(), Some("spring sale"));
+///
+/// let bad = BTreeMap::from([("baggage".to_string(), "campaign=50%off".to_string())]);
+/// assert_eq!(extract(&bad).unwrap_err().key(), Some("campaign"));
+/// ```
+#[track_caller]
+pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError> {
+    registry::assert_no_conflict();
+    let mut context = Context::current();
+    context.run(|| accept(carrier, &Accept::new()))?;
+    Ok(context)
+}
+
 /// [`inject`] from `context` instead of the current one.
 ///
 /// ```
@@ -98,14 +167,17 @@ pub fn inject(headers: &mut HeaderMap) -> usize {
 /// inject_from(&context, &mut headers);
 /// assert_eq!(headers["baggage"], "region=eu");
 /// ```
-pub fn inject_from(context: &Context, headers: &mut HeaderMap) -> usize {
+pub fn inject_from<C: Carrier + ?Sized>(context: &Context, carrier: &mut C) -> usize {
     // What the lines already there hold: their keys, entries and bytes (joined with commas,
     // as a receiver joins them). A line that is not text is read for its keys as best it can.
     let mut keys: HashSet<String> = HashSet::new();
     let (mut count, mut bytes, mut lines) = (0, 0, 0);
-    for line in headers.get_all(BAGGAGE) {
-        let text = String::from_utf8_lossy(line.as_bytes());
-        bytes += line.len() + usize::from(lines > 0);
+    for line in carrier.get_all(BAGGAGE_KEY) {
+        let text = match line {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(bytes) => String::from_utf8_lossy(bytes),
+        };
+        bytes += text.len() + usize::from(lines > 0);
         lines += 1;
         for member in text.split(',') {
             let member = member.trim_matches([' ', '\t']);
@@ -173,42 +245,9 @@ pub fn inject_from(context: &Context, headers: &mut HeaderMap) -> usize {
         }
     }
     if added > 0 {
-        place(headers, &ours);
+        carrier.add(BAGGAGE_KEY, &ours);
     }
     left_out
-}
-
-/// Puts `ours` (entries, joined) into `headers` without changing a line already there: at
-/// the end of the first line where it is text, else on a line of its own.
-fn place(headers: &mut HeaderMap, ours: &str) {
-    let mut lines: Vec<HeaderValue> = headers.get_all(BAGGAGE).iter().cloned().collect();
-    let extended = lines.first().and_then(|first| {
-        let text = first.to_str().ok()?;
-        let comma = if text.trim_matches([' ', '\t']).is_empty() {
-            ""
-        } else {
-            ","
-        };
-        let mut value = HeaderValue::from_str(&format!("{text}{comma}{ours}")).ok()?;
-        value.set_sensitive(first.is_sensitive());
-        Some(value)
-    });
-    // `ours` is visible ASCII: it always makes a header value.
-    let Ok(own_line) = HeaderValue::from_str(ours) else {
-        return;
-    };
-    match extended {
-        Some(first) => {
-            lines[0] = first;
-            headers.remove(BAGGAGE);
-            for line in lines {
-                headers.append(BAGGAGE, line);
-            }
-        }
-        None => {
-            headers.append(BAGGAGE, own_line);
-        }
-    }
 }
 
 /// How a received header is read: made by `accept_baggage` and its options.
@@ -308,9 +347,12 @@ fn record(
 /// variables, and the other entries as metadata to forward. What the context already holds
 /// (the application's own values) is never replaced. Under [`Policy::Reject`] the first
 /// error is returned and nothing is set.
-pub(crate) fn accept(headers: &HeaderMap, settings: &Accept) -> Result<(), BaggageError> {
-    let mut values = headers.get_all(BAGGAGE).iter().peekable();
-    if values.peek().is_none() {
+pub(crate) fn accept<C: Carrier + ?Sized>(
+    carrier: &C,
+    settings: &Accept,
+) -> Result<(), BaggageError> {
+    let values = carrier.get_all(BAGGAGE_KEY);
+    if values.is_empty() {
         return Ok(());
     }
     let fail = |err: BaggageError| match &settings.policy {
@@ -322,7 +364,7 @@ pub(crate) fn accept(headers: &HeaderMap, settings: &Accept) -> Result<(), Bagga
     };
     let mut joined = String::new();
     for value in values {
-        let Ok(text) = value.to_str() else {
+        let Ok(text) = value else {
             return fail(BaggageError::NotText);
         };
         if text.trim_matches([' ', '\t']).is_empty() {
@@ -345,7 +387,7 @@ pub(crate) fn accept(headers: &HeaderMap, settings: &Accept) -> Result<(), Bagga
         // malformed to have a key is still an error of the header.
         let key = match &member {
             Ok(member) => Some(member.key),
-            Err(err) => err.key(),
+            Err(err) => err.entry_key(),
         };
         if key.is_some_and(|key| !settings.takes(key)) {
             continue;
