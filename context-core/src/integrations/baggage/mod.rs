@@ -11,6 +11,8 @@
 //!   reads each request's `baggage` header into the request's context.
 //! - **Client**: [`BaggageLayer`] (any tower HTTP client service) and [`inject`] (any
 //!   `http::HeaderMap`) write the current context's baggage into outgoing requests.
+//! - **Any carrier** (a message broker's headers, a plain map): [`inject_into`] writes and
+//!   [`extract`] reads into a new context, through the small [`Carrier`] trait.
 //!
 //! The `contextvars` crate's documentation of this module tells the whole story with its
 //! macros; the items here are the runtime part.
