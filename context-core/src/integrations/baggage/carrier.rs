@@ -90,27 +90,27 @@ impl<C: Carrier + ?Sized> Carrier for &mut C {
 /// first line), else on a line of their own, so that no line is ever removed or changed.
 impl Carrier for HeaderMap {
     fn get(&self, key: &str) -> Option<&str> {
-        HeaderMap::get(self, key).and_then(|value| value.to_str().ok())
+        HeaderMap::get(self, header_name(key).ok()?).and_then(|value| value.to_str().ok())
     }
 
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(name), Ok(value)) = (header_name(key), HeaderValue::from_str(&value)) {
             self.insert(name, value);
         }
     }
 
     fn get_all(&self, key: &str) -> Vec<Result<&str, &[u8]>> {
-        HeaderMap::get_all(self, key)
+        let Ok(name) = header_name(key) else {
+            return Vec::new();
+        };
+        HeaderMap::get_all(self, name)
             .iter()
             .map(|value| value.to_str().map_err(|_| value.as_bytes()))
             .collect()
     }
 
     fn add(&mut self, key: &str, entries: &str) {
-        let Ok(name) = http::HeaderName::from_bytes(key.as_bytes()) else {
+        let Ok(name) = header_name(key) else {
             return;
         };
         // `entries` is visible ASCII (the writer escapes everything else).
@@ -141,6 +141,15 @@ impl Carrier for HeaderMap {
                 self.append(name, own_line);
             }
         }
+    }
+}
+
+/// `key` as a header name; `baggage` without parsing it.
+fn header_name(key: &str) -> Result<http::HeaderName, http::header::InvalidHeaderName> {
+    if key == "baggage" {
+        Ok(super::BAGGAGE)
+    } else {
+        http::HeaderName::from_bytes(key.as_bytes())
     }
 }
 

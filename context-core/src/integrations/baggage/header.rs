@@ -249,23 +249,27 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
         .enumerate()
         .map(|(entry, text)| parse_member(text, entry))
         .collect();
-    // The key of each entry, where one can be read (a bad value still has its key).
-    let key_of = |member: &Result<Member<'_>, BaggageError>| -> Option<String> {
-        match member {
-            Ok(m) => Some(m.key.to_string()),
-            Err(err) => err.entry_key().map(str::to_string),
-        }
+    // An entry is left out where a later one has its key (a bad value still has its key).
+    // Headers are small (at most 180 entries, most a handful): comparing keys pairwise costs
+    // less than hashing them, and nothing is allocated unless a key is repeated.
+    let repeated = |i: usize| {
+        key_of(&members[i])
+            .is_some_and(|key| members[i + 1..].iter().any(|m| key_of(m) == Some(key)))
     };
-    let mut seen = std::collections::HashSet::new();
-    let mut keep = vec![true; members.len()];
-    for (i, member) in members.iter().enumerate().rev() {
-        if let Some(key) = key_of(member) {
-            keep[i] = seen.insert(key);
-        }
+    if (0..members.len()).any(repeated) {
+        let keep: Vec<bool> = (0..members.len()).map(|i| !repeated(i)).collect();
+        let mut keep = keep.into_iter();
+        members.retain(|_| keep.next().unwrap_or(true));
     }
-    let mut keep = keep.into_iter();
-    members.retain(|_| keep.next().unwrap_or(true));
     Ok(members)
+}
+
+/// The key of a parsed entry, or of a bad one where it has one.
+fn key_of<'a>(member: &'a Result<Member<'_>, BaggageError>) -> Option<&'a str> {
+    match member {
+        Ok(m) => Some(m.key),
+        Err(err) => err.entry_key(),
+    }
 }
 
 /// Appends `key=value` (the value percent-encoded) and its properties to `out`.
@@ -281,6 +285,12 @@ pub(crate) fn write_member(out: &mut String, key: &str, value: &str, properties:
 
 /// Whether writing `value` gives `raw`, byte for byte.
 pub(crate) fn writes_as(value: &str, raw: &str) -> bool {
+    // The common case, without encoding: a received value with no escape is its own
+    // decoding, and is written back as it is unless it holds what the writer escapes
+    // although a reader allows it raw.
+    if !raw.bytes().any(|b| matches!(b, b'%' | b'=' | b'+')) {
+        return value == raw;
+    }
     let mut rest = raw;
     for chunk in utf8_percent_encode(value, VALUE) {
         match rest.strip_prefix(chunk) {
