@@ -166,3 +166,14 @@ fn a_users_carrier_forwards_what_it_received_unchanged() {
         Some("hop=2,tenant=a%3db;src=idp,user_id=4,added=%C3%A9,note=x=y;p")
     );
 }
+
+#[test]
+fn a_header_line_that_is_not_text_is_an_error_of_the_whole_header() {
+    let mut headers = http::HeaderMap::new();
+    headers.append("baggage", "user_id=1".parse().unwrap());
+    headers.append(
+        "baggage",
+        http::HeaderValue::from_bytes(b"tenant=caf\xE9").unwrap(),
+    );
+    assert_eq!(extract(&headers).unwrap_err(), BaggageError::NotText);
+}
