@@ -117,7 +117,7 @@ fn bad_inputs() -> Vec<(String, Option<&'static str>)> {
     vec![
         ("tenant=acme,user_id=forty-two".into(), Some("user_id")),
         ("user_id=-1".into(), Some("user_id")),
-        ("tenant=a,tenant=b".into(), Some("tenant")),
+        ("tenant=a,tenant=%zz".into(), Some("tenant")),
         ("tenant=acme,,user_id=1".into(), Some("")),
         ("tenant".into(), Some("tenant")),
         ("ten ant=x".into(), Some("ten ant=x")),
@@ -125,7 +125,9 @@ fn bad_inputs() -> Vec<(String, Option<&'static str>)> {
         ("tenant=100%".into(), Some("tenant")),
         ("tenant=%zz".into(), Some("tenant")),
         ("tenant=%C3%28".into(), Some("tenant")),
-        ("region=x;=v".into(), Some("=v")),
+        ("region=x;=v".into(), Some("region")),
+        ("region=x;;".into(), Some("region")),
+        ("region=x;src=%4".into(), Some("region")),
         (format!("tenant={}", "x".repeat(MAX_BYTES)), None),
         (vec!["k=v"; MAX_ENTRIES + 1].join(","), None),
     ]
@@ -284,7 +286,7 @@ fn inject_writes_set_variables_and_opted_in_metadata_merged_with_the_header() {
     assert_eq!(headers.get_all("baggage").iter().count(), 1);
     assert_eq!(
         headers["baggage"],
-        "user_id=9;p,other=1,tenant=acme%2C%20inc.,region=eu"
+        "user_id=9;p, other=1,tenant=acme%2C%20inc.,region=eu"
     );
     // Nothing set: nothing written, and the headers are left alone.
     let mut empty = http::HeaderMap::new();
@@ -392,6 +394,97 @@ async fn received_entries_are_forwarded_by_the_next_hop() {
         .unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "tenant=t,user_id=2,trace-hint=abc;p=1");
+}
+
+#[tokio::test]
+async fn a_repeated_key_is_accepted_and_its_last_value_wins() {
+    let (status, json) = call(
+        app(ContextLayer::new()),
+        request(&["tenant=first,user_id=1,region=a", "tenant=second,region=b"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["tenant"], "second");
+    assert_eq!(json["user_id"], 1);
+    assert_eq!(json["metadata"], serde_json::json!({"region": "b"}));
+}
+
+#[test]
+fn inject_never_removes_or_rewrites_a_line_it_did_not_write() {
+    let inject_tenant = |headers: &mut http::HeaderMap| {
+        Context::new().run(|| {
+            let _ = TENANT.set("acme".to_string());
+            assert_eq!(inject(headers), 0);
+        });
+    };
+    let lines = |headers: &http::HeaderMap| -> Vec<Vec<u8>> {
+        headers
+            .get_all("baggage")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect()
+    };
+    // A first line that is not UTF-8 text (a byte past ASCII, as some clients send): kept
+    // byte for byte, as is the line after it; ours goes on a line of its own, last.
+    let mut headers = http::HeaderMap::new();
+    headers.append(
+        "baggage",
+        http::HeaderValue::from_bytes(b"legacy=caf\xE9").unwrap(),
+    );
+    headers.append("baggage", http::HeaderValue::from_static("other=1"));
+    inject_tenant(&mut headers);
+    assert_eq!(
+        lines(&headers),
+        [&b"legacy=caf\xE9"[..], b"other=1", b"tenant=acme"]
+    );
+
+    // Text lines: the first keeps its exact text (spacing included) with our entries after
+    // it (OpenTelemetry reads only the first line); the others are untouched.
+    let mut headers = http::HeaderMap::new();
+    headers.append("baggage", http::HeaderValue::from_static(" a = 1 ;p "));
+    headers.append("baggage", http::HeaderValue::from_static("b=2,,"));
+    inject_tenant(&mut headers);
+    assert_eq!(lines(&headers), [&b" a = 1 ;p ,tenant=acme"[..], b"b=2,,"]);
+
+    // A key a line already holds, even one that is not text, is not written again.
+    let mut headers = http::HeaderMap::new();
+    headers.append(
+        "baggage",
+        http::HeaderValue::from_bytes(b"tenant=caf\xE9").unwrap(),
+    );
+    inject_tenant(&mut headers);
+    assert_eq!(lines(&headers), [&b"tenant=caf\xE9"[..]]);
+}
+
+#[tokio::test]
+async fn a_claimed_entry_is_forwarded_with_its_properties_and_escapes() {
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async {
+                let mut headers = http::HeaderMap::new();
+                inject(&mut headers);
+                let forwarded = headers["baggage"].to_str().unwrap().to_owned();
+                // Once the application changes the value, it is written afresh.
+                let _ = TENANT.set("changed".to_string());
+                let mut headers = http::HeaderMap::new();
+                inject(&mut headers);
+                format!("{forwarded}|{}", headers["baggage"].to_str().unwrap())
+            }),
+        )
+        .layer(ContextLayer::new().accept_baggage());
+    let response = app
+        .oneshot(request(&[
+            "tenant=a%3db%2B;ttl=60;origin=eu%2Cwest,note=x=y;p",
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        body,
+        "tenant=a%3db%2B;ttl=60;origin=eu%2Cwest,note=x=y;p|tenant=changed,note=x=y;p"
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use super::header::{MAX_BYTES, MAX_ENTRIES};
 /// # use context_core as contextvars;
 /// use contextvars::baggage::BaggageError;
 ///
-/// let err = BaggageError::DuplicateKey { key: "tenant".into() };
+/// let err = BaggageError::BadEscape { key: "tenant".into() };
 /// assert_eq!(err.key(), Some("tenant"));
 /// assert!(err.to_string().contains("`tenant`"));
 /// ```
@@ -45,11 +45,6 @@ pub enum BaggageError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A key is given twice; which value the sender meant is unknown, so neither is taken.
-    DuplicateKey {
-        /// The key.
-        key: String,
-    },
     /// A value holds a `%` that does not start a two-digit hexadecimal escape.
     BadEscape {
         /// The entry's key.
@@ -59,6 +54,16 @@ pub enum BaggageError {
     NotUtf8 {
         /// The entry's key.
         key: String,
+    },
+    /// A property after an entry's value (`;name` or `;name=value`) is malformed, or its
+    /// value's escapes are bad as a value's would be.
+    BadProperty {
+        /// The entry's key.
+        key: String,
+        /// The property (cut short if long).
+        property: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A value does not parse into the type of the variable that claims its key.
     BadValue {
@@ -74,19 +79,30 @@ pub enum BaggageError {
 }
 
 impl BaggageError {
-    /// The key of the offending entry, where it is known.
+    /// What names the offending entry: its key, or, for an entry too malformed to have one
+    /// ([`Malformed`](Self::Malformed)), its text (cut short if long). `None` for the header
+    /// as a whole (too long, too many entries, not text).
     ///
     /// ```
     /// # use context_core as contextvars;
     /// use contextvars::baggage::BaggageError;
     ///
+    /// assert_eq!(BaggageError::NotUtf8 { key: "user".into() }.key(), Some("user"));
     /// assert_eq!(BaggageError::TooLong { bytes: 9000 }.key(), None);
     /// ```
     #[must_use]
     pub fn key(&self) -> Option<&str> {
         match self {
-            BaggageError::DuplicateKey { key }
-            | BaggageError::BadEscape { key }
+            BaggageError::Malformed { text, .. } => Some(text),
+            other => other.entry_key(),
+        }
+    }
+
+    /// The key of the offending entry, where it has one.
+    pub(crate) fn entry_key(&self) -> Option<&str> {
+        match self {
+            BaggageError::BadEscape { key }
+            | BaggageError::BadProperty { key, .. }
             | BaggageError::NotUtf8 { key }
             | BaggageError::BadValue { key, .. } => Some(key),
             _ => None,
@@ -109,12 +125,9 @@ impl BaggageError {
         let mut out = String::from("{\"error\":");
         json_string(&mut out, &self.to_string());
         out.push_str(",\"entry\":");
-        match self {
-            BaggageError::Malformed { text, .. } => json_string(&mut out, text),
-            other => match other.key() {
-                Some(key) => json_string(&mut out, key),
-                None => out.push_str("null"),
-            },
+        match self.key() {
+            Some(entry) => json_string(&mut out, entry),
+            None => out.push_str("null"),
         }
         out.push('}');
         out
@@ -156,9 +169,14 @@ impl fmt::Display for BaggageError {
                 text,
                 reason,
             } => write!(f, "entry {entry} (`{text}`): {reason}"),
-            BaggageError::DuplicateKey { key } => {
-                write!(f, "the key `{key}` is given more than once")
-            }
+            BaggageError::BadProperty {
+                key,
+                property,
+                reason,
+            } => write!(
+                f,
+                "the property `{property}` of the entry `{key}`: {reason}"
+            ),
             BaggageError::BadEscape { key } => write!(
                 f,
                 "the value of `{key}` holds a `%` that does not start an escape such as `%2C`"

@@ -22,6 +22,9 @@ pub const MAX_ENTRIES: usize = 180;
 /// One well-formed entry of a received header.
 pub(crate) struct Member<'a> {
     pub(crate) key: &'a str,
+    /// The value as it came, trimmed, escapes and all: what a forwarded entry is written
+    /// back as, so that a hop never changes what it passes on.
+    pub(crate) raw: &'a str,
     /// The value, percent-decoded.
     pub(crate) value: String,
     /// The properties after the value, trimmed, in header form (`a=1;b`), if any.
@@ -53,15 +56,19 @@ fn is_value_octet(byte: u8) -> bool {
     matches!(byte, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
-/// What a written value percent-encodes: everything that is not a `baggage-octet`, and `%`
-/// itself. (Bytes past ASCII are always encoded.)
+/// What a written value percent-encodes: everything that is not a `baggage-octet`, `%`
+/// itself, and the characters other readers mishandle although W3C allows them raw: `=`
+/// (OpenTelemetry's Rust propagator cuts a value at it) and `+` (Python's reads it as a
+/// space). Bytes past ASCII are always encoded.
 const VALUE: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b',')
     .add(b';')
     .add(b'\\')
-    .add(b'%');
+    .add(b'%')
+    .add(b'=')
+    .add(b'+');
 
 fn trim_ows(text: &str) -> &str {
     text.trim_matches([' ', '\t'])
@@ -80,17 +87,23 @@ pub(crate) fn excerpt(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
+/// What is wrong with the escapes of a value.
+enum EscapeError {
+    /// A `%` that does not start a two-hex-digit escape.
+    Bad,
+    /// Escapes that do not decode to UTF-8.
+    NotUtf8,
+}
+
 /// Checks that every `%` in `raw` starts a two-hex-digit escape, and decodes it as UTF-8.
-fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
+fn decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, EscapeError> {
     let bytes = raw.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let escape = bytes.get(i + 1..i + 3);
             if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-                return Err(BaggageError::BadEscape {
-                    key: key.to_string(),
-                });
+                return Err(EscapeError::Bad);
             }
             i += 3;
         } else {
@@ -99,14 +112,25 @@ fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
     }
     percent_decode_str(raw)
         .decode_utf8()
-        .map(std::borrow::Cow::into_owned)
-        .map_err(|_| BaggageError::NotUtf8 {
-            key: key.to_string(),
-        })
+        .map_err(|_| EscapeError::NotUtf8)
 }
 
-/// Checks the properties after a member's value (`text` starts after the first `;`).
-fn check_properties(text: &str, entry: usize) -> Result<Arc<str>, BaggageError> {
+/// A value, decoded, or the error that names its entry.
+fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
+    match decode(raw) {
+        Ok(value) => Ok(value.into_owned()),
+        Err(EscapeError::Bad) => Err(BaggageError::BadEscape {
+            key: key.to_string(),
+        }),
+        Err(EscapeError::NotUtf8) => Err(BaggageError::NotUtf8 {
+            key: key.to_string(),
+        }),
+    }
+}
+
+/// Checks the properties after a member's value (`text` starts after the first `;`); an
+/// error names the entry by its `key`.
+fn check_properties(text: &str, key: &str) -> Result<Arc<str>, BaggageError> {
     let mut out = String::with_capacity(text.len());
     for property in text.split(';') {
         let property = trim_ows(property);
@@ -114,12 +138,37 @@ fn check_properties(text: &str, entry: usize) -> Result<Arc<str>, BaggageError> 
             Some((name, value)) => (trim_ows(name), Some(trim_ows(value))),
             None => (property, None),
         };
-        if !is_baggage_key(name) || value.is_some_and(|v| !v.bytes().all(is_value_octet)) {
-            return Err(BaggageError::Malformed {
-                entry,
-                text: excerpt(property),
-                reason: "a property of the entry is not `key` or `key=value`",
-            });
+        let bad = |reason| BaggageError::BadProperty {
+            key: key.to_string(),
+            property: excerpt(property),
+            reason,
+        };
+        if property.is_empty() {
+            return Err(bad("it is empty (a `;` with nothing after it)"));
+        }
+        if !is_baggage_key(name) {
+            return Err(bad(
+                "its name is not a token; a property is `name` or `name=value`",
+            ));
+        }
+        if let Some(value) = value {
+            if !value.bytes().all(is_value_octet) {
+                return Err(bad(
+                    "its value holds a character a baggage value cannot (space, quote, \
+                     backslash, or one outside printable ASCII): percent-encode it",
+                ));
+            }
+            match decode(value) {
+                Ok(_) => {}
+                Err(EscapeError::Bad) => {
+                    return Err(bad(
+                        "its value holds a `%` that does not start an escape such as `%2C`",
+                    ));
+                }
+                Err(EscapeError::NotUtf8) => {
+                    return Err(bad("its value's escapes do not decode to UTF-8 text"));
+                }
+            }
         }
         // Properties are passed on as they came (opaque, as OpenTelemetry treats them):
         // their values are checked for the characters a value may hold, not decoded.
@@ -163,12 +212,14 @@ fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
              one outside printable ASCII): percent-encode it",
         ));
     }
+    let raw = value;
     let value = decode_value(value, key)?;
     let properties = properties
-        .map(|text| check_properties(text, entry))
+        .map(|text| check_properties(text, key))
         .transpose()?;
     Ok(Member {
         key,
+        raw,
         value,
         properties,
     })
@@ -177,7 +228,8 @@ fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
 /// Parses a whole header value (several `baggage` headers joined with `,`).
 ///
 /// A header over the limits is one error, `Err`; otherwise each member is parsed on its own,
-/// `Ok` or its error, and a key given twice makes every member with that key an error.
+/// `Ok` or its error. A key given more than once is valid input: the last entry with it
+/// wins (as OpenTelemetry reads it), and the earlier ones, good or bad, are left out.
 pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>>, BaggageError> {
     if header.len() > MAX_BYTES {
         return Err(BaggageError::TooLong {
@@ -197,32 +249,27 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
         .enumerate()
         .map(|(entry, text)| parse_member(text, entry))
         .collect();
-    // Keys given twice: which one the sender meant is unknown, so none is taken.
-    let mut keys: Vec<&str> = members
-        .iter()
-        .filter_map(|m| m.as_ref().ok().map(|m| m.key))
-        .collect();
-    keys.sort_unstable();
-    let twice: Vec<&str> = keys
-        .windows(2)
-        .filter(|pair| pair[0] == pair[1])
-        .map(|pair| pair[0])
-        .collect();
-    if !twice.is_empty() {
-        for member in &mut members {
-            let duplicate = match member {
-                Ok(m) => twice
-                    .binary_search(&m.key)
-                    .is_ok()
-                    .then(|| m.key.to_string()),
-                Err(_) => None,
-            };
-            if let Some(key) = duplicate {
-                *member = Err(BaggageError::DuplicateKey { key });
-            }
-        }
+    // An entry is left out where a later one has its key (a bad value still has its key).
+    // Headers are small (at most 180 entries, most a handful): comparing keys pairwise costs
+    // less than hashing them, and nothing is allocated unless a key is repeated.
+    let repeated = |i: usize| {
+        key_of(&members[i])
+            .is_some_and(|key| members[i + 1..].iter().any(|m| key_of(m) == Some(key)))
+    };
+    if (0..members.len()).any(repeated) {
+        let keep: Vec<bool> = (0..members.len()).map(|i| !repeated(i)).collect();
+        let mut keep = keep.into_iter();
+        members.retain(|_| keep.next().unwrap_or(true));
     }
     Ok(members)
+}
+
+/// The key of a parsed entry, or of a bad one where it has one.
+fn key_of<'a>(member: &'a Result<Member<'_>, BaggageError>) -> Option<&'a str> {
+    match member {
+        Ok(m) => Some(m.key),
+        Err(err) => err.entry_key(),
+    }
 }
 
 /// Appends `key=value` (the value percent-encoded) and its properties to `out`.
@@ -230,6 +277,35 @@ pub(crate) fn write_member(out: &mut String, key: &str, value: &str, properties:
     out.push_str(key);
     out.push('=');
     out.extend(utf8_percent_encode(value, VALUE));
+    if let Some(properties) = properties {
+        out.push(';');
+        out.push_str(properties);
+    }
+}
+
+/// Whether writing `value` gives `raw`, byte for byte.
+pub(crate) fn writes_as(value: &str, raw: &str) -> bool {
+    // The common case, without encoding: a received value with no escape is its own
+    // decoding, and is written back as it is unless it holds what the writer escapes
+    // although a reader allows it raw.
+    if !raw.bytes().any(|b| matches!(b, b'%' | b'=' | b'+')) {
+        return value == raw;
+    }
+    let mut rest = raw;
+    for chunk in utf8_percent_encode(value, VALUE) {
+        match rest.strip_prefix(chunk) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// Appends `key=raw` (the value as it was received, escapes untouched) and its properties.
+pub(crate) fn write_raw(out: &mut String, key: &str, raw: &str, properties: Option<&str>) {
+    out.push_str(key);
+    out.push('=');
+    out.push_str(raw);
     if let Some(properties) = properties {
         out.push(';');
         out.push_str(properties);
@@ -294,18 +370,40 @@ mod tests {
         assert!(matches!(err("a"), BaggageError::Malformed { entry: 0, .. }));
         assert!(matches!(err("a b=1"), BaggageError::Malformed { .. }));
         assert!(matches!(err("a=\"q\""), BaggageError::Malformed { .. }));
-        assert!(matches!(err("a=1;=x"), BaggageError::Malformed { .. }));
+        assert!(matches!(err("a=1;=x"), BaggageError::BadProperty { key, .. } if key == "a"));
+        assert!(matches!(err("a=1;"), BaggageError::BadProperty { key, .. } if key == "a"));
+        assert!(matches!(err("a=1;p=%zz"), BaggageError::BadProperty { key, .. } if key == "a"));
+        assert!(matches!(err("a=1;p=%FF"), BaggageError::BadProperty { key, .. } if key == "a"));
         assert!(matches!(err("a=%zz"), BaggageError::BadEscape { .. }));
         assert!(matches!(err("a=%4"), BaggageError::BadEscape { .. }));
         assert!(matches!(err("a=%FF%FE"), BaggageError::NotUtf8 { .. }));
-        assert!(matches!(err("a=1,b=2,a=3"), BaggageError::DuplicateKey { key } if key == "a"));
+        // The last entry of a key wins, bad or not; the earlier ones are left out.
+        assert!(matches!(err("a=1,b=2,a=%zz"), BaggageError::BadEscape { key } if key == "a"));
+    }
+
+    #[test]
+    fn a_repeated_key_is_read_once_with_its_last_value() {
+        assert_eq!(
+            ok("a=1,b=2,a=3;p"),
+            [
+                ("b".into(), "2".into(), None),
+                ("a".into(), "3".into(), Some("p".into())),
+            ]
+        );
+        assert_eq!(ok("a=%zz,a=ok"), [("a".into(), "ok".into(), None)]);
     }
 
     #[test]
     fn enforces_the_limits_exactly() {
-        let at_limit = vec!["k=v"; MAX_ENTRIES].join(",");
+        let entries = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let at_limit = entries(MAX_ENTRIES);
         assert_eq!(parse(&at_limit).unwrap().len(), MAX_ENTRIES);
-        let over = vec!["k=v"; MAX_ENTRIES + 1].join(",");
+        let over = entries(MAX_ENTRIES + 1);
         assert!(matches!(
             parse(&over),
             Err(BaggageError::TooManyEntries { entries: 181 })
@@ -322,11 +420,24 @@ mod tests {
 
     #[test]
     fn written_values_read_back_unchanged() {
-        for value in ["plain", "a b", "x,y;z", "100%", "\"q\"\\", "é✓", "", "=="] {
+        for value in [
+            "plain", "a b", "x,y;z", "100%", "\"q\"\\", "é✓", "", "==", "a+b", " x ",
+        ] {
             let mut out = String::new();
             write_member(&mut out, "k", value, None);
             assert_eq!(ok(&out), [("k".into(), value.into(), None)], "{out}");
+            let raw = out.strip_prefix("k=").unwrap();
+            assert!(writes_as(value, raw), "{out}");
+            // Nothing another reader mishandles is left raw.
+            assert!(
+                raw.bytes()
+                    .all(|b| is_value_octet(b) && !b"=+\\".contains(&b)),
+                "{out}"
+            );
+            assert!(decode(raw).is_ok(), "{out}");
         }
+        assert!(!writes_as("a=b", "a=b"));
+        assert!(!writes_as("=", "%3d"));
     }
 
     #[test]

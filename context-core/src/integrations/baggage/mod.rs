@@ -11,24 +11,28 @@
 //!   reads each request's `baggage` header into the request's context.
 //! - **Client**: [`BaggageLayer`] (any tower HTTP client service) and [`inject`] (any
 //!   `http::HeaderMap`) write the current context's baggage into outgoing requests.
+//! - **Any carrier** (a message broker's headers, a plain map): [`inject_into`] writes and
+//!   [`extract`] reads into a new context, through the small [`Carrier`] trait.
 //!
 //! The `contextvars` crate's documentation of this module tells the whole story with its
 //! macros; the items here are the runtime part.
 
+mod carrier;
 mod client;
 mod error;
 mod header;
 mod registry;
 mod server;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 
 use crate::context::Context;
 use crate::current;
 use crate::metadata::{self, Entry, METADATA, MetadataFlags};
 
+pub use carrier::Carrier;
 pub use client::{BaggageLayer, BaggageService};
 pub use error::BaggageError;
 pub use header::{MAX_BYTES, MAX_ENTRIES, is_baggage_key};
@@ -43,17 +47,30 @@ pub use inventory;
 /// The header's name, `baggage`.
 pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
+/// The key baggage travels under in any carrier.
+const BAGGAGE_KEY: &str = "baggage";
+
 /// Writes the current context's baggage into `headers`: every variable declared with
 /// `#[context_var(baggage = "…")]` that is set here, then every [metadata map](crate::metadata)
 /// entry set with [`MetadataFlags::BAGGAGE`] (which includes the entries a server received and
 /// no variable claimed). For clients that are not tower services; [`BaggageLayer`] does this
 /// for those that are.
 ///
-/// Entries already in `headers` are kept and win: a key they hold is not written again (they
-/// were put on this request on purpose). The result stays within the W3C limits
-/// ([`MAX_ENTRIES`] entries, [`MAX_BYTES`] bytes): an entry that would pass them is left
-/// out, and the number left out is returned. Where nothing is to be added, `headers` is
-/// left as it was.
+/// Lines already in `headers` are never removed or changed, and their entries win: a key
+/// they hold is not written again (they were put on this request on purpose). The new
+/// entries go at the end of the first `baggage` line, whose text is kept byte for byte
+/// (OpenTelemetry's propagators read only the first line), or, where that line is not
+/// text, on a line of their own after the others.
+///
+/// Values are percent-encoded so that OpenTelemetry's Rust and Python propagators read them
+/// back exactly: everything outside printable ASCII, and space, `"`, `,`, `;`, `\`, `%`,
+/// `=`, `+`. An entry received from a header and not changed since is written back exactly
+/// as it came, escapes and properties included, so a service in the middle passes on what
+/// it got.
+///
+/// The result stays within the W3C limits ([`MAX_ENTRIES`] entries, [`MAX_BYTES`] bytes,
+/// counting the lines already there): an entry that would pass them is left out, and the
+/// number left out is returned. Where nothing is to be added, `headers` is left as it was.
 ///
 /// ```
 /// # use context_core as contextvars;
@@ -68,12 +85,72 @@ pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 /// assert_eq!(inject(&mut headers), 0);
 /// assert_eq!(headers["baggage"], "trace-flag=1,region=eu%20west");
 /// ```
-#[allow(
-    clippy::missing_panics_doc,
-    reason = "the header is built from visible ASCII only"
-)]
 pub fn inject(headers: &mut HeaderMap) -> usize {
     inject_from(&Context::current(), headers)
+}
+
+/// [`inject`] into any [`Carrier`] of string pairs: a message broker's headers, a
+/// `HashMap<String, String>`, a `BTreeMap<String, String>`, an `http::HeaderMap`. Writes the
+/// `baggage` key only, with the same rules: what the carrier already holds under it is kept
+/// and wins, and the result stays within the limits (the number of entries left out is
+/// returned).
+///
+/// ```
+/// # use context_core as contextvars;
+/// use std::collections::HashMap;
+///
+/// use contextvars::baggage::inject_into;
+/// use contextvars::metadata::{MetadataFlags, set_metadata_with};
+///
+/// set_metadata_with("region", "eu west", MetadataFlags::BAGGAGE);
+/// let mut headers = HashMap::from([("baggage".to_string(), "a=1".to_string())]);
+/// assert_eq!(inject_into(&mut headers), 0);
+/// assert_eq!(headers["baggage"], "a=1,region=eu%20west");
+/// ```
+pub fn inject_into<C: Carrier + ?Sized>(carrier: &mut C) -> usize {
+    inject_from(&Context::current(), carrier)
+}
+
+/// Reads the baggage a [`Carrier`] holds under `baggage` (an incoming message's headers)
+/// into a new context, and returns it: a copy of the current context with the carrier's
+/// entries added, as [`accept_baggage`](crate::tower::ContextLayer::accept_baggage) adds a
+/// request's. Run the message's work in it with [`Context::run`] or
+/// [`FutureExt::with_context`](crate::FutureExt::with_context).
+///
+/// The header is checked exactly as `accept_baggage` checks one, with the same limits and
+/// errors; the entries no variable claims are kept as metadata to forward; what the current
+/// context already holds for a variable or metadata key wins over the carrier's entry. It
+/// never sets anything in the current context, so it works anywhere, in a tokio task that
+/// has no context too (the copy is then empty but for the carrier's entries).
+///
+/// # Errors
+/// The first thing wrong with the header, as a [`BaggageError`] that names the entry by its
+/// key, or quotes it where it has none ([`BaggageError::key`]). Nothing is returned from a
+/// bad header: reject the message, or handle it without baggage.
+///
+/// # Panics
+/// If two variables in the program claim the same baggage key, as `accept_baggage` does.
+///
+/// ```
+/// # use context_core as contextvars;
+/// use std::collections::BTreeMap;
+///
+/// use contextvars::baggage::extract;
+/// use contextvars::metadata::get_metadata;
+///
+/// let message = BTreeMap::from([("baggage".to_string(), "campaign=spring%20sale".to_string())]);
+/// let mut context = extract(&message).unwrap();
+/// assert_eq!(context.run(|| get_metadata("campaign")).as_deref(), Some("spring sale"));
+///
+/// let bad = BTreeMap::from([("baggage".to_string(), "campaign=50%off".to_string())]);
+/// assert_eq!(extract(&bad).unwrap_err().key(), Some("campaign"));
+/// ```
+#[track_caller]
+pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError> {
+    registry::assert_no_conflict();
+    let mut context = Context::current();
+    context.run(|| accept(carrier, &Accept::new()))?;
+    Ok(context)
 }
 
 /// [`inject`] from `context` instead of the current one.
@@ -92,60 +169,113 @@ pub fn inject(headers: &mut HeaderMap) -> usize {
 /// inject_from(&context, &mut headers);
 /// assert_eq!(headers["baggage"], "region=eu");
 /// ```
-pub fn inject_from(context: &Context, headers: &mut HeaderMap) -> usize {
-    let existing: Vec<&str> = headers
-        .get_all(BAGGAGE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|member| member.trim_matches([' ', '\t']))
-        .filter(|member| !member.is_empty())
-        .collect();
-    // Keys already in the header win. Those added below are distinct already: claimed keys
-    // are, and metadata keys are, and a metadata entry under a claimed key is skipped.
-    let keys: HashSet<&str> = existing.iter().map(|m| header::member_key(m)).collect();
-    let mut out = existing.join(",");
-    let mut count = existing.len();
+pub fn inject_from<C: Carrier + ?Sized>(context: &Context, carrier: &mut C) -> usize {
+    // What the lines already there hold: their keys, entries and bytes (joined with commas,
+    // as a receiver joins them). A line that is not text is read for its keys as best it can.
+    let mut keys: HashSet<String> = HashSet::new();
+    let (mut count, mut bytes, mut lines) = (0, 0, 0);
+    for line in carrier.get_all(BAGGAGE_KEY) {
+        let text = match line {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(bytes) => String::from_utf8_lossy(bytes),
+        };
+        bytes += text.len() + usize::from(lines > 0);
+        lines += 1;
+        for member in text.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if !member.is_empty() {
+                keys.insert(header::member_key(member).to_string());
+                count += 1;
+            }
+        }
+    }
+    let mut ours = String::new();
     let (mut added, mut left_out) = (0, 0);
     let mut member = String::new();
-    let mut add = |key: &str, value: &str, properties: Option<&str>| {
-        if keys.contains(key) {
-            return;
-        }
-        member.clear();
-        header::write_member(&mut member, key, value, properties);
-        let comma = usize::from(!out.is_empty());
-        if count + 1 > MAX_ENTRIES || out.len() + comma + member.len() > MAX_BYTES {
+    let received = context.get(&RECEIVED);
+    let mut add = |member: &str| {
+        // A comma before it: after the lines there, or after the entries added before it.
+        let comma = usize::from(lines > 0 || added > 0);
+        if count + 1 > MAX_ENTRIES || bytes + comma + member.len() > MAX_BYTES {
             left_out += 1;
             return;
         }
-        if comma == 1 {
-            out.push(',');
+        if added > 0 {
+            ours.push(',');
         }
-        out.push_str(&member);
+        ours.push_str(member);
+        bytes += comma + member.len();
         count += 1;
         added += 1;
     };
+    // The claimed keys are distinct, and so are metadata keys; a metadata entry under a
+    // claimed key is skipped.
     let mut claimed = Vec::new();
     for claim in &registry::registry().all {
+        let key = claim.key();
         if let Some(value) = claim.value_in(context) {
-            add(claim.key(), &value, None);
-            claimed.push(claim.key());
+            claimed.push(key);
+            if keys.contains(key) {
+                continue;
+            }
+            member.clear();
+            match received.and_then(|r| r.unchanged(key, &value)) {
+                Some(raw) => {
+                    header::write_raw(&mut member, key, &raw.text, raw.properties.as_deref());
+                }
+                None => header::write_member(&mut member, key, &value, None),
+            }
+            add(&member);
         }
     }
     if let Some(map) = context.get(&METADATA) {
         for (key, entry) in &map.0 {
-            if entry.flags.propagated() && is_baggage_key(key) && !claimed.contains(&&**key) {
-                add(key, &entry.value, entry.properties.as_deref());
+            if !entry.flags.propagated()
+                || !is_baggage_key(key)
+                || claimed.contains(&&**key)
+                || keys.contains(&**key)
+            {
+                continue;
             }
+            member.clear();
+            let properties = entry.properties.as_deref();
+            match received.and_then(|r| r.unchanged(key, &entry.value)) {
+                Some(raw) => header::write_raw(&mut member, key, &raw.text, properties),
+                None => header::write_member(&mut member, key, &entry.value, properties),
+            }
+            add(&member);
         }
     }
     if added > 0 {
-        if let Ok(value) = HeaderValue::from_str(&out) {
-            headers.insert(BAGGAGE, value);
-        }
+        carrier.add(BAGGAGE_KEY, &ours);
     }
     left_out
+}
+
+/// How a received header is read: made by `accept_baggage` and its options.
+#[derive(Clone)]
+pub(crate) struct Accept {
+    pub(crate) policy: Policy,
+    /// The only keys taken from a header, where the application limited them.
+    pub(crate) keys: Option<std::sync::Arc<[Box<str>]>>,
+    /// Whether the entries no variable claims are forwarded (else only kept to read).
+    pub(crate) forward: bool,
+}
+
+impl Accept {
+    pub(crate) fn new() -> Self {
+        Accept {
+            policy: Policy::Reject,
+            keys: None,
+            forward: true,
+        }
+    }
+
+    fn takes(&self, key: &str) -> bool {
+        self.keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| &**k == key))
+    }
 }
 
 /// What to do with a bad header or entry.
@@ -157,15 +287,77 @@ pub(crate) enum Policy {
     Ignore(std::sync::Arc<dyn Fn(&BaggageError) + Send + Sync>),
 }
 
+/// An entry as it was received, for writing it back unchanged.
+#[derive(Clone)]
+struct AsReceived {
+    /// The value it was read as (decoded).
+    value: Box<str>,
+    /// The value as it came.
+    text: Box<str>,
+    /// Its properties, for a claimed entry (an unclaimed one keeps them in its metadata
+    /// entry).
+    properties: Option<std::sync::Arc<str>>,
+}
+
+/// The entries a context received whose header form a fresh write would not reproduce
+/// (escapes written otherwise, properties of a claimed entry), by key.
+#[derive(Clone, Default)]
+struct Received(BTreeMap<Box<str>, AsReceived>);
+
+impl Received {
+    /// The entry received under `key`, if the context still holds the value it arrived with.
+    fn unchanged(&self, key: &str, value: &str) -> Option<&AsReceived> {
+        self.0.get(key).filter(|raw| &*raw.value == value)
+    }
+}
+
+struct ReceivedVar {}
+
+impl crate::var::Key for ReceivedVar {
+    type Value = Received;
+    type Default = crate::var::NoDefault;
+
+    fn fmt_value(value: &Received, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(value.0.keys()).finish()
+    }
+}
+
+/// The header form of received entries, where it differs from what a write would make.
+static RECEIVED: crate::var::ContextVar<ReceivedVar> =
+    crate::var::ContextVar::new("baggage.received");
+
+/// The record to keep of `member` (taken from a header), if a fresh write would not give
+/// back what came.
+fn record(
+    member: &header::Member<'_>,
+    properties: Option<std::sync::Arc<str>>,
+) -> Option<(Box<str>, AsReceived)> {
+    if properties.is_none() && header::writes_as(&member.value, member.raw) {
+        return None;
+    }
+    Some((
+        member.key.into(),
+        AsReceived {
+            value: member.value.as_str().into(),
+            text: member.raw.into(),
+            properties,
+        },
+    ))
+}
+
 /// Reads the `baggage` headers of a request into the current context: the claimed
-/// variables, and the other entries as metadata to forward. Under [`Policy::Reject`] the
-/// first error is returned and nothing is set.
-pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), BaggageError> {
-    let mut values = headers.get_all(BAGGAGE).iter().peekable();
-    if values.peek().is_none() {
+/// variables, and the other entries as metadata to forward. What the context already holds
+/// (the application's own values) is never replaced. Under [`Policy::Reject`] the first
+/// error is returned and nothing is set.
+pub(crate) fn accept<C: Carrier + ?Sized>(
+    carrier: &C,
+    settings: &Accept,
+) -> Result<(), BaggageError> {
+    let values = carrier.get_all(BAGGAGE_KEY);
+    if values.is_empty() {
         return Ok(());
     }
-    let fail = |err: BaggageError| match policy {
+    let fail = |err: BaggageError| match &settings.policy {
         Policy::Reject => Err(err),
         Policy::Ignore(report) => {
             report(&err);
@@ -174,7 +366,7 @@ pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), Baggage
     };
     let mut joined = String::new();
     for value in values {
-        let Ok(text) = value.to_str() else {
+        let Ok(text) = value else {
             return fail(BaggageError::NotText);
         };
         if text.trim_matches([' ', '\t']).is_empty() {
@@ -191,37 +383,73 @@ pub(crate) fn accept(headers: &HeaderMap, policy: &Policy) -> Result<(), Baggage
     };
     let registry = registry::registry();
     let mut staged = Vec::new();
-    let mut forwarded = Vec::new();
+    let mut unclaimed = Vec::new();
     for member in members {
+        // Keys the application did not list are not read at all, good or bad; an entry too
+        // malformed to have a key is still an error of the header.
+        let key = match &member {
+            Ok(member) => Some(member.key),
+            Err(err) => err.entry_key(),
+        };
+        if key.is_some_and(|key| !settings.takes(key)) {
+            continue;
+        }
         let parsed = member.and_then(|member| match registry.by_key.get(member.key) {
             Some(claim) => claim.parse(&member.value).map(|s| (Some(s), member)),
             None => Ok((None, member)),
         });
         match parsed {
-            Ok((Some(registry::Staged(leaf)), _)) => staged.push(leaf),
-            Ok((None, member)) => forwarded.push((
-                member.key.into(),
-                Entry {
-                    value: member.value.into(),
-                    flags: MetadataFlags::BAGGAGE,
-                    properties: member.properties,
-                },
-            )),
+            Ok((Some(registry::Staged(leaf)), member)) => staged.push((leaf, member)),
+            Ok((None, member)) => unclaimed.push(member),
             Err(err) => fail(err)?,
         }
     }
+    let mut records = Vec::new();
     if !staged.is_empty() {
         let replaced = current::write(|frame| {
-            staged
-                .into_iter()
-                .filter_map(|leaf| frame.map.insert(leaf))
-                .collect::<Vec<_>>()
+            let mut replaced = Vec::new();
+            for (leaf, member) in staged {
+                // A variable the context holds was set by the application: it wins.
+                if frame.map.get(leaf.key).is_some() {
+                    replaced.push(leaf.value);
+                    continue;
+                }
+                records.extend(record(&member, member.properties.clone()));
+                replaced.extend(frame.map.insert(leaf));
+            }
+            replaced
         });
         // Replaced values are dropped here, with the thread's state released.
         drop(replaced);
     }
-    if !forwarded.is_empty() {
-        let _ = metadata::update(|map| map.0.extend(forwarded));
+    if !unclaimed.is_empty() {
+        let flags = if settings.forward {
+            MetadataFlags::BAGGAGE
+        } else {
+            MetadataFlags::NONE
+        };
+        let _ = metadata::update(|map| {
+            for member in unclaimed {
+                // An entry the application set (private or not) wins.
+                if map.0.contains_key(member.key) {
+                    continue;
+                }
+                records.extend(record(&member, None));
+                map.0.insert(
+                    member.key.into(),
+                    Entry {
+                        value: member.value.into(),
+                        flags,
+                        properties: member.properties,
+                    },
+                );
+            }
+        });
+    }
+    if !records.is_empty() {
+        let mut received = RECEIVED.with(|r| r.cloned().unwrap_or_default());
+        received.0.extend(records);
+        let _ = RECEIVED.try_set(received);
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::BaggageError;
-use super::{Policy, accept, registry};
+use super::{Accept, Policy, accept, registry};
 use crate::tower::ContextLayer;
 
 impl<H, M, A> ContextLayer<H, M, A> {
@@ -23,9 +23,22 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// ([`BaggageLayer`](crate::baggage::BaggageLayer), [`inject`](crate::baggage::inject))
     /// forward them.
     ///
-    /// Baggage is untrusted input. By default a bad header (over 8,192 bytes or 180 entries,
-    /// not text, a malformed entry, a key given twice, a bad `%` escape, escapes that are not
-    /// UTF-8, a value its variable's type does not parse) answers the request with
+    /// What the application sets itself always wins over an entry of the header: a variable
+    /// or metadata key that the layer's base context or a request hook already holds is left
+    /// as the application set it, and the entry for it is dropped (neither read nor
+    /// forwarded). A key given more than once in a valid header is valid input: the last
+    /// entry wins.
+    ///
+    /// Baggage is untrusted input: any caller can send any entry, and every service on the
+    /// way can read and change it. Never decide authorization from it (a tenant, a role, a
+    /// user id for access checks come from an authenticated source, set in a request hook).
+    /// [`only_keys`](AcceptBaggageLayer::only_keys) limits what is read to a list of keys,
+    /// and [`forward_unclaimed(false)`](AcceptBaggageLayer::forward_unclaimed) stops the
+    /// entries no variable claims from being passed on.
+    ///
+    /// By default a bad header (over 8,192 bytes or 180 entries,
+    /// not text, a malformed entry or property, a bad `%` escape in a value or a property,
+    /// escapes that are not UTF-8, a value its variable's type does not parse) answers the request with
     /// `400 Bad Request` and a JSON body naming the offending entry
     /// ([`BaggageError::to_json`]); the inner service is not called, nothing is set from the
     /// header, and the connection stays open for the next request.
@@ -56,7 +69,7 @@ impl<H, M, A> ContextLayer<H, M, A> {
         registry::assert_no_conflict();
         AcceptBaggageLayer {
             layer: self,
-            policy: Policy::Reject,
+            settings: Accept::new(),
             reject: Arc::new(JsonBadRequest),
         }
     }
@@ -76,7 +89,7 @@ impl<H, M, A> ContextLayer<H, M, A> {
 /// ```
 pub struct AcceptBaggageLayer<L, R = JsonBadRequest> {
     layer: L,
-    policy: Policy,
+    settings: Accept,
     reject: Arc<R>,
 }
 
@@ -96,14 +109,58 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// ```
     #[must_use]
     pub fn ignore_bad_entries(
-        self,
+        mut self,
         report: impl Fn(&BaggageError) + Send + Sync + 'static,
     ) -> Self {
-        AcceptBaggageLayer {
-            layer: self.layer,
-            policy: Policy::Ignore(Arc::new(report)),
-            reject: self.reject,
-        }
+        self.settings.policy = Policy::Ignore(Arc::new(report));
+        self
+    }
+
+    /// Reads only the entries with these keys from a header; the others are left out
+    /// whole: not set, not kept, not forwarded, and not checked beyond the header's syntax
+    /// and limits (a bad value under another key is no error). Calling it again replaces
+    /// the list.
+    ///
+    /// Baggage is untrusted input: list what this service needs from its callers, and
+    /// nothing it would trust for a decision.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new()
+    ///     .accept_baggage()
+    ///     .only_keys(["request.source", "campaign"]);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn only_keys<K: Into<String>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        let keys: Vec<Box<str>> = keys
+            .into_iter()
+            .map(|k| k.into().into_boxed_str())
+            .collect();
+        self.settings.keys = Some(keys.into());
+        self
+    }
+
+    /// Whether the entries no variable claims are forwarded (the default: `true`). With
+    /// `false` they are still kept in the request's [metadata map](crate::metadata), where
+    /// [`get_metadata`](crate::metadata::get_metadata) reads them, but are not opted into
+    /// baggage, so [`inject`](crate::baggage::inject) and
+    /// [`BaggageLayer`](crate::baggage::BaggageLayer) do not send them on: a service at a
+    /// trust boundary passes on only what it sets itself.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    ///
+    /// let layer = ContextLayer::new().accept_baggage().forward_unclaimed(false);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn forward_unclaimed(mut self, forward: bool) -> Self {
+        self.settings.forward = forward;
+        self
     }
 
     /// Answers a bad header with `reject(&error)` instead of the JSON `400`: for a protocol
@@ -128,7 +185,7 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     {
         AcceptBaggageLayer {
             layer: self.layer,
-            policy: self.policy,
+            settings: self.settings,
             reject: Arc::new(reject),
         }
     }
@@ -152,7 +209,7 @@ impl<L: Clone, R> Clone for AcceptBaggageLayer<L, R> {
     fn clone(&self) -> Self {
         AcceptBaggageLayer {
             layer: self.layer.clone(),
-            policy: self.policy.clone(),
+            settings: self.settings.clone(),
             reject: Arc::clone(&self.reject),
         }
     }
@@ -162,8 +219,18 @@ impl<L: fmt::Debug, R> fmt::Debug for AcceptBaggageLayer<L, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcceptBaggageLayer")
             .field("layer", &self.layer)
-            .field("policy", &self.policy)
+            .field("settings", &self.settings)
             .field("reject", &std::any::type_name::<R>())
+            .finish()
+    }
+}
+
+impl fmt::Debug for Accept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accept")
+            .field("policy", &self.policy)
+            .field("only_keys", &self.keys)
+            .field("forward_unclaimed", &self.forward)
             .finish()
     }
 }
@@ -183,7 +250,7 @@ impl<S, L: Layer<AcceptBaggage<S, R>>, R> Layer<S> for AcceptBaggageLayer<L, R> 
     fn layer(&self, inner: S) -> L::Service {
         self.layer.layer(AcceptBaggage {
             inner,
-            policy: self.policy.clone(),
+            settings: self.settings.clone(),
             reject: Arc::clone(&self.reject),
         })
     }
@@ -220,7 +287,7 @@ impl<B, F: Fn(&BaggageError) -> http::Response<B>> Reject<B> for F {
 /// # use context_core as contextvars;
 /// use contextvars::baggage::{BaggageError, JsonBadRequest, Reject};
 ///
-/// let error = BaggageError::DuplicateKey { key: "tenant".into() };
+/// let error = BaggageError::BadEscape { key: "tenant".into() };
 /// let response: http::Response<String> = JsonBadRequest.reject(&error);
 /// assert!(response.body().contains(r#""entry":"tenant""#));
 /// ```
@@ -253,7 +320,7 @@ impl<B: From<String>> Reject<B> for JsonBadRequest {
 /// ```
 pub struct AcceptBaggage<S, R = JsonBadRequest> {
     inner: S,
-    policy: Policy,
+    settings: Accept,
     reject: Arc<R>,
 }
 
@@ -277,7 +344,7 @@ impl<S: Clone, R> Clone for AcceptBaggage<S, R> {
     fn clone(&self) -> Self {
         AcceptBaggage {
             inner: self.inner.clone(),
-            policy: self.policy.clone(),
+            settings: self.settings.clone(),
             reject: Arc::clone(&self.reject),
         }
     }
@@ -287,7 +354,7 @@ impl<S: fmt::Debug, R> fmt::Debug for AcceptBaggage<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcceptBaggage")
             .field("inner", &self.inner)
-            .field("policy", &self.policy)
+            .field("settings", &self.settings)
             .field("reject", &std::any::type_name::<R>())
             .finish()
     }
@@ -307,7 +374,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        match accept(request.headers(), &self.policy) {
+        match accept(request.headers(), &self.settings) {
             Ok(()) => AcceptFuture {
                 state: State::Called {
                     future: self.inner.call(request),
