@@ -245,7 +245,7 @@ impl Context {
     /// ```
     #[must_use]
     pub fn len(&self) -> usize {
-        self.frame.map.len()
+        self.iter().count()
     }
 
     /// Whether no variable is bound in this context.
@@ -257,7 +257,7 @@ impl Context {
     /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.iter().next().is_none()
     }
 
     /// The bindings: each variable's name and its value, which formats with `Debug` where
@@ -425,7 +425,8 @@ impl<'a> Iterator for Iter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.leaves
-            .next()
+            .by_ref()
+            .find(|leaf| !leaf.var.hidden())
             .map(|leaf| (leaf.var.name(), ValueRef { leaf }))
     }
 }

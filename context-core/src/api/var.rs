@@ -56,6 +56,12 @@ pub trait Key: 'static {
         type_name::<Self>()
     }
 
+    /// This crate's own bookkeeping (which request a context serves, how baggage arrived):
+    /// such bindings flow like any other but are not part of the mapping view
+    /// ([`Context::iter`], [`Context::len`], `Debug`).
+    #[doc(hidden)]
+    const HIDDEN: bool = false;
+
     /// Formats a value in [`Context`]'s `Debug` output and [`Context::iter`]. The default
     /// writes the type's name; `#[context_var]` uses the value's `Debug` where it has one.
     ///
@@ -583,6 +589,10 @@ impl<K: Key> VarMeta for ContextVar<K> {
 
     fn path(&self) -> &'static str {
         K::path()
+    }
+
+    fn hidden(&self) -> bool {
+        K::HIDDEN
     }
 
     fn fmt_value(

@@ -34,6 +34,8 @@ pub(crate) trait VarMeta: Sync {
     fn log(&self) -> bool;
     /// Where the variable is declared (`crate::module::STATIC`).
     fn path(&self) -> &'static str;
+    /// Whether the binding is the crate's own bookkeeping, left out of the mapping view.
+    fn hidden(&self) -> bool;
     fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
     -> fmt::Result;
 }
@@ -373,6 +375,9 @@ mod tests {
         }
         fn path(&self) -> &'static str {
             "tests::META"
+        }
+        fn hidden(&self) -> bool {
+            false
         }
         fn fmt_value(
             &self,

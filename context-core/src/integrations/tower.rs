@@ -8,7 +8,7 @@
 //! to poll streaming bodies in it too ([`ContextLayer::body_in_context`]). A layer called
 //! inside another layer's request, through any executor the request's context went to, builds
 //! on that request's context instead of its base; the request's context carries a binding of
-//! its own, `contextvars.tower.request`, that marks it so. [`AcrossWorkerLayer`] (or
+//! its own that marks it so. [`AcrossWorkerLayer`] (or
 //! [`CarryContextLayer`] and [`ReenterContextLayer`]) carries each request's context past a
 //! shared worker such as `tower::buffer::Buffer`.
 //!
@@ -939,6 +939,7 @@ struct InRequest {}
 impl Key for InRequest {
     type Value = ();
     type Default = NoDefault;
+    const HIDDEN: bool = true;
 }
 
 /// Marks a request's context, as a layer of this module enters it: a `ContextLayer` called

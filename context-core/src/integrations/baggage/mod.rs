@@ -316,6 +316,7 @@ struct ReceivedVar {}
 impl crate::var::Key for ReceivedVar {
     type Value = Received;
     type Default = crate::var::NoDefault;
+    const HIDDEN: bool = true;
 
     fn fmt_value(value: &Received, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(value.0.keys()).finish()
