@@ -39,23 +39,12 @@ static SERVER: &'static str;
 
 /// A runtime with the hooks installed: two workers, or the current thread.
 fn hooked(multi_thread: bool) -> Runtime {
-    hooked_with(multi_thread, contextvars::hooks::install)
+    support::hooked_runtime(multi_thread, false)
 }
 
 /// A runtime with the opt-in writable inheritance (asyncio's rule).
 fn hooked_writable(multi_thread: bool) -> Runtime {
-    hooked_with(multi_thread, contextvars::hooks::install_writable)
-}
-
-fn hooked_with(multi_thread: bool, install: fn(&mut Builder) -> &mut Builder) -> Runtime {
-    let mut builder = if multi_thread {
-        let mut builder = Builder::new_multi_thread();
-        builder.worker_threads(2);
-        builder
-    } else {
-        Builder::new_current_thread()
-    };
-    install(builder.enable_all()).build().unwrap()
+    support::hooked_runtime(multi_thread, true)
 }
 
 #[contextvars::test(flavor = "multi_thread", worker_threads = 2)]

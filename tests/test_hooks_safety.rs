@@ -26,7 +26,7 @@ use axum::response::Response;
 use axum::routing::get;
 use contextvars::tower::ContextLayer;
 use contextvars::{SetError, context_var};
-use tokio::runtime::{Builder, Runtime};
+use support::hooked_runtime as runtime;
 
 #[context_var]
 static USER: &'static str;
@@ -54,23 +54,6 @@ impl Drop for Counted {
 
 #[context_var]
 static COUNTED: Arc<Counted>;
-
-fn runtime(multi_thread: bool, writable: bool) -> Runtime {
-    let mut builder = if multi_thread {
-        let mut builder = Builder::new_multi_thread();
-        builder.worker_threads(2);
-        builder
-    } else {
-        Builder::new_current_thread()
-    };
-    builder.enable_all();
-    if writable {
-        contextvars::hooks::install_writable(&mut builder);
-    } else {
-        contextvars::hooks::install(&mut builder);
-    }
-    builder.build().unwrap()
-}
 
 /// What the child process prints once the runtime has served a task after the panic.
 const SERVED: &str = "the runtime still serves tasks";

@@ -35,3 +35,23 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<&str>().map(ToString::to_string))
         .unwrap_or_default()
 }
+
+/// A runtime with the context hooks: two workers, or the current thread; with the opt-in
+/// writable inheritance (`install_writable`) or the default read-only one.
+#[cfg(all(tokio_unstable, feature = "hooks"))]
+pub(crate) fn hooked_runtime(multi_thread: bool, writable: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all();
+    if writable {
+        contextvars::hooks::install_writable(&mut builder);
+    } else {
+        contextvars::hooks::install(&mut builder);
+    }
+    builder.build().unwrap()
+}
