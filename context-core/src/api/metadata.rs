@@ -5,9 +5,10 @@
 //! configures, baggage entries another service sent that no variable here claims. The
 //! metadata map holds them: string keys, string values, in the context like any variable.
 //!
-//! - **Copy-on-write.** A set copies the map of the current context and binds the copy: a
+//! - **Copy-on-write.** A set binds a new version of the map in the current context: a
 //!   snapshot taken before ([`Context::current`](crate::Context::current), a spawned task) keeps
-//!   what it had, and the map is shared, not copied, by snapshots that do not write.
+//!   what it had. The versions share all but the entries on the way to the key set, so a set
+//!   costs O(log n) in the number of entries and a snapshot copies nothing.
 //! - **Inherited like any variable**: by spawned tasks, threads started with
 //!   [`thread::spawn`](crate::thread::spawn), requests served through the tower layer (from its
 //!   base context), and the code a [`Context::run`](crate::Context::run) runs.
@@ -36,6 +37,8 @@
 //! assert_eq!(snapshot.run(|| get_metadata("region")), None);
 //! ```
 
+mod tree;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::BitOr;
@@ -43,6 +46,8 @@ use std::sync::Arc;
 
 use crate::error::SetError;
 use crate::var::{ContextVar, Key, NoDefault};
+
+use self::tree::Tree;
 
 /// What may be done with a metadata entry besides reading it: nothing ([`NONE`](Self::NONE),
 /// the default), [`LOG`](Self::LOG), [`BAGGAGE`](Self::BAGGAGE), or both (`LOG | BAGGAGE`).
@@ -122,9 +127,9 @@ pub(crate) struct Entry {
     pub(crate) properties: Option<Arc<str>>,
 }
 
-/// The map as one context variable holds it.
+/// The map as one context variable holds it, sorted by key.
 #[derive(Clone, Default)]
-pub(crate) struct Metadata(pub(crate) BTreeMap<Arc<str>, Entry>);
+pub(crate) struct Metadata(pub(crate) Tree<Arc<str>, Entry>);
 
 impl fmt::Debug for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -305,7 +310,8 @@ pub fn get_all_metadata() -> BTreeMap<String, String> {
     })
 }
 
-/// Copies the current map, changes the copy with `f`, and binds it.
+/// Changes a version of the current map with `f` (the nodes on the way to the keys it
+/// changes are copied, the rest is shared), and binds it.
 pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
     let mut map = METADATA.with(|map| map.cloned().unwrap_or_default());
     f(&mut map);
