@@ -44,7 +44,9 @@ use std::fmt;
 use std::ops::BitOr;
 use std::sync::Arc;
 
+use crate::current;
 use crate::error::SetError;
+use crate::map::Leaf;
 use crate::var::{ContextVar, Key, NoDefault};
 
 use self::tree::Tree;
@@ -310,13 +312,42 @@ pub fn get_all_metadata() -> BTreeMap<String, String> {
     })
 }
 
-/// Changes a version of the current map with `f` (the nodes on the way to the keys it
-/// changes are copied, the rest is shared), and binds it.
+/// Changes the current map with `f` and binds the result.
+///
+/// The map is taken out of the context for the change (an empty one holds its place): a map
+/// no snapshot shares (the common case, sets in a row) then changes in place, and a shared
+/// one is cloned first (one `Arc`), its nodes copied on the way to the keys `f` changes and
+/// the rest shared, so the snapshot keeps what it had. `f` only inserts and removes strings:
+/// it neither reads nor sets a variable, and does not panic.
 pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
-    let mut map = METADATA.with(|map| map.cloned().unwrap_or_default());
-    f(&mut map);
-    // The old map is dropped with the token, after the thread's state is released.
-    METADATA.try_set(map).map(drop)
+    let placeholder = METADATA.leaf(Metadata::default());
+    let replaced = current::write(|frame| {
+        let mut value = frame.map.insert(placeholder);
+        if let Some(map) = value
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .and_then(|map| map.downcast_mut::<Metadata>())
+        {
+            f(map);
+        } else {
+            let mut map = value
+                .as_deref()
+                .and_then(|map| map.downcast_ref::<Metadata>())
+                .cloned()
+                .unwrap_or_default();
+            f(&mut map);
+            value = Some(Arc::new(map));
+        }
+        frame.map.insert(Leaf {
+            key: METADATA.key(),
+            var: &METADATA,
+            value: value.expect("set just above"),
+        })
+    })
+    .map_err(|why| SetError::new(why, METADATA.name()))?;
+    // The empty placeholder, dropped with the thread's state released.
+    drop(replaced);
+    Ok(())
 }
 
 /// Calls `f` with each entry of `context`'s metadata that opted into logs.

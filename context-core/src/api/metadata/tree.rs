@@ -94,7 +94,10 @@ impl<K: Ord + Clone, V: Clone> Tree<K, V> {
     /// Binds `key` to `value`; returns the value it replaces, if any (the key first stored is
     /// kept).
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        insert(&mut self.root, key, value)
+        match insert(&mut self.root, key, value) {
+            Inserted::Replaced(old) => Some(old),
+            Inserted::Taller | Inserted::Absorbed => None,
+        }
     }
 
     /// Unbinds `key`; returns its value, if it was bound. A tree without `key` is left
@@ -118,7 +121,17 @@ impl<K: Ord + Clone, V: Clone> Tree<K, V> {
     }
 }
 
-fn insert<K: Ord + Clone, V: Clone>(link: &mut Link<K, V>, key: K, value: V) -> Option<V> {
+/// What an insert below a node did to it.
+enum Inserted<V> {
+    /// The key was there: its old value.
+    Replaced(V),
+    /// A new node, and the subtree grew taller: the nodes above must rebalance.
+    Taller,
+    /// A new node, the subtree as tall as before: nothing above changes.
+    Absorbed,
+}
+
+fn insert<K: Ord + Clone, V: Clone>(link: &mut Link<K, V>, key: K, value: V) -> Inserted<V> {
     let Some(node) = link else {
         *link = Some(Arc::new(Node {
             key,
@@ -127,18 +140,26 @@ fn insert<K: Ord + Clone, V: Clone>(link: &mut Link<K, V>, key: K, value: V) -> 
             right: None,
             height: 1,
         }));
-        return None;
+        return Inserted::Taller;
     };
     let node = Arc::make_mut(node);
-    let old = match key.cmp(&node.key) {
+    let below = match key.cmp(&node.key) {
         Ordering::Less => insert(&mut node.left, key, value),
         Ordering::Greater => insert(&mut node.right, key, value),
-        Ordering::Equal => return Some(std::mem::replace(&mut node.value, value)),
+        Ordering::Equal => return Inserted::Replaced(std::mem::replace(&mut node.value, value)),
     };
-    if old.is_none() {
-        rebalance(link);
+    if !matches!(below, Inserted::Taller) {
+        return below;
     }
-    old
+    // Once a subtree keeps its height, no node above it changes: most inserts stop here
+    // after a level or two.
+    let before = node.height;
+    rebalance(link);
+    if height(link) == before {
+        Inserted::Absorbed
+    } else {
+        Inserted::Taller
+    }
 }
 
 /// Removes `key` from below `link`; returns the removed key and value, if it was there.
