@@ -25,7 +25,9 @@ use crate::future::{FutureExt, WithContext};
 /// Each branch is polled when it is woken, and only then: a wake of one branch polls that
 /// branch alone, however many others are waiting (as `FuturesUnordered` does). Every poll of a
 /// branch runs in the branch's own context, and a branch is dropped in it too, whether it
-/// finished, the gather was dropped before the end, or a branch panicked.
+/// finished, the gather was dropped before the end, or a branch panicked. Inside a tokio task,
+/// once the task has used up its cooperative-scheduling budget, the branches still to poll
+/// wait for the task's next poll.
 ///
 /// ```
 /// # use context_core as contextvars;
