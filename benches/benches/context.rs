@@ -1,12 +1,14 @@
 //! Synchronous operations side by side: `get`, `set` + `reset`, `scoped`, `sync_scope`,
 //! snapshots and `run`, for `contextvars`, `tokio::task_local!`, `thread_local!` and the other
-//! context-propagation crates (`peers`).
+//! context-propagation crates (`peers`); and a metadata map filled key by key (1,000 and
+//! 10,000 keys).
 //!
 //! Benchmark ids are `operation/implementation[/values bound]`, the same as the operations of
 //! `instructions.rs`; `scripts/bench-report` reads both. Rename all three together.
 
 #[macro_use]
 mod peers;
+mod workloads;
 
 // The values that fill the peers' contexts: the 1,000-value contexts are measured here.
 declare_fillers!(1000);
@@ -253,6 +255,19 @@ fn run(c: &mut Criterion) {
     group.finish();
 }
 
+/// Sets 1,000 and 10,000 metadata keys one by one in a new context: with a set that costs
+/// O(log n), the second takes a little over 10 times the first.
+fn set_metadata(c: &mut Criterion) {
+    let mut group = c.benchmark_group("set_metadata");
+    for n in [1_000, 10_000] {
+        let keys = workloads::metadata_keys(n);
+        group.bench_function(format!("contextvars/{n}"), |b| {
+            b.iter(|| workloads::fill_metadata(&keys));
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     peers::verify();
     let mut criterion = Criterion::default().configure_from_args();
@@ -262,5 +277,6 @@ fn main() {
     sync_scope(&mut criterion);
     current(&mut criterion);
     run(&mut criterion);
+    set_metadata(&mut criterion);
     criterion.final_summary();
 }

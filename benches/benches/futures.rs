@@ -1,13 +1,15 @@
 //! Futures side by side: the per-poll cost of a context-wrapped future against a bare one,
 //! tokio's `TaskLocalFuture` and the other crates' wrappers, spawning with a context against
 //! `tokio::spawn` and the other crates' ways to hand theirs to a task, and calling a
-//! context-preserving `async fn`.
+//! context-preserving `async fn`; `gather` of 10,000 sleeping futures (alone, and sharing 4
+//! permits) beside `futures::future::join_all`.
 //!
 //! Benchmark ids are the operations of `instructions.rs`; `scripts/bench-report` reads both.
 //! Rename all three together.
 
 #[macro_use]
 mod peers;
+mod workloads;
 
 // The values that fill the peers' contexts: 8-value contexts only.
 declare_fillers!(7);
@@ -23,6 +25,7 @@ use contextvars_benches::{
 };
 use criterion::Criterion;
 use peers::{Peer, dcontext_with, enter, inherit_future, otel_context_with, spawn_and_await};
+use workloads::{BRANCHES, Combinator};
 
 /// Polls `future` once per iteration with a waker that does nothing: the figure is the cost of
 /// one poll.
@@ -164,11 +167,35 @@ fn preserve(c: &mut Criterion) {
     group.finish();
 }
 
+/// A whole gather of `BRANCHES` branches per iteration, beside `join_all` of the same.
+fn gather(c: &mut Criterion) {
+    for (workload, run) in [
+        (
+            "gather_sleepers",
+            workloads::sleepers as fn(Combinator) -> usize,
+        ),
+        ("gather_4_permits", workloads::permits),
+    ] {
+        let mut group = c.benchmark_group(workload);
+        for (name, combinator) in [
+            ("contextvars", Combinator::Gather),
+            ("join_all", Combinator::JoinAll),
+        ] {
+            assert_eq!(run(combinator), BRANCHES);
+            group.bench_function(format!("{name}/{BRANCHES}"), |b| {
+                b.iter(|| run(combinator));
+            });
+        }
+        group.finish();
+    }
+}
+
 fn main() {
     peers::verify();
     let mut criterion = Criterion::default().configure_from_args();
     poll(&mut criterion);
     spawn(&mut criterion);
     preserve(&mut criterion);
+    gather(&mut criterion);
     criterion.final_summary();
 }

@@ -13,6 +13,7 @@
 
 #[macro_use]
 mod peers;
+mod workloads;
 
 // The values that fill the peers' contexts: the 1,000-value contexts are measured here.
 declare_fillers!(1000);
@@ -37,6 +38,7 @@ use peers::{
     otel_context_with, otel_get_current, otel_get_map_current, otel_run, otel_set_reset,
     spawn_and_await,
 };
+use workloads::Combinator;
 
 type Op = fn(u64);
 
@@ -332,6 +334,28 @@ const OPS: &[(&str, Op)] = &[
     ("preserve/preserve_context", |i| call_many(preserved, i)),
     ("preserve/in_current_context", |i| {
         call_many(|x| plain(x).in_current_context(), i);
+    }),
+    // Whole workloads, each far longer than the operations above: `scripts/bench-report`
+    // counts them over fewer iterations.
+    ("gather_sleepers/contextvars/10000", |i| {
+        repeat(i, || workloads::sleepers(Combinator::Gather));
+    }),
+    ("gather_sleepers/join_all/10000", |i| {
+        repeat(i, || workloads::sleepers(Combinator::JoinAll));
+    }),
+    ("gather_4_permits/contextvars/10000", |i| {
+        repeat(i, || workloads::permits(Combinator::Gather));
+    }),
+    ("gather_4_permits/join_all/10000", |i| {
+        repeat(i, || workloads::permits(Combinator::JoinAll));
+    }),
+    ("set_metadata/contextvars/1000", |i| {
+        let keys = workloads::metadata_keys(1_000);
+        repeat(i, || workloads::fill_metadata(&keys));
+    }),
+    ("set_metadata/contextvars/10000", |i| {
+        let keys = workloads::metadata_keys(10_000);
+        repeat(i, || workloads::fill_metadata(&keys));
     }),
 ];
 

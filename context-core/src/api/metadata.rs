@@ -5,9 +5,10 @@
 //! configures, baggage entries another service sent that no variable here claims. The
 //! metadata map holds them: string keys, string values, in the context like any variable.
 //!
-//! - **Copy-on-write.** A set copies the map of the current context and binds the copy: a
+//! - **Copy-on-write.** A set binds a new version of the map in the current context: a
 //!   snapshot taken before ([`Context::current`](crate::Context::current), a spawned task) keeps
-//!   what it had, and the map is shared, not copied, by snapshots that do not write.
+//!   what it had. The versions share all but the entries on the way to the key set, so a set
+//!   costs O(log n) in the number of entries and a snapshot copies nothing.
 //! - **Inherited like any variable**: by spawned tasks, threads started with
 //!   [`thread::spawn`](crate::thread::spawn), requests served through the tower layer (from its
 //!   base context), and the code a [`Context::run`](crate::Context::run) runs.
@@ -36,13 +37,19 @@
 //! assert_eq!(snapshot.run(|| get_metadata("region")), None);
 //! ```
 
+mod tree;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::BitOr;
 use std::sync::Arc;
 
+use crate::current;
 use crate::error::SetError;
+use crate::map::Leaf;
 use crate::var::{ContextVar, Key, NoDefault};
+
+use self::tree::Tree;
 
 /// What may be done with a metadata entry besides reading it: nothing ([`NONE`](Self::NONE),
 /// the default), [`LOG`](Self::LOG), [`BAGGAGE`](Self::BAGGAGE), or both (`LOG | BAGGAGE`).
@@ -122,9 +129,9 @@ pub(crate) struct Entry {
     pub(crate) properties: Option<Arc<str>>,
 }
 
-/// The map as one context variable holds it.
+/// The map as one context variable holds it, sorted by key.
 #[derive(Clone, Default)]
-pub(crate) struct Metadata(pub(crate) BTreeMap<Arc<str>, Entry>);
+pub(crate) struct Metadata(pub(crate) Tree<Arc<str>, Entry>);
 
 impl fmt::Debug for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -305,12 +312,42 @@ pub fn get_all_metadata() -> BTreeMap<String, String> {
     })
 }
 
-/// Copies the current map, changes the copy with `f`, and binds it.
+/// Changes the current map with `f` and binds the result.
+///
+/// The map is taken out of the context for the change (an empty one holds its place): a map
+/// no snapshot shares (the common case, sets in a row) then changes in place, and a shared
+/// one is cloned first (one `Arc`), its nodes copied on the way to the keys `f` changes and
+/// the rest shared, so the snapshot keeps what it had. `f` only inserts and removes strings:
+/// it neither reads nor sets a variable, and does not panic.
 pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
-    let mut map = METADATA.with(|map| map.cloned().unwrap_or_default());
-    f(&mut map);
-    // The old map is dropped with the token, after the thread's state is released.
-    METADATA.try_set(map).map(drop)
+    let placeholder = METADATA.leaf(Metadata::default());
+    let replaced = current::write(|frame| {
+        let mut value = frame.map.insert(placeholder);
+        if let Some(map) = value
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .and_then(|map| map.downcast_mut::<Metadata>())
+        {
+            f(map);
+        } else {
+            let mut map = value
+                .as_deref()
+                .and_then(|map| map.downcast_ref::<Metadata>())
+                .cloned()
+                .unwrap_or_default();
+            f(&mut map);
+            value = Some(Arc::new(map));
+        }
+        frame.map.insert(Leaf {
+            key: METADATA.key(),
+            var: &METADATA,
+            value: value.expect("set just above"),
+        })
+    })
+    .map_err(|why| SetError::new(why, METADATA.name()))?;
+    // The empty placeholder, dropped with the thread's state released.
+    drop(replaced);
+    Ok(())
 }
 
 /// Calls `f` with each entry of the metadata in `bindings` that opted into logs, in key order.

@@ -1,9 +1,15 @@
 //! Gathering futures that run concurrently inside one task, each in its own context.
 
+mod ready;
+
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use self::ready::ReadyQueue;
 
 use crate::future::{FutureExt, WithContext};
 
@@ -15,6 +21,13 @@ use crate::future::{FutureExt, WithContext};
 /// and so share its context: what one branch sets, the others read. `gather` gives each
 /// branch a context of its own instead, so a branch's sets (and scope guards) never reach
 /// another branch or the caller.
+///
+/// Each branch is polled when it is woken, and only then: a wake of one branch polls that
+/// branch alone, however many others are waiting (as `FuturesUnordered` does). Every poll of a
+/// branch runs in the branch's own context, and a branch is dropped in it too, whether it
+/// finished, the gather was dropped before the end, or a branch panicked. Inside a tokio task,
+/// once the task has used up its cooperative-scheduling budget, the branches still to poll
+/// wait for the task's next poll.
 ///
 /// ```
 /// # use context_core as contextvars;
@@ -39,11 +52,24 @@ where
     I: IntoIterator,
     I::Item: IntoFuture,
 {
+    let futures: Vec<_> = futures
+        .into_iter()
+        .map(|future| Box::pin(future.into_future().in_current_context()))
+        .collect();
+    let ready = ReadyQueue::new(futures.len());
+    let branches = futures
+        .into_iter()
+        .enumerate()
+        .map(|(index, future)| Branch::Running {
+            future,
+            waker: ready.waker(index),
+        })
+        .collect::<Vec<_>>();
     Gather {
-        branches: futures
-            .into_iter()
-            .map(|future| Branch::Running(Box::pin(future.into_future().in_current_context())))
-            .collect(),
+        running: branches.len(),
+        due: (0..branches.len()).collect(),
+        branches,
+        ready,
     }
 }
 
@@ -51,10 +77,19 @@ where
 #[must_use = "futures do nothing unless you `.await` or poll them"]
 pub struct Gather<F: Future> {
     branches: Vec<Branch<F>>,
+    /// Branches to poll, woken and not polled since: every branch at the start.
+    due: VecDeque<usize>,
+    ready: Arc<ReadyQueue>,
+    /// How many branches have not finished.
+    running: usize,
 }
 
 enum Branch<F: Future> {
-    Running(Pin<Box<WithContext<F>>>),
+    Running {
+        future: Pin<Box<WithContext<F>>>,
+        /// Wakes this branch alone (and, through it, the gather's task).
+        waker: Waker,
+    },
     Done(Option<F::Output>),
 }
 
@@ -65,42 +100,62 @@ impl<F: Future> Future for Gather<F> {
     type Output = Vec<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Vec<F::Output>> {
-        let mut pending = false;
-        for branch in &mut self.branches {
-            if let Branch::Running(future) = branch {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(output) => *branch = Branch::Done(Some(output)),
-                    Poll::Pending => pending = true,
-                }
+        let this = &mut *self;
+        // The branches woken since the last poll join those still due; a branch woken while
+        // this poll runs waits for the next one, so that one poll polls each branch once.
+        this.ready.take_woken(cx.waker(), &mut this.due);
+        let mut polled = false;
+        while let Some(&index) = this.due.front() {
+            // Once the task has used up its tokio budget, a branch would only be told to wait
+            // (and polled again for nothing): the rest wait for the next poll of the task.
+            if polled && out_of_budget() {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.due.pop_front();
+            let Branch::Running { future, waker } = &mut this.branches[index] else {
+                continue;
+            };
+            polled = true;
+            this.ready.polling(index);
+            if let Poll::Ready(output) = future.as_mut().poll(&mut TaskContext::from_waker(waker)) {
+                this.ready.finished(index);
+                // The branch's future is already gone, dropped in its context as it finished.
+                this.branches[index] = Branch::Done(Some(output));
+                this.running -= 1;
             }
         }
-        if pending {
+        if this.running > 0 {
             return Poll::Pending;
         }
         Poll::Ready(
-            self.branches
+            this.branches
                 .iter_mut()
                 .map(|branch| match branch {
                     Branch::Done(output) => {
                         output.take().expect("`Gather` polled after it completed")
                     }
-                    Branch::Running(_) => unreachable!("every branch has finished"),
+                    Branch::Running { .. } => unreachable!("every branch has finished"),
                 })
                 .collect(),
         )
     }
 }
 
+/// Whether the task polling us has used up its budget of tokio's cooperative scheduling.
+fn out_of_budget() -> bool {
+    #[cfg(feature = "tokio")]
+    return !tokio::task::coop::has_budget_remaining();
+    #[cfg(not(feature = "tokio"))]
+    false
+}
+
 impl<F: Future> fmt::Debug for Gather<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let running = self
-            .branches
-            .iter()
-            .filter(|branch| matches!(branch, Branch::Running(_)))
-            .count();
         f.debug_struct("Gather")
             .field("branches", &self.branches.len())
-            .field("running", &running)
-            .finish()
+            .field("running", &self.running)
+            .field("due", &self.due.len())
+            .finish_non_exhaustive()
     }
 }
