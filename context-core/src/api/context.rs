@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::fmt;
 
+use crate::carried::{self, Carried};
 use crate::current::{self, Entered, Frame};
 use crate::map::{self, Map};
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
@@ -98,7 +99,10 @@ impl Context {
     #[must_use]
     #[inline]
     pub fn current() -> Self {
-        Context::from_map(current::snapshot())
+        let mut map = current::snapshot();
+        // The span and OpenTelemetry's context current here, where carrying them is on.
+        carried::capture(&mut map);
+        Context::from_map(map)
     }
 
     #[inline]
@@ -159,15 +163,21 @@ impl Context {
     /// ```
     #[inline]
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let _entered = Entered::new(&mut self.frame);
+        let _entered = self.enter();
         f()
     }
 
-    /// Makes this context current until the returned guard drops. [`run`](Self::run) is the
-    /// closure form; a future wrapper is built on this.
+    /// Makes this context current until the returned guard drops, with the span and
+    /// OpenTelemetry context it carries, if any, entered. [`run`](Self::run) is the closure
+    /// form; a future wrapper is built on this.
     #[inline]
-    pub(crate) fn enter(&mut self) -> Entered<'_> {
-        Entered::new(&mut self.frame)
+    pub(crate) fn enter(&mut self) -> Entering<'_> {
+        let found = carried::find(&self.frame.map);
+        let entered = Entered::new(&mut self.frame);
+        Entering {
+            carried: found.map(carried::Found::enter),
+            entered,
+        }
     }
 
     /// This context with `var` bound to `value`: the one-expression way to build a context
@@ -245,7 +255,7 @@ impl Context {
     /// ```
     #[must_use]
     pub fn len(&self) -> usize {
-        self.frame.map.len()
+        self.frame.map.len() - carried::hidden(&self.frame.map)
     }
 
     /// Whether no variable is bound in this context.
@@ -388,9 +398,20 @@ impl Context {
     /// Out of line: most contexts dropped are snapshots that share their bindings.
     #[inline(never)]
     fn drop_values(&mut self) {
-        let _entered = self.enter();
+        // Without entering the span it carries: the span may be among the values that go.
+        let _entered = Entered::new(&mut self.frame);
         current::drop_bindings();
     }
+}
+
+/// A context entered by [`Context::enter`]; dropping it leaves the context, first what the
+/// context carries (the span, OpenTelemetry's context), then its bindings.
+pub(crate) struct Entering<'a> {
+    /// Declared first: dropped first.
+    #[allow(dead_code)]
+    carried: Option<Carried>,
+    #[allow(dead_code)]
+    entered: Entered<'a>,
 }
 
 impl Default for Context {
@@ -424,8 +445,10 @@ impl<'a> Iterator for Iter<'a> {
     type Item = (&'static str, ValueRef<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        // The span and OpenTelemetry context a context carries are not variables of the
+        // application's.
         self.leaves
-            .next()
+            .find(|leaf| !carried::hides(leaf.key))
             .map(|leaf| (leaf.var.name(), ValueRef { leaf }))
     }
 }
@@ -484,6 +507,15 @@ impl fmt::Debug for ValueRef<'_> {
 // For the runtime hooks (feature `hooks`): a task's stored context is swapped in and out of the
 // thread by `current::enter_owned`/`exit_owned`, which need its frame.
 // ---------------------------------------------------------------------------------------------
+
+impl Context {
+    /// This context without the span and OpenTelemetry context it carries, if any.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn without_carried(mut self) -> Self {
+        carried::forget(&mut self.frame.map);
+        self
+    }
+}
 
 #[cfg(feature = "hooks")]
 impl Context {
