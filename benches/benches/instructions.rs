@@ -37,6 +37,7 @@ use peers::{
     otel_context_with, otel_get_current, otel_get_map_current, otel_run, otel_set_reset,
     spawn_and_await,
 };
+use tracing::Instrument;
 
 type Op = fn(u64);
 
@@ -327,6 +328,58 @@ const OPS: &[(&str, Op)] = &[
             tokio::spawn(inherit_future(async { black_box(7_u64) }))
         });
     }),
+    // Spans: by hand (`.in_current_span()`, `.instrument()`) and carried (`carry_spans`),
+    // spawned or polled inside a span of tracing-subscriber's registry.
+    ("spawn/tokio_in_current_span", |i| {
+        in_span(|| {
+            spawn_and_await(Peer::Contextvars, i, || {
+                tokio::spawn(async { black_box(7_u64) }.in_current_span())
+            });
+        });
+    }),
+    ("spawn/contextvars_in_current_span", |i| {
+        in_span(|| {
+            spawn_and_await(Peer::Contextvars, i, || {
+                contextvars::spawn(async { black_box(7_u64) }.in_current_span())
+            });
+        });
+    }),
+    // The span entered by hand around the spawner, which its context does not carry yet (a
+    // handler under a request span): every snapshot takes a new handle on it.
+    ("spawn/contextvars_carry_spans", |i| {
+        contextvars::tracing::carry_spans();
+        in_span(|| {
+            spawn_and_await(Peer::Contextvars, i, || {
+                contextvars::spawn(async { black_box(7_u64) })
+            });
+        });
+    }),
+    // The spawner runs in a context that carries the span already (a task spawned in it):
+    // snapshots share its handle.
+    ("spawn/contextvars_carry_spans_carried", |i| {
+        contextvars::tracing::carry_spans();
+        in_span(|| {
+            let mut carried = Context::current();
+            carried.run(|| {
+                spawn_and_await(Peer::Contextvars, i, || {
+                    contextvars::spawn(async { black_box(7_u64) })
+                });
+            });
+        });
+    }),
+    ("poll/instrumented", |i| {
+        in_span(|| {
+            let span = tracing::Span::current();
+            poll_many(Pending.instrument(span), i);
+        });
+    }),
+    ("poll/contextvars_carry_spans", |i| {
+        contextvars::tracing::carry_spans();
+        in_span(|| {
+            let carried = context_with(8).run(Context::current);
+            poll_many(Pending.with_context(carried), i);
+        });
+    }),
     // `async fn` calls
     ("preserve/plain_async_fn", |i| call_many(plain, i)),
     ("preserve/preserve_context", |i| call_many(preserved, i)),
@@ -334,6 +387,12 @@ const OPS: &[(&str, Op)] = &[
         call_many(|x| plain(x).in_current_context(), i);
     }),
 ];
+
+/// Runs `f` inside a span of a tracing-subscriber registry, the thread's default subscriber.
+fn in_span(f: impl FnOnce()) {
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    tracing::info_span!("request", id = 17).in_scope(f);
+}
 
 fn poll_many<F: Future>(future: F, iterations: u64) {
     let mut future = pin!(future);

@@ -28,10 +28,20 @@ const OTEL: u8 = 2;
 /// What snapshots carry: a set of the bits above, which are only ever added.
 static CARRY: AtomicU8 = AtomicU8::new(0);
 
+/// What snapshots carry now; nothing, without the features (no load at all).
+#[inline]
+fn carry() -> u8 {
+    if cfg!(any(feature = "tracing", feature = "opentelemetry")) {
+        CARRY.load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
 /// Whether a context may hold a carried binding: something was turned on.
 #[inline]
 pub(crate) fn any() -> bool {
-    CARRY.load(Ordering::Relaxed) != 0
+    carry() != 0
 }
 
 /// Turns on carrying the span in every snapshot taken from now on.
@@ -51,7 +61,7 @@ pub(crate) fn carry_otel() {
 /// is, without a new handle.
 #[inline]
 pub(crate) fn capture(map: &mut Map) {
-    let carry = CARRY.load(Ordering::Relaxed);
+    let carry = carry();
     if carry != 0 {
         capture_turned_on(map, carry);
     }

@@ -140,6 +140,12 @@
 //! that reads one, and 1.18 times the instructions of a bare `tokio::spawn` + await
 //! (`benches/RESULTS.md` in the repository, measured by `scripts/bench-hooks`).
 //! [`stored_contexts`] tells how many entries there are.
+//!
+//! Once spans or OpenTelemetry's context are carried (`contextvars::tracing::carry_spans`,
+//! `contextvars::opentelemetry::carry_context`), every poll enters its task's context at once
+//! instead, and with it the span the task was spawned in: an event logged by the task touches
+//! no variable, so nothing would enter it later. Each poll then takes the lock on the way in
+//! and out, as a poll that uses its context does.
 
 mod table;
 
