@@ -175,9 +175,10 @@ contextvars::tracing::carry_spans(); // at start-up, once
 
 #[allow(dead_code)]
 async fn handler() {                 // polled inside the request's span
-    contextvars::spawn(async {
+    let charge = contextvars::spawn(async {
         tracing::info!("charged");   // parent: the request's span, with its fields
     });
+    charge.await.unwrap();
 }
 }
 
