@@ -359,10 +359,16 @@ const OPS: &[(&str, Op)] = &[
     ("spawn/contextvars_carry_spans_carried", |i| {
         contextvars::tracing::carry_spans();
         in_span(|| {
-            let mut carried = Context::current();
+            // The 8 values and the span, as a task spawned in the span holds them.
+            let mut carried = context_with(8).run(Context::current);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime");
             carried.run(|| {
-                spawn_and_await(Peer::Contextvars, i, || {
-                    contextvars::spawn(async { black_box(7_u64) })
+                runtime.block_on(async {
+                    for _ in 0..i {
+                        black_box(contextvars::spawn(async { black_box(7_u64) }).await).unwrap();
+                    }
                 });
             });
         });

@@ -3,20 +3,16 @@
 //! once the application turns that on (`contextvars::tracing::carry_spans`,
 //! `contextvars::opentelemetry::carry_context`).
 //!
-//! Each is the binding of a private variable, put in a snapshot by [`capture`] (called by
-//! `Context::current()`), so it goes wherever a context goes (the spawn helpers, the hooks'
-//! table, clones) with no code of its own, and is dropped with the context's other values;
-//! the mapping view (`len`, `iter`, `Debug`) does not show it. Entering a context that holds
-//! one ([`find`] before the swap, [`Found::enter`] after it) enters the span and attaches the
-//! OpenTelemetry context, on that thread, until the returned [`Carried`] drops.
+//! A [`Context`](crate::Context) holds them beside its bindings, not among them: a snapshot
+//! still shares its parent's map untouched (no path copy, nothing of its own to drop), and the
+//! mapping view never sees them. `Context::current()` takes them ([`Carried::capture`]), clones
+//! copy them, and entering a context enters them ([`Carried::enter`]) until it is left.
 //!
-//! While nothing was ever turned on, each of these costs one relaxed load: no snapshot can hold
-//! a carried binding then, since only [`capture`] makes one, and only once turned on. The
-//! switches only ever go on, so a context that holds a binding was made after one did.
+//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context a
+//! check that it carries nothing; without the features, not even that. The switches only ever
+//! go on.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-
-use crate::map::Map;
 
 /// `carry_spans` was called.
 #[cfg(feature = "tracing")]
@@ -38,7 +34,8 @@ fn carry() -> u8 {
     }
 }
 
-/// Whether a context may hold a carried binding: something was turned on.
+/// Whether snapshots carry anything: something was turned on.
+#[cfg_attr(not(feature = "hooks"), allow(dead_code))]
 #[inline]
 pub(crate) fn any() -> bool {
     carry() != 0
@@ -56,160 +53,92 @@ pub(crate) fn carry_otel() {
     CARRY.fetch_or(OTEL, Ordering::Relaxed);
 }
 
-/// Adds to a snapshot, `map`, what is current here and turned on: the span, OpenTelemetry's
-/// context. A span the snapshot already holds (the one its context entered) is kept as it
-/// is, without a new handle.
-#[inline]
-pub(crate) fn capture(map: &mut Map) {
-    let carry = carry();
-    if carry != 0 {
-        capture_turned_on(map, carry);
-    }
-}
-
-#[inline(never)]
-#[cfg_attr(
-    not(any(feature = "tracing", feature = "opentelemetry")),
-    allow(unused_variables, clippy::needless_pass_by_ref_mut)
-)]
-fn capture_turned_on(map: &mut Map, carry: u8) {
-    #[cfg(feature = "tracing")]
-    if carry & SPANS != 0 {
-        span::capture(map);
-    }
-    #[cfg(feature = "opentelemetry")]
-    if carry & OTEL != 0 {
-        otel::capture(map);
-    }
-}
-
-/// Removes from `map` what a context carries: for a template that every request copies (the
-/// tower layer's base), whose copies must carry what is current at the request instead.
-pub(crate) fn forget(map: &mut Map) {
-    if any() {
-        forget_turned_on(map);
-    }
-}
-
-#[cfg_attr(
-    not(any(feature = "tracing", feature = "opentelemetry")),
-    allow(unused_variables, clippy::needless_pass_by_ref_mut)
-)]
-fn forget_turned_on(map: &mut Map) {
-    // Shared with the context the template was taken from, if any: only counts go down, and
-    // a last handle on a span closes it here, which runs no code of the application's.
-    #[cfg(feature = "tracing")]
-    drop(map.remove(span::SPAN.key()));
-    #[cfg(feature = "opentelemetry")]
-    drop(map.remove(otel::OTEL_CONTEXT.key()));
-}
-
-/// Whether `key` is one of the private variables of this module, which the mapping view of a
-/// context does not show.
-#[inline]
-pub(crate) fn hides(key: u32) -> bool {
-    any() && hides_turned_on(key)
-}
-
-#[cfg_attr(
-    not(any(feature = "tracing", feature = "opentelemetry")),
-    allow(unused_variables)
-)]
-fn hides_turned_on(key: u32) -> bool {
-    #[cfg(feature = "tracing")]
-    if key == span::SPAN.key() {
-        return true;
-    }
-    #[cfg(feature = "opentelemetry")]
-    if key == otel::OTEL_CONTEXT.key() {
-        return true;
-    }
-    false
-}
-
-/// How many of `map`'s bindings [`hides`] hides.
-#[inline]
-pub(crate) fn hidden(map: &Map) -> usize {
-    if any() { hidden_turned_on(map) } else { 0 }
-}
-
-#[cfg_attr(
-    not(any(feature = "tracing", feature = "opentelemetry")),
-    allow(unused_variables)
-)]
-fn hidden_turned_on(map: &Map) -> usize {
-    #[allow(unused_mut)]
-    let mut hidden = 0;
-    #[cfg(feature = "tracing")]
-    {
-        hidden += usize::from(map.get(span::SPAN.key()).is_some());
-    }
-    #[cfg(feature = "opentelemetry")]
-    {
-        hidden += usize::from(map.get(otel::OTEL_CONTEXT.key()).is_some());
-    }
-    hidden
-}
-
-/// What a context about to be entered carries, found in its bindings, `map`.
-#[derive(Default)]
-pub(crate) struct Found {
+/// The span and OpenTelemetry context a context carries (each `None` where it carries none).
+#[derive(Clone, Default)]
+pub(crate) struct Carried {
     #[cfg(feature = "tracing")]
     span: Option<std::sync::Arc<span::CarriedSpan>>,
     #[cfg(feature = "opentelemetry")]
     otel: Option<::opentelemetry::Context>,
 }
 
-/// What the context whose bindings are `map` carries, to enter with it; `None` if nothing.
-/// It only clones handles, and runs no code of anyone else's: callable under a lock.
-#[inline]
-pub(crate) fn find(map: &Map) -> Option<Found> {
-    if any() { find_turned_on(map) } else { None }
-}
+impl Carried {
+    /// Nothing carried.
+    pub(crate) const NONE: Carried = Carried {
+        #[cfg(feature = "tracing")]
+        span: None,
+        #[cfg(feature = "opentelemetry")]
+        otel: None,
+    };
 
-#[cfg_attr(
-    not(any(feature = "tracing", feature = "opentelemetry")),
-    allow(unused_variables, clippy::unnecessary_wraps)
-)]
-fn find_turned_on(map: &Map) -> Option<Found> {
-    #[allow(unused_mut)]
-    let mut found = Found::default();
-    #[allow(unused_mut)]
-    let mut some = false;
-    #[cfg(feature = "tracing")]
-    if let Some(leaf) = map.get(span::SPAN.key()) {
-        found.span = std::sync::Arc::clone(&leaf.value).downcast().ok();
-        some = true;
+    /// What is current here, of what is turned on.
+    #[inline]
+    pub(crate) fn capture() -> Carried {
+        let carry = carry();
+        if carry == 0 {
+            Carried::NONE
+        } else {
+            Carried::capture_turned_on(carry)
+        }
     }
-    #[cfg(feature = "opentelemetry")]
-    if let Some(leaf) = map.get(otel::OTEL_CONTEXT.key()) {
-        found.otel = leaf
-            .value
-            .downcast_ref::<::opentelemetry::Context>()
-            .cloned();
-        some = true;
-    }
-    some.then_some(found)
-}
 
-impl Found {
-    /// Enters the span and attaches OpenTelemetry's context, until the result drops, which
-    /// must happen on this thread, after what was entered since has been left (as with
-    /// `Span::enter` and `Context::attach`).
+    #[inline(never)]
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "opentelemetry")),
+        allow(unused_variables)
+    )]
+    fn capture_turned_on(carry: u8) -> Carried {
+        Carried {
+            #[cfg(feature = "tracing")]
+            span: if carry & SPANS == 0 {
+                None
+            } else {
+                span::current()
+            },
+            #[cfg(feature = "opentelemetry")]
+            otel: (carry & OTEL != 0).then(::opentelemetry::Context::current),
+        }
+    }
+
+    /// Whether there is anything to enter.
+    #[allow(clippy::inline_always)]
     #[cfg_attr(
         not(any(feature = "tracing", feature = "opentelemetry")),
         allow(clippy::unused_self)
     )]
-    pub(crate) fn enter(self) -> Carried {
+    #[inline(always)]
+    pub(crate) fn is_some(&self) -> bool {
+        #[allow(unused_mut)]
+        let mut some = false;
+        #[cfg(feature = "tracing")]
+        {
+            some |= self.span.is_some();
+        }
+        #[cfg(feature = "opentelemetry")]
+        {
+            some |= self.otel.is_some();
+        }
+        some
+    }
+
+    /// Enters the span and attaches OpenTelemetry's context, until the result drops, which
+    /// must happen on this thread, after what was entered since has been left (as with
+    /// `Span::enter` and `Context::attach`). Out of line: most contexts carry nothing.
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "opentelemetry")),
+        allow(clippy::unused_self)
+    )]
+    #[inline(never)]
+    pub(crate) fn enter(&self) -> Entered {
         #[cfg(feature = "tracing")]
         if let Some(span) = &self.span {
-            span.dispatch.enter(&span.id);
+            span::enter(span);
         }
-        Carried {
+        Entered {
             #[cfg(feature = "opentelemetry")]
-            otel: self.otel.map(::opentelemetry::Context::attach),
+            otel: self.otel.clone().map(::opentelemetry::Context::attach),
             #[cfg(feature = "tracing")]
-            span: self.span,
+            span: self.span.clone(),
             _not_send: std::marker::PhantomData,
         }
     }
@@ -217,8 +146,8 @@ impl Found {
 
 /// While alive, the span of a context is entered and its OpenTelemetry context attached, on
 /// this thread. Not `Send`: it must drop where it was made.
-pub(crate) struct Carried {
-    /// Dropped first: detached before the span is exited, the reverse of [`Found::enter`].
+pub(crate) struct Entered {
+    /// Dropped first: detached before the span is exited, the reverse of [`Carried::enter`].
     #[cfg(feature = "opentelemetry")]
     otel: Option<::opentelemetry::ContextGuard>,
     #[cfg(feature = "tracing")]
@@ -226,31 +155,31 @@ pub(crate) struct Carried {
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl Drop for Carried {
+impl Drop for Entered {
     fn drop(&mut self) {
         #[cfg(feature = "opentelemetry")]
         drop(self.otel.take());
         #[cfg(feature = "tracing")]
         if let Some(span) = &self.span {
-            span.dispatch.exit(&span.id);
+            span::exit(span);
         }
     }
 }
 
 #[cfg(feature = "tracing")]
 mod span {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
     use tracing_core::Metadata;
     use tracing_core::dispatcher::{self, Dispatch};
     use tracing_core::span::Id;
 
-    use crate::map::Map;
-    use crate::var::{ContextVar, Key, NoDefault, downcast};
-
     /// A handle on a span, as `tracing::Span` holds one: the subscriber that made it, and one
     /// of the references that keep it open.
     pub(super) struct CarriedSpan {
-        pub(super) dispatch: Dispatch,
-        pub(super) id: Id,
+        dispatch: Dispatch,
+        id: Id,
         /// With the id, what tells two spans apart (as `tracing::Span`'s `PartialEq` does).
         metadata: &'static Metadata<'static>,
     }
@@ -262,85 +191,49 @@ mod span {
         }
     }
 
-    pub(super) enum SpanKey {}
-
-    impl Key for SpanKey {
-        type Value = CarriedSpan;
-        type Default = NoDefault;
-
-        fn fmt_value(value: &CarriedSpan, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}", value.metadata.name())
-        }
+    thread_local! {
+        /// The spans that contexts entered on this thread, innermost last: a snapshot taken
+        /// while the innermost is still the current span shares its handle.
+        static ENTERED: RefCell<Vec<Arc<CarriedSpan>>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// The span current where a snapshot was taken.
-    pub(super) static SPAN: ContextVar<SpanKey> = ContextVar::new("tracing::Span");
-
-    enum Change {
-        Keep,
-        Set(CarriedSpan),
-        Remove,
+    pub(super) fn enter(span: &Arc<CarriedSpan>) {
+        span.dispatch.enter(&span.id);
+        let _ = ENTERED.try_with(|entered| entered.borrow_mut().push(Arc::clone(span)));
     }
 
-    pub(super) fn capture(map: &mut Map) {
-        let key = SPAN.key();
-        let held = map.get(key).map(|leaf| {
-            let span = downcast::<CarriedSpan>(&*leaf.value);
-            (span.id.clone(), span.metadata)
-        });
-        let change =
-            dispatcher::get_default(|dispatch| match dispatch.current_span().into_inner() {
-                Some((id, metadata)) => {
-                    if held.as_ref().is_some_and(|(held_id, held_metadata)| {
-                        *held_id == id && std::ptr::eq(*held_metadata, metadata)
-                    }) {
-                        Change::Keep
-                    } else {
-                        Change::Set(CarriedSpan {
-                            id: dispatch.clone_span(&id),
-                            dispatch: dispatch.clone(),
-                            metadata,
-                        })
-                    }
-                }
-                None if held.is_some() => Change::Remove,
-                None => Change::Keep,
-            });
-        // What is replaced or removed is shared with the context the snapshot was taken from,
-        // which keeps it: dropping it here only lowers a count.
-        match change {
-            Change::Keep => {}
-            Change::Set(span) => drop(map.insert(SPAN.leaf(span))),
-            Change::Remove => drop(map.remove(key)),
-        }
-    }
-}
-
-#[cfg(feature = "opentelemetry")]
-mod otel {
-    use crate::map::Map;
-    use crate::var::{ContextVar, Key, NoDefault};
-
-    pub(super) enum OtelKey {}
-
-    impl Key for OtelKey {
-        type Value = ::opentelemetry::Context;
-        type Default = NoDefault;
-
-        fn fmt_value(
-            value: &::opentelemetry::Context,
-            f: &mut std::fmt::Formatter<'_>,
-        ) -> std::fmt::Result {
-            std::fmt::Debug::fmt(value, f)
-        }
+    pub(super) fn exit(span: &Arc<CarriedSpan>) {
+        let popped = ENTERED
+            .try_with(|entered| entered.borrow_mut().pop())
+            .ok()
+            .flatten();
+        span.dispatch.exit(&span.id);
+        // Released after the exit, with nothing borrowed: it may be the last handle.
+        drop(popped);
     }
 
-    /// OpenTelemetry's context current where a snapshot was taken.
-    pub(super) static OTEL_CONTEXT: ContextVar<OtelKey> = ContextVar::new("opentelemetry::Context");
-
-    pub(super) fn capture(map: &mut Map) {
-        let current = ::opentelemetry::Context::current();
-        // Shared with the context the snapshot was taken from: only a count goes down.
-        drop(map.insert(OTEL_CONTEXT.leaf(current)));
+    /// A handle on the current span, if there is one.
+    pub(super) fn current() -> Option<Arc<CarriedSpan>> {
+        dispatcher::get_default(|dispatch| {
+            let (id, metadata) = dispatch.current_span().into_inner()?;
+            // The span the innermost context entered here, still current: its handle.
+            let entered = ENTERED
+                .try_with(|entered| {
+                    entered
+                        .borrow()
+                        .last()
+                        .filter(|span| span.id == id && std::ptr::eq(span.metadata, metadata))
+                        .cloned()
+                })
+                .ok()
+                .flatten();
+            Some(entered.unwrap_or_else(|| {
+                Arc::new(CarriedSpan {
+                    id: dispatch.clone_span(&id),
+                    dispatch: dispatch.clone(),
+                    metadata,
+                })
+            }))
+        })
     }
 }

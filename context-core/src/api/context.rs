@@ -2,10 +2,11 @@
 
 use std::any::Any;
 use std::fmt;
+use std::mem::ManuallyDrop;
 
 use crate::carried::{self, Carried};
 use crate::current::{self, Entered, Frame};
-use crate::map::{self, Map};
+use crate::map;
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
 
 /// A mapping from context variables to values: Python's `contextvars.Context`.
@@ -40,6 +41,9 @@ use crate::var::{ContextVar, DefaultKind, Key, downcast};
 /// ```
 pub struct Context {
     frame: Frame,
+    /// The span and OpenTelemetry context current where it was taken, where carrying them is
+    /// on; beside the bindings, not among them.
+    carried: Carried,
 }
 
 /// A snapshot of the current context: the same as [`Context::current()`], named after
@@ -77,6 +81,7 @@ impl Context {
     pub const fn new() -> Self {
         Context {
             frame: Frame::EMPTY,
+            carried: Carried::NONE,
         }
     }
 
@@ -99,16 +104,10 @@ impl Context {
     #[must_use]
     #[inline]
     pub fn current() -> Self {
-        let mut map = current::snapshot();
-        // The span and OpenTelemetry's context current here, where carrying them is on.
-        carried::capture(&mut map);
-        Context::from_map(map)
-    }
-
-    #[inline]
-    fn from_map(map: Map) -> Self {
         Context {
-            frame: Frame::with_map(map),
+            frame: Frame::with_map(current::snapshot()),
+            // The span and OpenTelemetry's context current here, where carrying them is on.
+            carried: Carried::capture(),
         }
     }
 
@@ -170,12 +169,13 @@ impl Context {
     /// Makes this context current until the returned guard drops, with the span and
     /// OpenTelemetry context it carries, if any, entered. [`run`](Self::run) is the closure
     /// form; a future wrapper is built on this.
-    #[inline]
+    // Always inlined, as `Entered::new` was alone: every poll of a wrapped future comes here.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub(crate) fn enter(&mut self) -> Entering<'_> {
-        let found = carried::find(&self.frame.map);
         let entered = Entered::new(&mut self.frame);
         Entering {
-            carried: found.map(carried::Found::enter),
+            carried: ManuallyDrop::new(self.carried.is_some().then(|| self.carried.enter())),
             entered,
         }
     }
@@ -255,7 +255,7 @@ impl Context {
     /// ```
     #[must_use]
     pub fn len(&self) -> usize {
-        self.frame.map.len() - carried::hidden(&self.frame.map)
+        self.frame.map.len()
     }
 
     /// Whether no variable is bound in this context.
@@ -378,6 +378,7 @@ impl Clone for Context {
     fn clone(&self) -> Self {
         Context {
             frame: self.frame.copy(),
+            carried: self.carried.clone(),
         }
     }
 }
@@ -398,7 +399,7 @@ impl Context {
     /// Out of line: most contexts dropped are snapshots that share their bindings.
     #[inline(never)]
     fn drop_values(&mut self) {
-        // Without entering the span it carries: the span may be among the values that go.
+        // Its bindings only: what it carries beside them goes with the `Context` itself.
         let _entered = Entered::new(&mut self.frame);
         current::drop_bindings();
     }
@@ -407,11 +408,27 @@ impl Context {
 /// A context entered by [`Context::enter`]; dropping it leaves the context, first what the
 /// context carries (the span, OpenTelemetry's context), then its bindings.
 pub(crate) struct Entering<'a> {
-    /// Declared first: dropped first.
-    #[allow(dead_code)]
-    carried: Option<Carried>,
+    /// Dropped by `Entering`'s `Drop`, before `entered` leaves the context.
+    carried: ManuallyDrop<Option<carried::Entered>>,
     #[allow(dead_code)]
     entered: Entered<'a>,
+}
+
+impl Drop for Entering<'_> {
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.carried.is_some() {
+            leave_carried(&mut self.carried);
+        }
+    }
+}
+
+/// Leaves what [`Context::enter`] entered of what the context carries (exits the span,
+/// detaches OpenTelemetry's context); out of line, so that a poll without it stays small.
+#[inline(never)]
+fn leave_carried(carried: &mut ManuallyDrop<Option<carried::Entered>>) {
+    drop(carried.take());
 }
 
 impl Default for Context {
@@ -445,10 +462,8 @@ impl<'a> Iterator for Iter<'a> {
     type Item = (&'static str, ValueRef<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        // The span and OpenTelemetry context a context carries are not variables of the
-        // application's.
         self.leaves
-            .find(|leaf| !carried::hides(leaf.key))
+            .next()
             .map(|leaf| (leaf.var.name(), ValueRef { leaf }))
     }
 }
@@ -512,7 +527,7 @@ impl Context {
     /// This context without the span and OpenTelemetry context it carries, if any.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn without_carried(mut self) -> Self {
-        carried::forget(&mut self.frame.map);
+        self.carried = Carried::NONE;
         self
     }
 }
@@ -522,5 +537,10 @@ impl Context {
     /// The bindings this context holds while it is not entered.
     pub(crate) fn frame_mut(&mut self) -> &mut Frame {
         &mut self.frame
+    }
+
+    /// The span and OpenTelemetry context this context carries.
+    pub(crate) fn carried(&self) -> &Carried {
+        &self.carried
     }
 }

@@ -27,9 +27,11 @@ use crate::carried;
 ///   for a subscriber's layers) when the last task, thread or snapshot holding it is gone.
 ///
 /// While it is not called, nothing changes and nothing is paid but one atomic load per
-/// snapshot and per context entered. Once on, a snapshot costs what `Span::current()` costs,
-/// plus a small allocation where the span differs from the one the context it is taken in
-/// already carries; entering a context enters its span, as `Instrumented` does on every poll.
+/// snapshot. Once on, a snapshot taken where the current span is the one its context carries
+/// (in a task spawned in that span) shares that span's handle; elsewhere it costs what
+/// `Span::current()` costs, plus a small allocation. Entering a context enters its span, as
+/// `Instrumented` does on every poll. The mapping view of a context (`len`, `iter`, `Debug`)
+/// does not show the span: it is carried beside the variables, not among them.
 ///
 /// # When not to
 ///

@@ -156,7 +156,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::runtime::{Builder, TaskMeta};
 use tokio::task::{Id, JoinHandle};
 
-use crate::carried::{self, Carried, Found};
+use crate::carried::{self, Carried};
 use crate::context::Context;
 use crate::current;
 use crate::future::FutureExt;
@@ -339,8 +339,8 @@ fn enter_now(id: Id) {
         Err(StillOut) => wait_and_enter(id),
     };
     if let Some(found) = found {
-        let carried = found.enter();
-        let _ = CARRIED.try_with(|stack| stack.borrow_mut().push((id, carried)));
+        let entered = found.enter();
+        let _ = CARRIED.try_with(|stack| stack.borrow_mut().push((id, entered)));
     }
 }
 
@@ -370,13 +370,14 @@ struct StillOut;
 /// Enters `id`'s context, unless it is still out on another worker; what it carries (a span,
 /// OpenTelemetry's context) is for the caller to enter once the shard is unlocked.
 #[inline]
-fn try_enter(id: Id) -> Result<Option<Found>, StillOut> {
+fn try_enter(id: Id) -> Result<Option<Carried>, StillOut> {
     let mut shard = shard(id);
     match shard.get_mut(id) {
         // No context stored: the task has none.
         None => Ok(None),
         Some(slot) if !slot.polling => {
-            let found = carried::find(&slot.context.frame_mut().map);
+            let carried = slot.context.carried();
+            let found = carried.is_some().then(|| carried.clone());
             if let Some(outer_owner) =
                 current::enter_owned(slot.context.frame_mut(), id, slot.writable)
             {
@@ -397,7 +398,7 @@ fn try_enter(id: Id) -> Result<Option<Found>, StillOut> {
 /// unlocked so that the hook can run.
 #[cold]
 #[inline(never)]
-fn wait_and_enter(id: Id) -> Option<Found> {
+fn wait_and_enter(id: Id) -> Option<Carried> {
     let mut waited = 0_u32;
     loop {
         waited += 1;
@@ -591,7 +592,7 @@ thread_local! {
     /// What the polls under way on this thread entered of what their tasks' contexts carry,
     /// innermost last: a span is exited, and an OpenTelemetry context detached, on the
     /// thread that entered it (the guard is not `Send`, so it cannot wait in the table).
-    static CARRIED: RefCell<Vec<(Id, Carried)>> = const { RefCell::new(Vec::new()) };
+    static CARRIED: RefCell<Vec<(Id, carried::Entered)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Enough shards that two cores (or a few dozen) rarely want the same lock.
