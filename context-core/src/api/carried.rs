@@ -130,15 +130,11 @@ impl Carried {
     )]
     #[inline(never)]
     pub(crate) fn enter(&self) -> Entered {
-        #[cfg(feature = "tracing")]
-        if let Some(span) = &self.span {
-            span::enter(span);
-        }
         Entered {
+            #[cfg(feature = "tracing")]
+            span: self.span.as_ref().is_some_and(span::enter),
             #[cfg(feature = "opentelemetry")]
             otel: self.otel.clone().map(::opentelemetry::Context::attach),
-            #[cfg(feature = "tracing")]
-            span: self.span.clone(),
             _not_send: std::marker::PhantomData,
         }
     }
@@ -150,8 +146,9 @@ pub(crate) struct Entered {
     /// Dropped first: detached before the span is exited, the reverse of [`Carried::enter`].
     #[cfg(feature = "opentelemetry")]
     otel: Option<::opentelemetry::ContextGuard>,
+    /// A span was entered: the innermost of this thread's entered spans.
     #[cfg(feature = "tracing")]
-    span: Option<std::sync::Arc<span::CarriedSpan>>,
+    span: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -160,8 +157,8 @@ impl Drop for Entered {
         #[cfg(feature = "opentelemetry")]
         drop(self.otel.take());
         #[cfg(feature = "tracing")]
-        if let Some(span) = &self.span {
-            span::exit(span);
+        if self.span {
+            span::exit();
         }
     }
 }
@@ -197,19 +194,29 @@ mod span {
         static ENTERED: RefCell<Vec<Arc<CarriedSpan>>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub(super) fn enter(span: &Arc<CarriedSpan>) {
-        span.dispatch.enter(&span.id);
-        let _ = ENTERED.try_with(|entered| entered.borrow_mut().push(Arc::clone(span)));
+    /// Enters `span`, and makes it the innermost of [`ENTERED`], which [`exit`] pops; `false`
+    /// (nothing entered) once the thread's state is gone.
+    pub(super) fn enter(span: &Arc<CarriedSpan>) -> bool {
+        let pushed = ENTERED
+            .try_with(|entered| entered.borrow_mut().push(Arc::clone(span)))
+            .is_ok();
+        if pushed {
+            span.dispatch.enter(&span.id);
+        }
+        pushed
     }
 
-    pub(super) fn exit(span: &Arc<CarriedSpan>) {
+    /// Exits the span [`enter`] entered last on this thread.
+    pub(super) fn exit() {
         let popped = ENTERED
             .try_with(|entered| entered.borrow_mut().pop())
             .ok()
             .flatten();
-        span.dispatch.exit(&span.id);
-        // Released after the exit, with nothing borrowed: it may be the last handle.
-        drop(popped);
+        if let Some(span) = popped {
+            span.dispatch.exit(&span.id);
+            // Released with nothing borrowed: it may be the last handle.
+            drop(span);
+        }
     }
 
     /// A handle on the current span, if there is one.
