@@ -440,6 +440,15 @@ impl Context {
     }
 }
 
+impl Context {
+    /// This context without the span and OpenTelemetry context it carries, if any.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn without_carried(mut self) -> Self {
+        release(&mut self.carried);
+        self
+    }
+}
+
 /// Drops what a context carries, leaving nothing.
 #[inline(never)]
 fn release(carried: &mut ManuallyDrop<Carried>) {
@@ -564,15 +573,6 @@ impl fmt::Debug for ValueRef<'_> {
 // For the runtime hooks (feature `hooks`): a task's stored context is swapped in and out of the
 // thread by `current::enter_owned`/`exit_owned`, which need its frame.
 // ---------------------------------------------------------------------------------------------
-
-impl Context {
-    /// This context without the span and OpenTelemetry context it carries, if any.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn without_carried(mut self) -> Self {
-        release(&mut self.carried);
-        self
-    }
-}
 
 #[cfg(feature = "hooks")]
 impl Context {

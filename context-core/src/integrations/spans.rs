@@ -62,7 +62,7 @@ use crate::carried;
 /// # let _default = tracing::subscriber::set_default(subscriber);
 /// contextvars::tracing::carry_spans();
 ///
-/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let request = tracing::info_span!("request", id = 17);
 /// let task = request.in_scope(|| {
 ///     // No `.in_current_span()`: the task takes the span along with the context.
