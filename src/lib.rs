@@ -229,6 +229,9 @@ pub use context_core::*;
 pub mod baggage {
     pub use context_core::baggage::*;
 }
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use context_core::opentelemetry;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 #[doc = include_str!("../docs/tower.md")]

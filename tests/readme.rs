@@ -53,7 +53,7 @@ fn readme_snippets_are_compiled_here() {
     let snippets = ignored_snippets(&readme);
     assert_eq!(
         snippets.len(),
-        5,
+        6,
         "the README's `ignore` snippets: {snippets:#?}"
     );
     for snippet in &snippets {
@@ -163,6 +163,23 @@ tracing_subscriber::registry()
         // The JSON form the README shows in a comment.
         let _json = fmt::layer::<tracing_subscriber::Registry>().json().map_event_format(ContextFields::json);
     }
+}
+
+/// The span flows too. Compiled, not run: carrying spans is process-wide.
+#[rustfmt::skip]
+mod span_flow {
+    #[allow(dead_code)]
+    fn start_up() {
+contextvars::tracing::carry_spans(); // at start-up, once
+    }
+
+#[allow(dead_code)]
+async fn handler() {                 // polled inside the request's span
+    let charge = contextvars::spawn(async {
+        tracing::info!("charged");   // parent: the request's span, with its fields
+    });
+    charge.await.unwrap();
+}
 }
 
 /// Across services: W3C Baggage.

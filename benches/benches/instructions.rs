@@ -39,6 +39,7 @@ use peers::{
     spawn_and_await,
 };
 use workloads::Combinator;
+use tracing::Instrument;
 
 type Op = fn(u64);
 
@@ -329,6 +330,64 @@ const OPS: &[(&str, Op)] = &[
             tokio::spawn(inherit_future(async { black_box(7_u64) }))
         });
     }),
+    // Spans: by hand (`.in_current_span()`, `.instrument()`) and carried (`carry_spans`),
+    // spawned or polled inside a span of tracing-subscriber's registry.
+    ("spawn/tokio_in_current_span", |i| {
+        in_span(|| {
+            spawn_and_await(Peer::Contextvars, i, || {
+                tokio::spawn(async { black_box(7_u64) }.in_current_span())
+            });
+        });
+    }),
+    ("spawn/contextvars_in_current_span", |i| {
+        in_span(|| {
+            spawn_and_await(Peer::Contextvars, i, || {
+                contextvars::spawn(async { black_box(7_u64) }.in_current_span())
+            });
+        });
+    }),
+    // The span entered by hand around the spawner, which its context does not carry yet (a
+    // handler under a request span): every snapshot takes a new handle on it.
+    ("spawn/contextvars_carry_spans", |i| {
+        contextvars::tracing::carry_spans();
+        in_span(|| {
+            spawn_and_await(Peer::Contextvars, i, || {
+                contextvars::spawn(async { black_box(7_u64) })
+            });
+        });
+    }),
+    // The spawner runs in a context that carries the span already (a task spawned in it):
+    // snapshots share its handle.
+    ("spawn/contextvars_carry_spans_carried", |i| {
+        contextvars::tracing::carry_spans();
+        in_span(|| {
+            // The 8 values and the span, as a task spawned in the span holds them.
+            let mut carried = context_with(8).run(Context::current);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime");
+            carried.run(|| {
+                runtime.block_on(async {
+                    for _ in 0..i {
+                        black_box(contextvars::spawn(async { black_box(7_u64) }).await).unwrap();
+                    }
+                });
+            });
+        });
+    }),
+    ("poll/instrumented", |i| {
+        in_span(|| {
+            let span = tracing::Span::current();
+            poll_many(Pending.instrument(span), i);
+        });
+    }),
+    ("poll/contextvars_carry_spans", |i| {
+        contextvars::tracing::carry_spans();
+        in_span(|| {
+            let carried = context_with(8).run(Context::current);
+            poll_many(Pending.with_context(carried), i);
+        });
+    }),
     // `async fn` calls
     ("preserve/plain_async_fn", |i| call_many(plain, i)),
     ("preserve/preserve_context", |i| call_many(preserved, i)),
@@ -358,6 +417,12 @@ const OPS: &[(&str, Op)] = &[
         repeat(i, || workloads::fill_metadata(&keys));
     }),
 ];
+
+/// Runs `f` inside a span of a tracing-subscriber registry, the thread's default subscriber.
+fn in_span(f: impl FnOnce()) {
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    tracing::info_span!("request", id = 17).in_scope(f);
+}
 
 fn poll_many<F: Future>(future: F, iterations: u64) {
     let mut future = pin!(future);

@@ -36,6 +36,7 @@ mod engine;
 mod integrations;
 mod propagation;
 
+use api::carried;
 pub use api::metadata;
 use api::{context, error, guard, token, var};
 use engine::{current, map};
@@ -58,6 +59,10 @@ pub use propagation::hooks;
 #[cfg(feature = "baggage")]
 #[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
 pub use integrations::baggage;
+
+#[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
+pub use integrations::opentelemetry;
 
 pub use context::{Context, Iter, ValueRef, copy_context};
 pub use error::{LookupError, ResetError, SetError};

@@ -2,9 +2,11 @@
 
 use std::any::Any;
 use std::fmt;
+use std::mem::ManuallyDrop;
 
+use crate::carried::{self, Carried};
 use crate::current::{self, Entered, Frame};
-use crate::map::{self, Map};
+use crate::map;
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
 
 /// A mapping from context variables to values: Python's `contextvars.Context`.
@@ -39,6 +41,11 @@ use crate::var::{ContextVar, DefaultKind, Key, downcast};
 /// ```
 pub struct Context {
     frame: Frame,
+    /// The span and OpenTelemetry context current where it was taken, where carrying them is
+    /// on; beside the bindings, not among them. Dropped by `Context`'s `Drop`, out of line and
+    /// only where there is something: a context's drop glue stays small enough to be inlined
+    /// where contexts are made and dropped by the million.
+    carried: ManuallyDrop<Carried>,
 }
 
 /// A snapshot of the current context: the same as [`Context::current()`], named after
@@ -76,6 +83,7 @@ impl Context {
     pub const fn new() -> Self {
         Context {
             frame: Frame::EMPTY,
+            carried: ManuallyDrop::new(Carried::NONE),
         }
     }
 
@@ -96,15 +104,14 @@ impl Context {
     /// assert_eq!(snapshot.get(&USER), Some(&"bob"));
     /// ```
     #[must_use]
-    #[inline]
+    // Always inlined: with what it carries it outgrew LLVM's choice, and every spawn comes here.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn current() -> Self {
-        Context::from_map(current::snapshot())
-    }
-
-    #[inline]
-    fn from_map(map: Map) -> Self {
         Context {
-            frame: Frame::with_map(map),
+            frame: Frame::with_map(current::snapshot()),
+            // The span and OpenTelemetry's context current here, where carrying them is on.
+            carried: ManuallyDrop::new(Carried::capture()),
         }
     }
 
@@ -159,15 +166,47 @@ impl Context {
     /// ```
     #[inline]
     pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let _entered = Entered::new(&mut self.frame);
+        if self.carries() {
+            return self.run_carrying(f);
+        }
+        let _entered = self.enter_bindings();
         f()
     }
 
-    /// Makes this context current until the returned guard drops. [`run`](Self::run) is the
-    /// closure form; a future wrapper is built on this.
-    #[inline]
-    pub(crate) fn enter(&mut self) -> Entered<'_> {
+    /// [`run`](Self::run) for a context that carries a span or OpenTelemetry's context.
+    #[inline(never)]
+    fn run_carrying<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.enter();
+        f()
+    }
+
+    /// Whether entering this context also enters a span or OpenTelemetry's context: the hot
+    /// paths branch on it once, so that a context that carries nothing is entered as before.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn carries(&self) -> bool {
+        self.carried.is_some()
+    }
+
+    /// Makes this context's bindings current until the returned guard drops, leaving the span
+    /// and OpenTelemetry context as they are: [`enter`](Self::enter) where it
+    /// [`carries`](Self::carries) nothing.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn enter_bindings(&mut self) -> Entered<'_> {
         Entered::new(&mut self.frame)
+    }
+
+    /// Makes this context current until the returned guard drops, with the span and
+    /// OpenTelemetry context it carries, if any, entered. [`run`](Self::run) is the closure
+    /// form; a future wrapper is built on this.
+    #[inline]
+    pub(crate) fn enter(&mut self) -> Entering<'_> {
+        let entered = Entered::new(&mut self.frame);
+        Entering {
+            carried: ManuallyDrop::new(self.carried.is_some().then(|| self.carried.enter())),
+            entered,
+        }
     }
 
     /// This context with `var` bound to `value`: the one-expression way to build a context
@@ -368,6 +407,7 @@ impl Clone for Context {
     fn clone(&self) -> Self {
         Context {
             frame: self.frame.copy(),
+            carried: ManuallyDrop::new(Carried::clone(&self.carried)),
         }
     }
 }
@@ -378,7 +418,8 @@ impl Drop for Context {
     /// shares its bindings with another (a snapshot nobody wrote to) only loses a reference.
     #[inline]
     fn drop(&mut self) {
-        if self.frame.map.may_drop_values() {
+        // One call, out of line, for both: the drop glue stays as small as it was.
+        if self.frame.map.may_drop_values() || self.carried.is_some() {
             self.drop_values();
         }
     }
@@ -388,9 +429,57 @@ impl Context {
     /// Out of line: most contexts dropped are snapshots that share their bindings.
     #[inline(never)]
     fn drop_values(&mut self) {
-        let _entered = self.enter();
-        current::drop_bindings();
+        if self.frame.map.may_drop_values() {
+            // Its bindings only: what it carries beside them is not a value of its own.
+            let _entered = Entered::new(&mut self.frame);
+            current::drop_bindings();
+        }
+        if self.carried.is_some() {
+            release(&mut self.carried);
+        }
     }
+}
+
+impl Context {
+    /// This context without the span and OpenTelemetry context it carries, if any.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn without_carried(mut self) -> Self {
+        release(&mut self.carried);
+        self
+    }
+}
+
+/// Drops what a context carries, leaving nothing.
+#[inline(never)]
+fn release(carried: &mut ManuallyDrop<Carried>) {
+    let released = std::mem::replace(carried, ManuallyDrop::new(Carried::NONE));
+    drop(ManuallyDrop::into_inner(released));
+}
+
+/// A context entered by [`Context::enter`]; dropping it leaves the context, first what the
+/// context carries (the span, OpenTelemetry's context), then its bindings.
+pub(crate) struct Entering<'a> {
+    /// Dropped by `Entering`'s `Drop`, before `entered` leaves the context.
+    carried: ManuallyDrop<Option<carried::Entered>>,
+    #[allow(dead_code)]
+    entered: Entered<'a>,
+}
+
+impl Drop for Entering<'_> {
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.carried.is_some() {
+            leave_carried(&mut self.carried);
+        }
+    }
+}
+
+/// Leaves what [`Context::enter`] entered of what the context carries (exits the span,
+/// detaches OpenTelemetry's context); out of line, so that a poll without it stays small.
+#[inline(never)]
+fn leave_carried(carried: &mut ManuallyDrop<Option<carried::Entered>>) {
+    drop(carried.take());
 }
 
 impl Default for Context {
@@ -491,5 +580,10 @@ impl Context {
     /// The bindings this context holds while it is not entered.
     pub(crate) fn frame_mut(&mut self) -> &mut Frame {
         &mut self.frame
+    }
+
+    /// The span and OpenTelemetry context this context carries.
+    pub(crate) fn carried(&self) -> &Carried {
+        &self.carried
     }
 }

@@ -2,6 +2,7 @@
 //! (`token`, `guard`), contexts (`context`), the errors users handle (`error`), and the
 //! string-keyed metadata map, itself a variable (`metadata`). Built on the engine only.
 
+pub(crate) mod carried;
 pub(crate) mod context;
 pub(crate) mod error;
 pub(crate) mod guard;

@@ -4,6 +4,10 @@
 
 #[cfg(feature = "baggage")]
 pub mod baggage;
+#[cfg(feature = "opentelemetry")]
+pub mod opentelemetry;
+#[cfg(feature = "tracing")]
+mod spans;
 #[cfg(feature = "tower")]
 pub mod tower;
 #[cfg(feature = "tracing")]

@@ -92,7 +92,9 @@ impl ContextLayer {
     #[must_use]
     pub fn with_base(base: Context) -> Self {
         ContextLayer {
-            base,
+            // A request carries the span current where it is served, not where the layer was
+            // built.
+            base: base.without_carried(),
             hook: Arc::new(NoHook),
             response: KeepResponse,
             async_hook: NoHook,

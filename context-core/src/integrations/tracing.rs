@@ -524,6 +524,8 @@ fn write_json_string(writer: &mut Writer<'_>, string: &str) -> fmt::Result {
     writer.write_char('"')
 }
 
+pub use super::spans::carry_spans;
+
 #[cfg(test)]
 mod tests {
     use super::*;

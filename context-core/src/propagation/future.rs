@@ -83,14 +83,41 @@ impl<F> WithContext<F> {
         poll: impl FnOnce(Pin<&mut F>) -> R,
         finished: impl FnOnce(&R) -> bool,
     ) -> Option<R> {
-        let mut this = self.project();
-        let _entered = this.context.enter();
-        let output = poll(this.inner.as_mut().as_pin_mut()?);
-        if finished(&output) {
-            this.inner.set(None);
+        let this = self.project();
+        // One branch, so that a context that carries no span is entered as it always was.
+        if this.context.carries() {
+            return poll_carrying(this.context, this.inner, poll, finished);
         }
-        Some(output)
+        let _entered = this.context.enter_bindings();
+        poll_inner(this.inner, poll, finished)
     }
+}
+
+/// [`poll_inner`] in `context`, which carries a span or OpenTelemetry's context: out of line,
+/// so that the poll of a context that carries neither stays as small as it was.
+#[inline(never)]
+fn poll_carrying<F, R>(
+    context: &mut Context,
+    inner: Pin<&mut Option<F>>,
+    poll: impl FnOnce(Pin<&mut F>) -> R,
+    finished: impl FnOnce(&R) -> bool,
+) -> Option<R> {
+    let _entered = context.enter();
+    poll_inner(inner, poll, finished)
+}
+
+/// Polls `inner` (the context is entered) and drops it as soon as `finished` says it is done.
+#[inline]
+fn poll_inner<F, R>(
+    mut inner: Pin<&mut Option<F>>,
+    poll: impl FnOnce(Pin<&mut F>) -> R,
+    finished: impl FnOnce(&R) -> bool,
+) -> Option<R> {
+    let output = poll(inner.as_mut().as_pin_mut()?);
+    if finished(&output) {
+        inner.set(None);
+    }
+    Some(output)
 }
 
 impl<F: Future> Future for WithContext<F> {

@@ -140,16 +140,23 @@
 //! that reads one, and 1.18 times the instructions of a bare `tokio::spawn` + await
 //! (`benches/RESULTS.md` in the repository, measured by `scripts/bench-hooks`).
 //! [`stored_contexts`] tells how many entries there are.
+//!
+//! Once spans or OpenTelemetry's context are carried (`contextvars::tracing::carry_spans`,
+//! `contextvars::opentelemetry::carry_context`), every poll enters its task's context at once
+//! instead, and with it the span the task was spawned in: an event logged by the task touches
+//! no variable, so nothing would enter it later. Each poll then takes the lock on the way in
+//! and out, as a poll that uses its context does.
 
 mod table;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::runtime::{Builder, TaskMeta};
 use tokio::task::{Id, JoinHandle};
 
+use crate::carried::{self, Carried};
 use crate::context::Context;
 use crate::current;
 use crate::future::FutureExt;
@@ -281,8 +288,10 @@ fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool) {
 fn spawner_context() -> Context {
     // Only if the code spawning is that task: a task without hooks polled inside its poll (a
     // `LocalSet`, a runtime driven in `block_in_place`) must not copy its context.
-    if let Some(spawner) =
-        current::pending_task().filter(|&task| tokio::task::try_id() == Some(task))
+    // (Never while the span or OpenTelemetry's context is carried: the snapshot must take the
+    // one current here, which `Context::current()` does.)
+    if let Some(spawner) = current::pending_task()
+        .filter(|&task| tokio::task::try_id() == Some(task) && !carried::any())
     {
         let mut shard = shard(spawner);
         match shard.get_mut(spawner) {
@@ -311,33 +320,75 @@ fn spawner_context() -> Context {
 /// snapshot, a spawn): a poll that uses none costs no lock.
 #[inline]
 pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
-    current::enter_later(meta.id(), enter_now);
-}
-
-/// Enters `id`'s context now: what [`on_before_task_poll`] defers.
-fn enter_now(id: Id) {
-    if !try_enter(id) {
-        wait_and_enter(id);
+    if carried::any() {
+        // A task's context may carry a span (or OpenTelemetry's context), which must be
+        // entered for the whole poll: an event logged in it does not touch the context, so
+        // nothing would enter it later.
+        enter_now(meta.id());
+    } else {
+        current::enter_later(meta.id(), enter_now);
     }
 }
 
-/// Enters `id`'s context, unless it is still out on another worker (then `false`).
+/// Enters `id`'s context now: what [`on_before_task_poll`] defers. The span and
+/// OpenTelemetry context it carries are entered after the shard is unlocked (the subscriber's
+/// code runs then), and left by [`on_after_task_poll`], on this thread.
+fn enter_now(id: Id) {
+    let found = match try_enter(id) {
+        Ok(found) => found,
+        Err(StillOut) => wait_and_enter(id),
+    };
+    if let Some(found) = found {
+        let entered = found.enter();
+        let _ = CARRIED.try_with(|stack| stack.borrow_mut().push((id, entered)));
+    }
+}
+
+/// Leaves what [`enter_now`] entered of what `id`'s context carries, if anything.
 #[inline]
-fn try_enter(id: Id) -> bool {
+fn leave_carried(id: Id) {
+    if !carried::any() {
+        return;
+    }
+    let carried = CARRIED
+        .try_with(|stack| {
+            let mut stack = stack.borrow_mut();
+            match stack.last() {
+                Some((task, _)) if *task == id => stack.pop(),
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten();
+    // Exited with the stack released: the subscriber's code runs now.
+    drop(carried);
+}
+
+/// A task's context still out on another worker, for a moment (see [`wait_and_enter`]).
+struct StillOut;
+
+/// Enters `id`'s context, unless it is still out on another worker; what it carries (a span,
+/// OpenTelemetry's context) is for the caller to enter once the shard is unlocked.
+#[inline]
+fn try_enter(id: Id) -> Result<Option<Carried>, StillOut> {
     let mut shard = shard(id);
     match shard.get_mut(id) {
         // No context stored: the task has none.
-        None => true,
+        None => Ok(None),
         Some(slot) if !slot.polling => {
+            let carried = slot.context.carried();
+            let found = carried.is_some().then(|| carried.clone());
             if let Some(outer_owner) =
                 current::enter_owned(slot.context.frame_mut(), id, slot.writable)
             {
                 slot.outer_owner = outer_owner;
                 slot.polling = true;
+                Ok(found)
+            } else {
+                Ok(None)
             }
-            true
         }
-        Some(_) => false,
+        Some(_) => Err(StillOut),
     }
 }
 
@@ -347,7 +398,7 @@ fn try_enter(id: Id) -> bool {
 /// unlocked so that the hook can run.
 #[cold]
 #[inline(never)]
-fn wait_and_enter(id: Id) {
+fn wait_and_enter(id: Id) -> Option<Carried> {
     let mut waited = 0_u32;
     loop {
         waited += 1;
@@ -356,8 +407,8 @@ fn wait_and_enter(id: Id) {
         } else {
             std::thread::yield_now();
         }
-        if try_enter(id) {
-            return;
+        if let Ok(found) = try_enter(id) {
+            return found;
         }
     }
 }
@@ -372,6 +423,7 @@ pub fn on_after_task_poll(meta: &TaskMeta<'_>) {
         // The poll never used the context: it was never entered.
         return;
     }
+    leave_carried(id);
     let mut shard = shard(id);
     let Some(slot) = shard.get_mut(id) else {
         return;
@@ -534,6 +586,11 @@ thread_local! {
     /// The last task that ended on this thread with no slot stored, so that its spawn hook,
     /// if it comes next, stores none.
     static ENDED_UNSTORED: Cell<Option<Id>> = const { Cell::new(None) };
+
+    /// What the polls under way on this thread entered of what their tasks' contexts carry,
+    /// innermost last: a span is exited, and an OpenTelemetry context detached, on the
+    /// thread that entered it (the guard is not `Send`, so it cannot wait in the table).
+    static CARRIED: RefCell<Vec<(Id, carried::Entered)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Enough shards that two cores (or a few dozen) rarely want the same lock.

@@ -1,0 +1,246 @@
+//! What a context carries besides its variables: the `tracing` span (feature `tracing`) and
+//! OpenTelemetry's context (feature `opentelemetry`) that were current where it was taken,
+//! once the application turns that on (`contextvars::tracing::carry_spans`,
+//! `contextvars::opentelemetry::carry_context`).
+//!
+//! A [`Context`](crate::Context) holds them beside its bindings, not among them: a snapshot
+//! still shares its parent's map untouched (no path copy, nothing of its own to drop), and the
+//! mapping view never sees them. `Context::current()` takes them ([`Carried::capture`]), clones
+//! copy them, and entering a context enters them ([`Carried::enter`]) until it is left.
+//!
+//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context a
+//! check that it carries nothing; without the features, not even that. The switches only ever
+//! go on.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// `carry_spans` was called.
+#[cfg(feature = "tracing")]
+const SPANS: u8 = 1;
+/// `carry_context` was called.
+#[cfg(feature = "opentelemetry")]
+const OTEL: u8 = 2;
+
+/// What snapshots carry: a set of the bits above, which are only ever added.
+static CARRY: AtomicU8 = AtomicU8::new(0);
+
+/// What snapshots carry now; nothing, without the features (no load at all).
+#[inline]
+fn carry() -> u8 {
+    if cfg!(any(feature = "tracing", feature = "opentelemetry")) {
+        CARRY.load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+/// Whether snapshots carry anything: something was turned on.
+#[cfg_attr(not(feature = "hooks"), allow(dead_code))]
+#[inline]
+pub(crate) fn any() -> bool {
+    carry() != 0
+}
+
+/// Turns on carrying the span in every snapshot taken from now on.
+#[cfg(feature = "tracing")]
+pub(crate) fn carry_spans() {
+    CARRY.fetch_or(SPANS, Ordering::Relaxed);
+}
+
+/// Turns on carrying OpenTelemetry's context in every snapshot taken from now on.
+#[cfg(feature = "opentelemetry")]
+pub(crate) fn carry_otel() {
+    CARRY.fetch_or(OTEL, Ordering::Relaxed);
+}
+
+/// The span and OpenTelemetry context a context carries (each `None` where it carries none).
+#[derive(Clone, Default)]
+pub(crate) struct Carried {
+    #[cfg(feature = "tracing")]
+    span: Option<std::sync::Arc<span::CarriedSpan>>,
+    #[cfg(feature = "opentelemetry")]
+    otel: Option<::opentelemetry::Context>,
+}
+
+impl Carried {
+    /// Nothing carried.
+    pub(crate) const NONE: Carried = Carried {
+        #[cfg(feature = "tracing")]
+        span: None,
+        #[cfg(feature = "opentelemetry")]
+        otel: None,
+    };
+
+    /// What is current here, of what is turned on.
+    #[inline]
+    pub(crate) fn capture() -> Carried {
+        let carry = carry();
+        if carry == 0 {
+            Carried::NONE
+        } else {
+            Carried::capture_turned_on(carry)
+        }
+    }
+
+    #[inline(never)]
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "opentelemetry")),
+        allow(unused_variables)
+    )]
+    fn capture_turned_on(carry: u8) -> Carried {
+        Carried {
+            #[cfg(feature = "tracing")]
+            span: if carry & SPANS == 0 {
+                None
+            } else {
+                span::current()
+            },
+            #[cfg(feature = "opentelemetry")]
+            otel: (carry & OTEL != 0).then(::opentelemetry::Context::current),
+        }
+    }
+
+    /// Whether there is anything to enter.
+    #[allow(clippy::inline_always)]
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "opentelemetry")),
+        allow(clippy::unused_self)
+    )]
+    #[inline(always)]
+    pub(crate) fn is_some(&self) -> bool {
+        #[allow(unused_mut)]
+        let mut some = false;
+        #[cfg(feature = "tracing")]
+        {
+            some |= self.span.is_some();
+        }
+        #[cfg(feature = "opentelemetry")]
+        {
+            some |= self.otel.is_some();
+        }
+        some
+    }
+
+    /// Enters the span and attaches OpenTelemetry's context, until the result drops, which
+    /// must happen on this thread, after what was entered since has been left (as with
+    /// `Span::enter` and `Context::attach`). Out of line: most contexts carry nothing.
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "opentelemetry")),
+        allow(clippy::unused_self)
+    )]
+    #[inline(never)]
+    pub(crate) fn enter(&self) -> Entered {
+        Entered {
+            #[cfg(feature = "tracing")]
+            span: self.span.as_ref().is_some_and(span::enter),
+            #[cfg(feature = "opentelemetry")]
+            otel: self.otel.clone().map(::opentelemetry::Context::attach),
+            _not_send: std::marker::PhantomData,
+        }
+    }
+}
+
+/// While alive, the span of a context is entered and its OpenTelemetry context attached, on
+/// this thread. Not `Send`: it must drop where it was made.
+pub(crate) struct Entered {
+    /// Dropped first: detached before the span is exited, the reverse of [`Carried::enter`].
+    #[cfg(feature = "opentelemetry")]
+    otel: Option<::opentelemetry::ContextGuard>,
+    /// A span was entered: the innermost of this thread's entered spans.
+    #[cfg(feature = "tracing")]
+    span: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        #[cfg(feature = "opentelemetry")]
+        drop(self.otel.take());
+        #[cfg(feature = "tracing")]
+        if self.span {
+            span::exit();
+        }
+    }
+}
+
+#[cfg(feature = "tracing")]
+mod span {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use tracing_core::Metadata;
+    use tracing_core::dispatcher::{self, Dispatch};
+    use tracing_core::span::Id;
+
+    /// A handle on a span, as `tracing::Span` holds one: the subscriber that made it, and one
+    /// of the references that keep it open.
+    pub(super) struct CarriedSpan {
+        dispatch: Dispatch,
+        id: Id,
+        /// With the id, what tells two spans apart (as `tracing::Span`'s `PartialEq` does).
+        metadata: &'static Metadata<'static>,
+    }
+
+    impl Drop for CarriedSpan {
+        fn drop(&mut self) {
+            // The last handle closes the span: `on_close` for the subscriber's layers.
+            self.dispatch.try_close(self.id.clone());
+        }
+    }
+
+    thread_local! {
+        /// The spans that contexts entered on this thread, innermost last: a snapshot taken
+        /// while the innermost is still the current span shares its handle.
+        static ENTERED: RefCell<Vec<Arc<CarriedSpan>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Enters `span`, and makes it the innermost of [`ENTERED`], which [`exit`] pops; `false`
+    /// (nothing entered) once the thread's state is gone.
+    pub(super) fn enter(span: &Arc<CarriedSpan>) -> bool {
+        let pushed = ENTERED
+            .try_with(|entered| entered.borrow_mut().push(Arc::clone(span)))
+            .is_ok();
+        if pushed {
+            span.dispatch.enter(&span.id);
+        }
+        pushed
+    }
+
+    /// Exits the span [`enter`] entered last on this thread.
+    pub(super) fn exit() {
+        let popped = ENTERED
+            .try_with(|entered| entered.borrow_mut().pop())
+            .ok()
+            .flatten();
+        if let Some(span) = popped {
+            span.dispatch.exit(&span.id);
+            // Released with nothing borrowed: it may be the last handle.
+            drop(span);
+        }
+    }
+
+    /// A handle on the current span, if there is one.
+    pub(super) fn current() -> Option<Arc<CarriedSpan>> {
+        dispatcher::get_default(|dispatch| {
+            let (id, metadata) = dispatch.current_span().into_inner()?;
+            // The span the innermost context entered here, still current: its handle.
+            let entered = ENTERED
+                .try_with(|entered| {
+                    entered
+                        .borrow()
+                        .last()
+                        .filter(|span| span.id == id && std::ptr::eq(span.metadata, metadata))
+                        .cloned()
+                })
+                .ok()
+                .flatten();
+            Some(entered.unwrap_or_else(|| {
+                Arc::new(CarriedSpan {
+                    id: dispatch.clone_span(&id),
+                    dispatch: dispatch.clone(),
+                    metadata,
+                })
+            }))
+        })
+    }
+}
