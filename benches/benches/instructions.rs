@@ -38,8 +38,8 @@ use peers::{
     otel_context_with, otel_get_current, otel_get_map_current, otel_run, otel_set_reset,
     spawn_and_await,
 };
-use workloads::Combinator;
 use tracing::Instrument;
+use workloads::Combinator;
 
 type Op = fn(u64);
 
