@@ -38,7 +38,7 @@ pub use crate::baggage::{AcceptBaggage, AcceptBaggageLayer, BaggageLayer, Baggag
 
 /// Runs every request of the wrapped service in a fresh copy of a base context.
 ///
-/// See the [module docs](self) for the whole story. `H` is the request hook
+/// The docs of the `contextvars::tower` module tell the whole story. `H` is the request hook
 /// ([`on_request`](Self::on_request)), `M` says what happens to the response
 /// ([`body_in_context`](Self::body_in_context)), `A` is the asynchronous hook
 /// ([`on_request_async`](Self::on_request_async)), if there is one instead of `H`.

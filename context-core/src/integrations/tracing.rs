@@ -32,7 +32,7 @@ use crate::current;
 use crate::map::{Leaf, Map};
 
 /// An event formatter that writes what `inner` writes, plus the context variables that opted
-/// into logs. See the [module docs](self).
+/// into logs. The docs of the `contextvars::tracing` module explain how.
 ///
 /// Use it with [`fmt().event_format(…)`][event_format]
 /// or a layer's [`map_event_format`][map_event_format]:

@@ -183,20 +183,21 @@ impl<T> Drop for Finished<T> {
 /// An owned permission to await a task spawned by [`spawn`], [`spawn_blocking`] or
 /// [`spawn_local`]: tokio's [`JoinHandle`][tokio-join-handle], with the same methods.
 ///
-/// Awaiting it gives the task's output, or a [`JoinError`](https://docs.rs/tokio/1/tokio/task/struct.JoinError.html) if the
-/// task panicked or was aborted. Dropping it detaches the task, which runs on.
+/// Awaiting it gives the task's output, or a [`JoinError`][join-error] if the task panicked
+/// or was aborted. Dropping it detaches the task, which runs on.
 ///
 /// **Where the task's values are dropped.** When the task finishes, the values of its
 /// context are dropped inside the task, before its output is handed over, so their `Drop`
 /// reads and sets the task's own variables. A value whose `Drop` panics makes the task's
-/// handle give a panic [`JoinError`], as a panic in the task's body does; the other values are
-/// still dropped, inside the task. The output is an ordinary value from then on: awaited, it
-/// belongs to the awaiting code; when the handle is dropped without being awaited, it is
-/// dropped inside an empty context of its own, wherever tokio drops it (in the code that drops
-/// the handle, or on a worker after the task's last poll): its `Drop` reads no task's values,
-/// and what it sets goes nowhere.
+/// handle give a panic [`JoinError`][join-error], as a panic in the task's body does; the
+/// other values are still dropped, inside the task. The output is an ordinary value from then
+/// on: awaited, it belongs to the awaiting code; when the handle is dropped without being
+/// awaited, it is dropped inside an empty context of its own, wherever tokio drops it (in the
+/// code that drops the handle, or on a worker after the task's last poll): its `Drop` reads no
+/// task's values, and what it sets goes nowhere.
 ///
 /// [tokio-join-handle]: https://docs.rs/tokio/1/tokio/task/struct.JoinHandle.html
+/// [join-error]: https://docs.rs/tokio/1/tokio/task/struct.JoinError.html
 ///
 /// ```
 /// # use context_core as contextvars;
