@@ -152,7 +152,10 @@ fn panicking_drop_scenario() {
             // woken: wait for the context to go (a guard against a hang, not a time limit).
             let give_up = std::time::Instant::now() + Duration::from_secs(30);
             while contextvars::hooks::stored_contexts() != 0 {
-                assert!(std::time::Instant::now() < give_up, "the task's context stayed");
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "the task's context stayed"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             assert_eq!(tokio::spawn(async { 2 }).await.unwrap(), 2);

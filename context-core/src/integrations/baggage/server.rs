@@ -69,8 +69,10 @@ impl<H, M, A> ContextLayer<H, M, A> {
         registry::assert_no_conflict();
         AcceptBaggageLayer {
             layer: self,
-            settings: Accept::new(),
-            reject: Arc::new(JsonBadRequest),
+            acceptor: Acceptor {
+                settings: Accept::new(),
+                reject: Arc::new(JsonBadRequest),
+            },
         }
     }
 }
@@ -89,8 +91,7 @@ impl<H, M, A> ContextLayer<H, M, A> {
 /// ```
 pub struct AcceptBaggageLayer<L, R = JsonBadRequest> {
     layer: L,
-    settings: Accept,
-    reject: Arc<R>,
+    acceptor: Acceptor<R>,
 }
 
 impl<L, R> AcceptBaggageLayer<L, R> {
@@ -112,7 +113,7 @@ impl<L, R> AcceptBaggageLayer<L, R> {
         mut self,
         report: impl Fn(&BaggageError) + Send + Sync + 'static,
     ) -> Self {
-        self.settings.policy = Policy::Ignore(Arc::new(report));
+        self.acceptor.settings.policy = Policy::Ignore(Arc::new(report));
         self
     }
 
@@ -139,7 +140,7 @@ impl<L, R> AcceptBaggageLayer<L, R> {
             .into_iter()
             .map(|k| k.into().into_boxed_str())
             .collect();
-        self.settings.keys = Some(keys.into());
+        self.acceptor.settings.keys = Some(keys.into());
         self
     }
 
@@ -159,7 +160,7 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// ```
     #[must_use]
     pub fn forward_unclaimed(mut self, forward: bool) -> Self {
-        self.settings.forward = forward;
+        self.acceptor.settings.forward = forward;
         self
     }
 
@@ -185,8 +186,10 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     {
         AcceptBaggageLayer {
             layer: self.layer,
-            settings: self.settings,
-            reject: Arc::new(reject),
+            acceptor: Acceptor {
+                settings: self.acceptor.settings,
+                reject: Arc::new(reject),
+            },
         }
     }
 
@@ -209,19 +212,17 @@ impl<L: Clone, R> Clone for AcceptBaggageLayer<L, R> {
     fn clone(&self) -> Self {
         AcceptBaggageLayer {
             layer: self.layer.clone(),
-            settings: self.settings.clone(),
-            reject: Arc::clone(&self.reject),
+            acceptor: self.acceptor.clone(),
         }
     }
 }
 
 impl<L: fmt::Debug, R> fmt::Debug for AcceptBaggageLayer<L, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcceptBaggageLayer")
-            .field("layer", &self.layer)
-            .field("settings", &self.settings)
-            .field("reject", &std::any::type_name::<R>())
-            .finish()
+        let mut debug = f.debug_struct("AcceptBaggageLayer");
+        debug.field("layer", &self.layer);
+        self.acceptor.debug_fields(&mut debug);
+        debug.finish()
     }
 }
 
@@ -250,8 +251,7 @@ impl<S, L: Layer<AcceptBaggage<S, R>>, R> Layer<S> for AcceptBaggageLayer<L, R> 
     fn layer(&self, inner: S) -> L::Service {
         self.layer.layer(AcceptBaggage {
             inner,
-            settings: self.settings.clone(),
-            reject: Arc::clone(&self.reject),
+            acceptor: self.acceptor.clone(),
         })
     }
 }
@@ -306,6 +306,40 @@ impl<B: From<String>> Reject<B> for JsonBadRequest {
     }
 }
 
+/// What the layer hands each of its services: how the header is read, and how a bad one is
+/// answered.
+struct Acceptor<R> {
+    settings: Accept,
+    reject: Arc<R>,
+}
+
+impl<R> Acceptor<R> {
+    /// Reads the `baggage` header of `headers` into the current context, or makes the answer
+    /// to a bad one.
+    fn accept<B>(&self, headers: &http::HeaderMap) -> Result<(), http::Response<B>>
+    where
+        R: Reject<B>,
+    {
+        accept(headers, &self.settings).map_err(|err| self.reject.reject(&err))
+    }
+
+    /// Adds the settings and the answer's type to the `Debug` of the layer or the service.
+    fn debug_fields(&self, debug: &mut fmt::DebugStruct<'_, '_>) {
+        debug
+            .field("settings", &self.settings)
+            .field("reject", &std::any::type_name::<R>());
+    }
+}
+
+impl<R> Clone for Acceptor<R> {
+    fn clone(&self) -> Self {
+        Acceptor {
+            settings: self.settings.clone(),
+            reject: Arc::clone(&self.reject),
+        }
+    }
+}
+
 /// The service inside a [`ContextLayer`] that
 /// [accepts baggage](ContextLayer::accept_baggage): called in the request's context, it reads
 /// the `baggage` header into it, then calls the wrapped service, or answers itself.
@@ -320,8 +354,7 @@ impl<B: From<String>> Reject<B> for JsonBadRequest {
 /// ```
 pub struct AcceptBaggage<S, R = JsonBadRequest> {
     inner: S,
-    settings: Accept,
-    reject: Arc<R>,
+    acceptor: Acceptor<R>,
 }
 
 impl<S, R> AcceptBaggage<S, R> {
@@ -344,19 +377,17 @@ impl<S: Clone, R> Clone for AcceptBaggage<S, R> {
     fn clone(&self) -> Self {
         AcceptBaggage {
             inner: self.inner.clone(),
-            settings: self.settings.clone(),
-            reject: Arc::clone(&self.reject),
+            acceptor: self.acceptor.clone(),
         }
     }
 }
 
 impl<S: fmt::Debug, R> fmt::Debug for AcceptBaggage<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AcceptBaggage")
-            .field("inner", &self.inner)
-            .field("settings", &self.settings)
-            .field("reject", &std::any::type_name::<R>())
-            .finish()
+        let mut debug = f.debug_struct("AcceptBaggage");
+        debug.field("inner", &self.inner);
+        self.acceptor.debug_fields(&mut debug);
+        debug.finish()
     }
 }
 
@@ -374,18 +405,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        match accept(request.headers(), &self.settings) {
-            Ok(()) => AcceptFuture {
-                state: State::Called {
-                    future: self.inner.call(request),
-                },
+        let state = match self.acceptor.accept(request.headers()) {
+            Ok(()) => State::Called {
+                future: self.inner.call(request),
             },
-            Err(err) => AcceptFuture {
-                state: State::Rejected {
-                    response: Some(self.reject.reject(&err)),
-                },
+            Err(response) => State::Rejected {
+                response: Some(response),
             },
-        }
+        };
+        AcceptFuture { state }
     }
 }
 

@@ -1,0 +1,295 @@
+//! The service a `ContextLayer` makes, and its response future: a request's `call`, every
+//! poll of its future and the future's drop run in the request's context (which starts where
+//! `nested.rs` says).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::body::{KeepResponse, WrapResponse};
+use super::hooks::{NoHook, OnRequest};
+use super::nested::{marked, request_context};
+use crate::context::Context;
+use crate::future::{FutureExt, WithContext};
+
+/// The service made by [`ContextLayer`](super::ContextLayer): runs each request in a fresh copy of
+/// the base context.
+///
+/// `poll_ready` runs in a copy of the base context too (so that readiness code may read
+/// app-wide values), and nothing it sets is kept.
+///
+/// ```
+/// # use context_core as contextvars;
+/// use std::convert::Infallible;
+/// use std::future::{Ready, ready};
+/// use std::task::{Context as TaskContext, Poll};
+///
+/// use contextvars::tower::{ContextLayer, ContextService};
+/// use contextvars::{ContextVar, Key, WithDefault};
+/// use tower_layer::Layer;
+/// use tower_service::Service;
+/// # #[allow(non_camel_case_types)] struct HITS {}
+/// # impl Key for HITS { type Value = u32; type Default = WithDefault; }
+/// static HITS: ContextVar<HITS> = ContextVar::with_default("hits", || 0);
+///
+/// /// Counts hits in its context; `call` does the work, not the future.
+/// #[derive(Clone)]
+/// struct Counter;
+///
+/// impl Service<()> for Counter {
+///     type Response = u32;
+///     type Error = Infallible;
+///     type Future = Ready<Result<u32, Infallible>>;
+///
+///     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+///         Poll::Ready(Ok(()))
+///     }
+///
+///     fn call(&mut self, (): ()) -> Self::Future {
+///         let hits = HITS.get() + 1;
+///         let _ = HITS.set(hits);
+///         ready(Ok(hits))
+///     }
+/// }
+///
+/// let mut service: ContextService<Counter> = ContextLayer::new().layer(Counter);
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // Each request starts from the base: nothing carries over.
+/// assert_eq!(service.call(()).await, Ok(1));
+/// assert_eq!(service.call(()).await, Ok(1));
+/// # });
+/// ```
+pub struct ContextService<S, H = NoHook, M = KeepResponse> {
+    inner: S,
+    base: Context,
+    hook: Arc<H>,
+    response: M,
+}
+
+impl<S, H, M> ContextService<S, H, M> {
+    /// Wraps `inner`; its requests start from `base`, marked as a request's context.
+    pub(super) fn new(inner: S, base: &Context, hook: Arc<H>, response: M) -> Self {
+        ContextService {
+            inner,
+            base: marked(base.clone()),
+            hook,
+            response,
+        }
+    }
+
+    /// The wrapped service.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// let service = ContextLayer::new().layer("inner");
+    /// assert_eq!(*service.get_ref(), "inner");
+    /// ```
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// let mut service = ContextLayer::new().layer(1);
+    /// *service.get_mut() += 1;
+    /// assert_eq!(service.into_inner(), 2);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::ContextLayer;
+    /// use tower_layer::Layer;
+    ///
+    /// assert_eq!(ContextLayer::new().layer("inner").into_inner(), "inner");
+    /// ```
+    #[must_use]
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, H, M: Clone> Clone for ContextService<S, H, M> {
+    fn clone(&self) -> Self {
+        ContextService {
+            inner: self.inner.clone(),
+            base: self.base.clone(),
+            hook: Arc::clone(&self.hook),
+            response: self.response.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, H, M: fmt::Debug> fmt::Debug for ContextService<S, H, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextService")
+            .field("inner", &self.inner)
+            .field("base", &self.base)
+            .field("hook", &std::any::type_name::<H>())
+            .field("response", &self.response)
+            .finish()
+    }
+}
+
+impl<S, H, M, Request> Service<Request> for ContextService<S, H, M>
+where
+    S: Service<Request>,
+    H: OnRequest<Request>,
+    M: WrapResponse<S::Response> + Clone,
+{
+    type Response = M::Output;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, M>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        let inner = &mut self.inner;
+        self.base.clone().run(|| inner.poll_ready(cx))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let (hook, inner) = (&self.hook, &mut self.inner);
+        ResponseFuture::call_in(request_context(&self.base), self.response.clone(), || {
+            hook.on_request(&mut request);
+            inner.call(request)
+        })
+    }
+}
+
+pin_project! {
+    /// The future of a [`ContextService`]: the inner service's future, polled (and dropped)
+    /// in the request's context; its response goes through the layer's [`WrapResponse`].
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use std::convert::Infallible;
+    /// use std::future::{Ready, ready};
+    /// use std::task::{Context as TaskContext, Poll};
+    ///
+    /// use contextvars::tower::{ContextLayer, KeepResponse, ResponseFuture};
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// #[derive(Clone)]
+    /// struct Hello;
+    ///
+    /// impl Service<()> for Hello {
+    ///     type Response = &'static str;
+    ///     type Error = Infallible;
+    ///     type Future = Ready<Result<&'static str, Infallible>>;
+    ///
+    ///     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///
+    ///     fn call(&mut self, (): ()) -> Self::Future {
+    ///         ready(Ok("hello"))
+    ///     }
+    /// }
+    ///
+    /// let future: ResponseFuture<_, KeepResponse> = ContextLayer::new().layer(Hello).call(());
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert_eq!(future.await, Ok("hello"));
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct ResponseFuture<F, M> {
+        #[pin]
+        inner: WithContext<F>,
+        response: M,
+    }
+}
+
+impl<F, M> ResponseFuture<F, M> {
+    /// Runs `call` (the inner service's `call`) in `context`, and keeps its future, to poll
+    /// and drop it in `context` too.
+    pub(super) fn call_in(mut context: Context, response: M, call: impl FnOnce() -> F) -> Self {
+        let future = context.run(call);
+        ResponseFuture {
+            inner: future.with_context(context),
+            response,
+        }
+    }
+
+    /// The request's context, with what the service has set in it so far.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use std::future::{Ready, ready};
+    /// use std::task::{Context as TaskContext, Poll};
+    ///
+    /// use contextvars::tower::ContextLayer;
+    /// # use contextvars::{ContextVar, Key, NoDefault};
+    /// # #[allow(non_camel_case_types)] struct USER {}
+    /// # impl Key for USER { type Value = &'static str; type Default = NoDefault; }
+    /// # static USER: ContextVar<USER> = ContextVar::new("user");
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// struct Nop;
+    /// impl Service<()> for Nop {
+    ///     type Response = ();
+    ///     type Error = ();
+    ///     type Future = Ready<Result<(), ()>>;
+    ///     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), ()>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, (): ()) -> Self::Future {
+    ///         ready(Ok(()))
+    ///     }
+    /// }
+    ///
+    /// let mut service = ContextLayer::new()
+    ///     .on_request(|_: &mut ()| {
+    ///         let _ = USER.set("ann");
+    ///     })
+    ///     .layer(Nop);
+    /// let future = service.call(());
+    /// assert_eq!(future.context().get(&USER), Some(&"ann"));
+    /// ```
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        self.inner.context()
+    }
+}
+
+impl<F, M, R, E> Future for ResponseFuture<F, M>
+where
+    F: Future<Output = Result<R, E>>,
+    M: WrapResponse<R>,
+{
+    type Output = Result<M::Output, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = ready!(this.inner.as_mut().poll(cx));
+        let context = this.inner.as_ref().get_ref().context();
+        Poll::Ready(result.map(|response| this.response.wrap_response(response, context)))
+    }
+}
+
+impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .field("response", &self.response)
+            .finish()
+    }
+}
