@@ -403,21 +403,20 @@ pub(crate) fn accept<C: Carrier + ?Sized>(
     for member in members {
         // Keys the application did not list are not read at all, good or bad; an entry too
         // malformed to have a key is still an error of the header.
-        let key = match &member {
-            Ok(member) => Some(member.key),
-            Err(err) => err.entry_key(),
+        let member = match member {
+            Ok(member) if settings.takes(member.key) => member,
+            Err(err) if err.entry_key().is_none_or(|key| settings.takes(key)) => {
+                fail(err)?;
+                continue;
+            }
+            Ok(_) | Err(_) => continue,
         };
-        if key.is_some_and(|key| !settings.takes(key)) {
-            continue;
-        }
-        let parsed = member.and_then(|member| match registry.claim(member.key) {
-            Some(claim) => claim.parse(&member.value).map(|s| (Some(s), member)),
-            None => Ok((None, member)),
-        });
-        match parsed {
-            Ok((Some(registry::Staged(leaf)), member)) => staged.push((leaf, member)),
-            Ok((None, member)) => unclaimed.push(member),
-            Err(err) => fail(err)?,
+        match registry.claim(member.key) {
+            Some(claim) => match claim.parse(&member.value) {
+                Ok(registry::Staged(leaf)) => staged.push((leaf, member)),
+                Err(err) => fail(err)?,
+            },
+            None => unclaimed.push(member),
         }
     }
     let mut records = Vec::new();
