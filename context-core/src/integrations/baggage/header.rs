@@ -8,6 +8,7 @@
 //! value       = *( %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E ), percent-encoded UTF-8
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
@@ -25,15 +26,55 @@ pub(crate) struct Member<'a> {
     /// The value as it came, trimmed, escapes and all: what a forwarded entry is written
     /// back as, so that a hop never changes what it passes on.
     pub(crate) raw: &'a str,
-    /// The value, percent-decoded.
-    pub(crate) value: String,
+    /// The value, percent-decoded: borrowed from the header where it holds no escape.
+    pub(crate) value: Cow<'a, str>,
     /// The properties after the value, trimmed, in header form (`a=1;b`), if any.
     pub(crate) properties: Option<Arc<str>>,
 }
 
+/// The byte classes of the grammar, one table lookup per byte.
+const TCHAR: u8 = 1;
+const VALUE_OCTET: u8 = 2;
+const CLASSES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        #[allow(clippy::cast_possible_truncation, reason = "below 256")]
+        let b = byte as u8;
+        let mut class = 0;
+        if b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            )
+        {
+            class |= TCHAR;
+        }
+        if matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E) {
+            class |= VALUE_OCTET;
+        }
+        table[byte] = class;
+        byte += 1;
+    }
+    table
+};
+
 /// Whether `byte` may appear in an HTTP token (RFC 9110 `tchar`).
 fn is_tchar(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+    CLASSES[usize::from(byte)] & TCHAR != 0
 }
 
 /// Whether `key` is a valid baggage key: a non-empty HTTP token.
@@ -53,7 +94,7 @@ pub fn is_baggage_key(key: &str) -> bool {
 
 /// Whether `byte` may appear in a value as it is (`baggage-octet`).
 fn is_value_octet(byte: u8) -> bool {
-    matches!(byte, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+    CLASSES[usize::from(byte)] & VALUE_OCTET != 0
 }
 
 /// What a written value percent-encodes: everything that is not a `baggage-octet`, `%`
@@ -70,8 +111,38 @@ const VALUE: &AsciiSet = &CONTROLS
     .add(b'=')
     .add(b'+');
 
-fn trim_ows(text: &str) -> &str {
-    text.trim_matches([' ', '\t'])
+/// `text` without the spaces and tabs around it (byte by byte: both are ASCII).
+pub(crate) fn trim_ows(text: &str) -> &str {
+    let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let bytes = text.as_bytes();
+    let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &text[start..end]
+}
+
+/// `text` cut at each `byte` (an ASCII delimiter), as `str::split` cuts it: a byte loop,
+/// which costs less than a general searcher on the few bytes of a baggage member.
+fn split_at_byte(text: &str, byte: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        if let Some((head, tail)) = split_once_at_byte(text, byte) {
+            rest = Some(tail);
+            Some(head)
+        } else {
+            rest = None;
+            Some(text)
+        }
+    })
+}
+
+/// `text` around the first `byte` (an ASCII delimiter), as `str::split_once` cuts it.
+fn split_once_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|b| b == byte)?;
+    Some((&text[..at], &text[at + 1..]))
 }
 
 /// `text` cut to a length fit for an error message.
@@ -96,9 +167,13 @@ enum EscapeError {
 }
 
 /// Checks that every `%` in `raw` starts a two-hex-digit escape, and decodes it as UTF-8.
-fn decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, EscapeError> {
+fn decode(raw: &str) -> Result<Cow<'_, str>, EscapeError> {
     let bytes = raw.as_bytes();
-    let mut i = 0;
+    // The common case: no escape, the value is its own decoding.
+    let Some(first) = bytes.iter().position(|&b| b == b'%') else {
+        return Ok(Cow::Borrowed(raw));
+    };
+    let mut i = first;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let escape = bytes.get(i + 1..i + 3);
@@ -116,9 +191,9 @@ fn decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, EscapeError> {
 }
 
 /// A value, decoded, or the error that names its entry.
-fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
+fn decode_value<'a>(raw: &'a str, key: &str) -> Result<Cow<'a, str>, BaggageError> {
     match decode(raw) {
-        Ok(value) => Ok(value.into_owned()),
+        Ok(value) => Ok(value),
         Err(EscapeError::Bad) => Err(BaggageError::BadEscape {
             key: key.to_string(),
         }),
@@ -132,9 +207,9 @@ fn decode_value(raw: &str, key: &str) -> Result<String, BaggageError> {
 /// error names the entry by its `key`.
 fn check_properties(text: &str, key: &str) -> Result<Arc<str>, BaggageError> {
     let mut out = String::with_capacity(text.len());
-    for property in text.split(';') {
+    for property in split_at_byte(text, b';') {
         let property = trim_ows(property);
-        let (name, value) = match property.split_once('=') {
+        let (name, value) = match split_once_at_byte(property, b'=') {
             Some((name, value)) => (trim_ows(name), Some(trim_ows(value))),
             None => (property, None),
         };
@@ -184,8 +259,49 @@ fn check_properties(text: &str, key: &str) -> Result<Arc<str>, BaggageError> {
     Ok(out.into())
 }
 
+/// The common member, `key=value` with no property and no escape (whitespace around either
+/// allowed), read in one pass over its bytes; `None` for anything else, which
+/// [`parse_member`] then reads in full (and names the error of, where there is one).
+fn simple_member(text: &str) -> Option<Member<'_>> {
+    /// The index of the first byte from `i` on that is not of `class`.
+    fn skip(bytes: &[u8], mut i: usize, class: impl Fn(u8) -> bool) -> usize {
+        while i < bytes.len() && class(bytes[i]) {
+            i += 1;
+        }
+        i
+    }
+    let bytes = text.as_bytes();
+    let is_ows = |b: u8| matches!(b, b' ' | b'\t');
+    let key_start = skip(bytes, 0, is_ows);
+    let key_end = skip(bytes, key_start, is_tchar);
+    let equals = skip(bytes, key_end, is_ows);
+    if key_end == key_start || bytes.get(equals) != Some(&b'=') {
+        return None;
+    }
+    let value_start = skip(bytes, equals + 1, is_ows);
+    let value_end = skip(bytes, value_start, |b| is_value_octet(b) && b != b'%');
+    if skip(bytes, value_end, is_ows) != bytes.len() {
+        return None;
+    }
+    let value = &text[value_start..value_end];
+    Some(Member {
+        key: &text[key_start..key_end],
+        raw: value,
+        value: Cow::Borrowed(value),
+        properties: None,
+    })
+}
+
 /// Parses one member (`entry` is its position, from 0).
 fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
+    match simple_member(text) {
+        Some(member) => Ok(member),
+        None => parse_member_in_full(text, entry),
+    }
+}
+
+/// Parses one member of any form, or names what is wrong with it.
+fn parse_member_in_full(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
     let member = trim_ows(text);
     let malformed = |reason| BaggageError::Malformed {
         entry,
@@ -195,11 +311,11 @@ fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
     if member.is_empty() {
         return Err(malformed("the entry is empty"));
     }
-    let (head, properties) = match member.split_once(';') {
+    let (head, properties) = match split_once_at_byte(member, b';') {
         Some((head, properties)) => (head, Some(properties)),
         None => (member, None),
     };
-    let Some((key, value)) = head.split_once('=') else {
+    let Some((key, value)) = split_once_at_byte(head, b'=') else {
         return Err(malformed("the entry has no `=`"));
     };
     let (key, value) = (trim_ows(key), trim_ows(value));
@@ -240,15 +356,14 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
     if trim_ows(header).is_empty() {
         return Ok(Vec::new());
     }
-    let count = header.split(',').count();
+    let count = header.bytes().filter(|&b| b == b',').count() + 1;
     if count > MAX_ENTRIES {
         return Err(BaggageError::TooManyEntries { entries: count });
     }
-    let mut members: Vec<_> = header
-        .split(',')
-        .enumerate()
-        .map(|(entry, text)| parse_member(text, entry))
-        .collect();
+    let mut members = Vec::with_capacity(count);
+    for (entry, text) in split_at_byte(header, b',').enumerate() {
+        members.push(parse_member(text, entry));
+    }
     // An entry is left out where a later one has its key (a bad value still has its key).
     // Headers are small (at most 180 entries, most a handful): comparing keys pairwise costs
     // less than hashing them, and nothing is allocated unless a key is repeated.
@@ -330,7 +445,7 @@ mod tests {
                 let m = m.unwrap_or_else(|e| panic!("{header:?}: {e}"));
                 (
                     m.key.to_string(),
-                    m.value,
+                    m.value.into_owned(),
                     m.properties.map(|p| p.to_string()),
                 )
             })
@@ -438,6 +553,49 @@ mod tests {
         }
         assert!(!writes_as("a=b", "a=b"));
         assert!(!writes_as("=", "%3d"));
+    }
+
+    #[test]
+    fn the_one_pass_reading_agrees_with_the_full_one() {
+        // What the one-pass reading takes, it reads as the full reading does; what it
+        // leaves (properties, escapes, anything malformed) goes to the full reading.
+        for text in [
+            "a=1",
+            " a = 1 ",
+            "\ta\t=\t1\t",
+            "empty=",
+            "a==b",
+            "k.e-y_!=v:/?",
+            "a= ",
+            " =1",
+            "a b=1",
+            "a=1 2",
+            "a=1;p",
+            "a=%20",
+            "a=\"q\"",
+            "a",
+            "",
+            "a=\\",
+            "é=1",
+            "a=é",
+        ] {
+            let full = parse_member_in_full(text, 0);
+            match simple_member(text) {
+                Some(member) => {
+                    let full = full.unwrap_or_else(|e| panic!("{text:?}: {e}"));
+                    assert_eq!(
+                        (member.key, member.raw, &*member.value),
+                        (full.key, full.raw, &*full.value),
+                        "{text:?}"
+                    );
+                    assert!(full.properties.is_none(), "{text:?}");
+                }
+                None => assert!(
+                    full.is_err() || text.contains([';', '%']),
+                    "{text:?} is a simple member the one-pass reading missed"
+                ),
+            }
+        }
     }
 
     #[test]

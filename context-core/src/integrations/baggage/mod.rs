@@ -24,6 +24,7 @@ mod header;
 mod registry;
 mod server;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use http::header::{HeaderMap, HeaderName};
@@ -176,7 +177,7 @@ pub fn inject_from<C: Carrier + ?Sized>(context: &Context, carrier: &mut C) -> u
     let (mut count, mut bytes, mut lines) = (0, 0, 0);
     for line in carrier.get_all(BAGGAGE_KEY) {
         let text = match line {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Ok(text) => Cow::Borrowed(text),
             Err(bytes) => String::from_utf8_lossy(bytes),
         };
         bytes += text.len() + usize::from(lines > 0);
@@ -333,13 +334,22 @@ fn record(
     member: &header::Member<'_>,
     properties: Option<std::sync::Arc<str>>,
 ) -> Option<(Box<str>, AsReceived)> {
-    if properties.is_none() && header::writes_as(&member.value, member.raw) {
+    // A value borrowed from the header had no escape: it is its own text, and is written
+    // back as it came unless it holds what the writer escapes.
+    let borrowed = matches!(member.value, Cow::Borrowed(_));
+    if properties.is_none()
+        && (if borrowed {
+            !member.raw.bytes().any(|b| matches!(b, b'=' | b'+'))
+        } else {
+            header::writes_as(&member.value, member.raw)
+        })
+    {
         return None;
     }
     Some((
         member.key.into(),
         AsReceived {
-            value: member.value.as_str().into(),
+            value: (*member.value).into(),
             text: member.raw.into(),
             properties,
         },
@@ -365,18 +375,23 @@ pub(crate) fn accept<C: Carrier + ?Sized>(
             Ok(())
         }
     };
-    let mut joined = String::new();
+    // The lines joined with commas, as one header: borrowed where there is one line of text
+    // (the usual case), so that the entries parsed from it borrow the request's header.
+    let mut joined: Cow<'_, str> = Cow::Borrowed("");
     for value in values {
         let Ok(text) = value else {
             return fail(BaggageError::NotText);
         };
-        if text.trim_matches([' ', '\t']).is_empty() {
+        if header::trim_ows(text).is_empty() {
             continue;
         }
-        if !joined.is_empty() {
-            joined.push(',');
+        if joined.is_empty() {
+            joined = Cow::Borrowed(text);
+        } else {
+            let line = joined.to_mut();
+            line.push(',');
+            line.push_str(text);
         }
-        joined.push_str(text);
     }
     let members = match header::parse(&joined) {
         Ok(members) => members,
@@ -388,21 +403,20 @@ pub(crate) fn accept<C: Carrier + ?Sized>(
     for member in members {
         // Keys the application did not list are not read at all, good or bad; an entry too
         // malformed to have a key is still an error of the header.
-        let key = match &member {
-            Ok(member) => Some(member.key),
-            Err(err) => err.entry_key(),
+        let member = match member {
+            Ok(member) if settings.takes(member.key) => member,
+            Err(err) if err.entry_key().is_none_or(|key| settings.takes(key)) => {
+                fail(err)?;
+                continue;
+            }
+            Ok(_) | Err(_) => continue,
         };
-        if key.is_some_and(|key| !settings.takes(key)) {
-            continue;
-        }
-        let parsed = member.and_then(|member| match registry.by_key.get(member.key) {
-            Some(claim) => claim.parse(&member.value).map(|s| (Some(s), member)),
-            None => Ok((None, member)),
-        });
-        match parsed {
-            Ok((Some(registry::Staged(leaf)), member)) => staged.push((leaf, member)),
-            Ok((None, member)) => unclaimed.push(member),
-            Err(err) => fail(err)?,
+        match registry.claim(member.key) {
+            Some(claim) => match claim.parse(&member.value) {
+                Ok(registry::Staged(leaf)) => staged.push((leaf, member)),
+                Err(err) => fail(err)?,
+            },
+            None => unclaimed.push(member),
         }
     }
     let mut records = Vec::new();

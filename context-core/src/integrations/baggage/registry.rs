@@ -162,37 +162,59 @@ inventory::collect!(Claim);
 
 /// The claims, by key, and the keys claimed by more than one variable.
 pub(crate) struct Registry {
-    pub(crate) by_key: HashMap<&'static str, &'static dyn Claims>,
-    /// Claims in declaration order of discovery, for writing.
+    /// The claimed keys with the index of their claim in `all`, sorted by length: built once
+    /// and searched on every received entry. A binary search on the length, then a look at
+    /// the few keys of that length, costs less than hashing the key.
+    keys: Vec<(&'static str, usize)>,
+    /// The claims, in the order of their keys, for writing.
     pub(crate) all: Vec<&'static dyn Claims>,
     /// A key claimed twice, and two of its claimants (`module::NAME`).
     pub(crate) conflict: Option<(&'static str, String, String)>,
 }
 
+impl Registry {
+    /// The claim on `key`, if a variable claims it.
+    pub(crate) fn claim(&self, key: &str) -> Option<&'static dyn Claims> {
+        let from = self
+            .keys
+            .partition_point(|(claimed, _)| claimed.len() < key.len());
+        let (_, index) = self.keys[from..]
+            .iter()
+            .take_while(|(claimed, _)| claimed.len() == key.len())
+            .find(|(claimed, _)| *claimed == key)?;
+        Some(self.all[*index])
+    }
+}
+
 pub(crate) fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let mut registry = Registry {
-            by_key: HashMap::new(),
-            all: Vec::new(),
-            conflict: None,
-        };
-        let mut modules = HashMap::new();
+        let mut by_key: HashMap<&'static str, (&'static dyn Claims, &'static str)> = HashMap::new();
+        let mut conflict = None;
         for Claim(claim, module) in inventory::iter::<Claim> {
             // Each declaration submits one claim; two that name one key conflict.
-            if let Some(first) = registry.by_key.insert(claim.key(), *claim) {
-                let first = format!("{}::{}", modules[claim.key()], first.name());
+            if let Some((first, first_module)) = by_key.get(claim.key()) {
+                let first = format!("{first_module}::{}", first.name());
                 let second = format!("{module}::{}", claim.name());
-                registry
-                    .conflict
-                    .get_or_insert((claim.key(), first, second));
+                conflict.get_or_insert((claim.key(), first, second));
             } else {
-                modules.insert(claim.key(), *module);
-                registry.all.push(*claim);
+                by_key.insert(claim.key(), (*claim, *module));
             }
         }
-        registry.all.sort_by_key(|claim| claim.key());
-        registry
+        let mut all: Vec<&'static dyn Claims> =
+            by_key.into_values().map(|(claim, _)| claim).collect();
+        all.sort_by_key(|claim| claim.key());
+        let mut keys: Vec<_> = all
+            .iter()
+            .enumerate()
+            .map(|(index, claim)| (claim.key(), index))
+            .collect();
+        keys.sort_by_key(|(key, _)| key.len());
+        Registry {
+            keys,
+            all,
+            conflict,
+        }
     })
 }
 
