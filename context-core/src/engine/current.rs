@@ -656,26 +656,25 @@ pub(crate) fn cancel_later(task: tokio::task::Id) -> bool {
 }
 
 /// Makes `frame` the thread's current context for `task`, which need not be the task tokio
-/// reports as running now (inside a poll hook it is not); `task` may write to it only if
-/// `writable`. `frame` receives what was current; the result is its owner, for
-/// [`exit_owned`]. `None` if the thread's state is gone (then nothing was swapped and
-/// `exit_owned` must not be called).
+/// reports as running now (inside a poll hook it is not). `frame` receives what was current;
+/// the result is its owner, for [`exit_owned`]. `None` if the thread's state is gone (then
+/// nothing was swapped and `exit_owned` must not be called).
 #[cfg(feature = "hooks")]
 #[inline]
-pub(crate) fn enter_owned(
-    frame: &mut Frame,
-    task: tokio::task::Id,
-    writable: bool,
-) -> Option<Task> {
+pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Task> {
     // A task's context swapped in here is swapped out by the after-poll hook; should a
     // thread end between the two, `TEARDOWN` must be there to drop it.
     if !may_write() {
         return None;
     }
-    if !writable {
-        frame.id |= READ_ONLY;
-    }
     Some(swap(frame, Some(task)))
+}
+
+/// Marks `frame` as a context its task only inherited: it reads it, and every write to it is
+/// refused ([`Unwritable::Inherited`]). Done once, when the hooks store a task's context.
+#[cfg(feature = "hooks")]
+pub(crate) fn make_read_only(frame: &mut Frame) {
+    frame.id |= READ_ONLY;
 }
 
 /// Undoes [`enter_owned`]: `frame` (holding what was current before) becomes current again,

@@ -271,10 +271,13 @@ fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool) {
     if ended {
         return;
     }
+    let mut context = spawner_context();
+    if !writable {
+        current::make_read_only(context.frame_mut());
+    }
     let slot = Slot {
-        context: spawner_context(),
+        context,
         outer_owner: None,
-        writable,
         polling: false,
         ended: false,
     };
@@ -378,9 +381,7 @@ fn try_enter(id: Id) -> Result<Option<Carried>, StillOut> {
         Some(slot) if !slot.polling => {
             let carried = slot.context.carried();
             let found = carried.is_some().then(|| carried.clone());
-            if let Some(outer_owner) =
-                current::enter_owned(slot.context.frame_mut(), id, slot.writable)
-            {
+            if let Some(outer_owner) = current::enter_owned(slot.context.frame_mut(), id) {
                 slot.outer_owner = outer_owner;
                 slot.polling = true;
                 Ok(found)
@@ -574,8 +575,6 @@ struct Slot {
     context: Context,
     /// During a poll, the owner of the frame that `context` then holds.
     outer_owner: Option<Id>,
-    /// Whether the task may write to its inherited context ([`install_writable`]).
-    writable: bool,
     /// Between the two poll hooks.
     polling: bool,
     /// The task ended during the current poll: the after-poll hook removes the slot.
