@@ -525,8 +525,10 @@ async fn local_runtime_tasks_inherit() {
     );
 }
 
-/// Futures still pending when the runtime shuts down are dropped without a poll hook: their
-/// `Drop` reads an empty context, never the values of the thread that drops them.
+/// Futures still pending when the runtime shuts down are dropped by the thread that shuts it
+/// down or by a worker: their `Drop` never reads that thread's values. Dropped without a poll
+/// hook, they read an empty context; a task woken just as the runtime shuts down is cancelled
+/// inside its last poll, where it reads its own (tokio's cancel path, a race: both happen).
 #[test]
 fn futures_dropped_at_shutdown_read_an_empty_context() {
     struct Probe(Arc<Mutex<Vec<Option<&'static str>>>>);
@@ -551,10 +553,10 @@ fn futures_dropped_at_shutdown_read_an_empty_context() {
         });
         let _user = USER.set("dropping thread's");
         drop(runtime);
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [None],
-            "multi_thread: {multi_thread}"
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(seen[..], [None] | [Some("task's")]),
+            "multi_thread: {multi_thread}: {seen:?}"
         );
     }
 }

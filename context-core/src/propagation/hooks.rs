@@ -488,7 +488,9 @@ pub fn on_task_terminate(meta: &TaskMeta<'_>) {
 
 /// How many tasks' contexts the hooks hold right now, across all runtimes: one per task that
 /// was spawned on a runtime with the hooks and has not ended. A diagnostic (for leak checks
-/// in tests, or a gauge); it locks every shard of the table in turn.
+/// in tests, or a gauge); it locks every shard of the table in turn. An ended task's context
+/// leaves the count first and its values are dropped a moment later, on the thread that
+/// ended it: a test that counts drops waits for them too.
 ///
 /// ```standalone_crate
 /// # use context_core as contextvars;
