@@ -7,6 +7,10 @@
 //!   with two values of `N`, divide the difference; `scripts/bench-hooks` does it).
 //! - `hooks --time` prints nanoseconds per operation, the minimum over several runs.
 //! - `hooks --list` names the operations.
+//! - `hooks --tasks [N]` runs a whole workload, N tasks (default 1,000,000) that each yield 3
+//!   times and read a variable, on a 2-worker multi-thread runtime with the hooks and without,
+//!   in turn: it prints each side's median time (ms) and the median of the paired ratios.
+//!   `hooks --tasks-once hooked|unhooked N` runs one side once, for a whole-process timer.
 //!
 //! The task's context holds 8 variables, as in the other benchmarks.
 
@@ -117,6 +121,82 @@ fn spawn_hooked(iterations: u64) {
     spawns(true, iterations);
 }
 
+/// The whole workload: `n` tasks spawned from a task on a 2-worker multi-thread runtime, each
+/// yielding 3 times and then reading a variable, all awaited. With the hooks, each task reads
+/// `REQUEST_ID` from the context it inherited; without, it reads the value moved into it (what
+/// a service does without the library: pass it along), so the difference is all the library's.
+fn tasks(hooked: bool, n: u64) -> std::time::Duration {
+    let mut builder = Builder::new_multi_thread();
+    builder.worker_threads(2);
+    if hooked {
+        contextvars::hooks::install(&mut builder);
+    }
+    let runtime = builder.build().expect("a runtime");
+    let mut ctx: Context = context_with(8);
+    let start = Instant::now();
+    let sum = ctx.run(|| {
+        runtime.block_on(async move {
+            tokio::spawn(async move {
+                let handles: Vec<_> = (0..n)
+                    .map(|_| {
+                        let passed = 7_u64;
+                        tokio::spawn(async move {
+                            for _ in 0..3 {
+                                tokio::task::yield_now().await;
+                            }
+                            if hooked {
+                                REQUEST_ID.get().unwrap_or(0)
+                            } else {
+                                black_box(passed)
+                            }
+                        })
+                    })
+                    .collect();
+                let mut sum = 0;
+                for handle in handles {
+                    sum += handle.await.expect("the task runs");
+                }
+                sum
+            })
+            .await
+            .expect("the spawner runs")
+        })
+    });
+    let elapsed = start.elapsed();
+    // Every task read its value (with the hooks: inherited through two spawns).
+    assert_eq!(sum, 7 * n, "a task did not see the value");
+    drop(runtime);
+    elapsed
+}
+
+/// `--tasks`: the two sides in turn, `PAIRS` times after a warm-up of each.
+fn tasks_paired(n: u64) {
+    const PAIRS: usize = 7;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    tasks(false, n);
+    tasks(true, n);
+    let (mut plain, mut hooked, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        // Alternate which side goes first, so that a drift of the machine's speed is shared.
+        let (a, b) = if pair % 2 == 0 {
+            let a = tasks(false, n);
+            (a, tasks(true, n))
+        } else {
+            let b = tasks(true, n);
+            (tasks(false, n), b)
+        };
+        plain.push(a.as_secs_f64() * 1e3);
+        hooked.push(b.as_secs_f64() * 1e3);
+        ratios.push(b.as_secs_f64() / a.as_secs_f64());
+    }
+    println!("  tasks/unhooked: {:.1}", median(plain));
+    println!("  tasks/hooked: {:.1}", median(hooked));
+    println!("  tasks/ratio: {:.3}", median(ratios));
+}
+
 /// Nanoseconds per operation: the fastest of `RUNS` runs of `N` operations.
 fn time(op: Op) -> f64 {
     const RUNS: usize = 15;
@@ -162,6 +242,20 @@ fn main() {
                 );
             }
         }
+        [flag, rest @ ..] if flag == "--tasks" && rest.len() <= 1 => {
+            let n = rest
+                .first()
+                .map_or(1_000_000, |n| n.parse().expect("N is a number"));
+            println!(
+                "{n} tasks, each yielding 3 times and reading a variable (2 workers; median of 7 pairs):"
+            );
+            tasks_paired(n);
+        }
+        [flag, side, n] if flag == "--tasks-once" && (side == "hooked" || side == "unhooked") => {
+            let n: u64 = n.parse().expect("N is a number");
+            let elapsed = tasks(side == "hooked", n);
+            println!("{side}: {:.1} ms", elapsed.as_secs_f64() * 1e3);
+        }
         [op, iterations] => {
             let iterations: u64 = iterations.parse().expect("N is a number");
             let (_, run) = OPS
@@ -175,7 +269,10 @@ fn main() {
             });
         }
         _ => {
-            eprintln!("usage: hooks --list | hooks --time | hooks OP N");
+            eprintln!(
+                "usage: hooks --list | hooks --time | hooks OP N | hooks --tasks [N] \
+                 | hooks --tasks-once hooked|unhooked N"
+            );
             std::process::exit(2);
         }
     }
