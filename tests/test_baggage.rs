@@ -397,6 +397,47 @@ async fn received_entries_are_forwarded_by_the_next_hop() {
 }
 
 #[tokio::test]
+async fn a_header_reads_the_same_whatever_its_form_and_size() {
+    // The usual header (plain `key=value` entries, a few of them) and the same entries
+    // written otherwise (an escape, whitespace, a second line, many more entries) give the
+    // handler the same context.
+    let plain = call(
+        app(ContextLayer::new()),
+        request(&["tenant=acme,user_id=42,region=eu,zone=b"]),
+    )
+    .await;
+    assert_eq!(plain.0, 200, "{}", plain.1);
+    assert_eq!(plain.1["tenant"], "acme");
+    assert_eq!(plain.1["user_id"], 42);
+    assert_eq!(
+        plain.1["metadata"],
+        serde_json::json!({"region": "eu", "zone": "b"})
+    );
+    for other in [
+        vec!["tenant=%61cme,user_id=42,region=eu,zone=b"],
+        vec![" tenant = acme , user_id=42,\tregion=eu,zone=b "],
+        vec!["tenant=acme,user_id=42", "region=eu,zone=b"],
+    ] {
+        assert_eq!(
+            call(app(ContextLayer::new()), request(&other)).await,
+            plain,
+            "{other:?}"
+        );
+    }
+    // More entries than a request usually carries: every one is kept.
+    let many: Vec<String> = (0..40).map(|i| format!("k{i}=v{i}")).collect();
+    let (status, json) = call(
+        app(ContextLayer::new()),
+        request(&[&format!("tenant=acme,{}", many.join(","))]),
+    )
+    .await;
+    assert_eq!((status, &json["tenant"]), (200, &serde_json::json!("acme")));
+    let metadata = json["metadata"].as_object().expect("a map");
+    assert_eq!(metadata.len(), 40, "{json}");
+    assert_eq!(metadata["k39"], "v39");
+}
+
+#[tokio::test]
 async fn a_repeated_key_is_accepted_and_its_last_value_wins() {
     let (status, json) = call(
         app(ContextLayer::new()),

@@ -35,6 +35,11 @@ pub(crate) struct Member<'a> {
 /// The byte classes of the grammar, one table lookup per byte.
 const TCHAR: u8 = 1;
 const VALUE_OCTET: u8 = 2;
+/// A value octet that a written value keeps as it is (not `%`, `=` nor `+`): a value made of
+/// these alone is its own decoding and is written back byte for byte.
+const PLAIN_OCTET: u8 = 4;
+/// Optional whitespace: a space or a tab.
+const OWS: u8 = 8;
 const CLASSES: [u8; 256] = {
     let mut table = [0; 256];
     let mut byte = 0;
@@ -65,6 +70,12 @@ const CLASSES: [u8; 256] = {
         }
         if matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E) {
             class |= VALUE_OCTET;
+            if !matches!(b, b'%' | b'=' | b'+') {
+                class |= PLAIN_OCTET;
+            }
+        }
+        if matches!(b, b' ' | b'\t') {
+            class |= OWS;
         }
         table[byte] = class;
         byte += 1;
@@ -290,6 +301,75 @@ fn simple_member(text: &str) -> Option<Member<'_>> {
         value: Cow::Borrowed(value),
         properties: None,
     })
+}
+
+/// An entry of the plainest form, `key=value` (whitespace around either allowed), whose value
+/// holds no escape, no property, and nothing a write would escape: it reads as it came and is
+/// written back byte for byte.
+pub(crate) struct Plain<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) value: &'a str,
+}
+
+/// The entries of a header that holds plain ones only (the usual header), read in one pass
+/// over its bytes without allocating: each item is `Some` plain entry, or `None` where the
+/// header is anything else (over the limits, an entry that is not plain or is malformed,
+/// an empty one), after which the iterator ends. The caller then reads the header in full
+/// with [`parse`], which names the error where there is one. A key given twice is not
+/// looked for here.
+pub(crate) fn plain_entries(header: &str) -> PlainEntries<'_> {
+    PlainEntries {
+        header,
+        at: Some(0),
+        entries: 0,
+    }
+}
+
+/// The iterator of [`plain_entries`].
+pub(crate) struct PlainEntries<'a> {
+    header: &'a str,
+    /// Where the next entry starts; `None` once done.
+    at: Option<usize>,
+    entries: usize,
+}
+
+impl<'a> Iterator for PlainEntries<'a> {
+    type Item = Option<Plain<'a>>;
+
+    fn next(&mut self) -> Option<Option<Plain<'a>>> {
+        let start = self.at.take()?;
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES || self.header.len() > MAX_BYTES {
+            return Some(None);
+        }
+        let bytes = self.header.as_bytes();
+        // The index of the first byte from `i` on that is not of `class`.
+        let skip = |mut i: usize, class: u8| {
+            while i < bytes.len() && CLASSES[usize::from(bytes[i])] & class != 0 {
+                i += 1;
+            }
+            i
+        };
+        let skip_ows = |i: usize| skip(i, OWS);
+        let key_start = skip_ows(start);
+        let key_end = skip(key_start, TCHAR);
+        let equals = skip_ows(key_end);
+        if key_end == key_start || bytes.get(equals) != Some(&b'=') {
+            return Some(None);
+        }
+        let value_start = skip_ows(equals + 1);
+        let value_end = skip(value_start, PLAIN_OCTET);
+        let end = skip_ows(value_end);
+        match bytes.get(end) {
+            None => {}
+            Some(b',') => self.at = Some(end + 1),
+            Some(_) => return Some(None),
+        }
+        Some(Some(Plain {
+            key: &self.header[key_start..key_end],
+            value: &self.header[value_start..value_end],
+        }))
+    }
 }
 
 /// Parses one member (`entry` is its position, from 0).
@@ -596,6 +676,55 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn plain_entries_read_as_the_full_reading_does_or_give_way_to_it() {
+        for header in [
+            "a=1",
+            " a = 1 ,\tb=x ",
+            "k.e-y_!=v:/?,empty=",
+            "a=1,a=2",
+            "a=1,",
+            ",a=1",
+            "",
+            " ",
+            "a=1;p",
+            "a=%20",
+            "a==b",
+            "a=b+c",
+            "a=1 2",
+            "a b=1",
+            "a=\"q\"",
+            "é=1",
+            "a=é",
+        ] {
+            let plain: Option<Vec<(&str, &str)>> = plain_entries(header)
+                .map(|entry| entry.map(|e| (e.key, e.value)))
+                .collect();
+            let Some(plain) = plain else {
+                continue;
+            };
+            // What the one pass reads, the full reading reads alike (before it drops a
+            // repeated key), with nothing to escape on the way back.
+            let full: Vec<(&str, &str)> = header
+                .split(',')
+                .map(|text| {
+                    let member =
+                        parse_member_in_full(text, 0).unwrap_or_else(|e| panic!("{header:?}: {e}"));
+                    assert!(member.properties.is_none(), "{header:?}");
+                    assert!(writes_as(&member.value, member.raw), "{header:?}");
+                    (member.key, member.raw)
+                })
+                .collect();
+            assert_eq!(plain, full, "{header:?}");
+        }
+        let over = vec!["k=v"; MAX_ENTRIES + 1].join(",");
+        assert!(plain_entries(&over).any(|entry| entry.is_none()));
+        let at_limit = vec!["k=v"; MAX_ENTRIES].join(",");
+        assert!(plain_entries(&at_limit).all(|entry| entry.is_some()));
+        let long = format!("k={}", "v".repeat(MAX_BYTES - 1));
+        assert!(plain_entries(&long).any(|entry| entry.is_none()));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use http::header::{HeaderMap, HeaderName};
 
 use crate::context::Context;
 use crate::current;
+use crate::map::Leaf;
 use crate::metadata::{self, Entry, METADATA, MetadataFlags};
 
 pub use carrier::Carrier;
@@ -150,7 +151,7 @@ pub fn inject_into<C: Carrier + ?Sized>(carrier: &mut C) -> usize {
 pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError> {
     registry::assert_no_conflict();
     let mut context = Context::current();
-    context.run(|| accept(carrier, &Accept::new()))?;
+    context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()))?;
     Ok(context)
 }
 
@@ -356,18 +357,15 @@ fn record(
     ))
 }
 
-/// Reads the `baggage` headers of a request into the current context: the claimed
-/// variables, and the other entries as metadata to forward. What the context already holds
-/// (the application's own values) is never replaced. Under [`Policy::Reject`] the first
-/// error is returned and nothing is set.
-pub(crate) fn accept<C: Carrier + ?Sized>(
-    carrier: &C,
+/// Reads the `baggage` header lines of a request (`Ok` with the text of each, `Err` with the
+/// bytes of one that is not text) into the current context: the claimed variables, and the
+/// other entries as metadata to forward. What the context already holds (the application's
+/// own values) is never replaced. Under [`Policy::Reject`] the first error is returned and
+/// nothing is set.
+pub(crate) fn accept<'a>(
+    lines: impl IntoIterator<Item = Result<&'a str, &'a [u8]>>,
     settings: &Accept,
 ) -> Result<(), BaggageError> {
-    let values = carrier.get_all(BAGGAGE_KEY);
-    if values.is_empty() {
-        return Ok(());
-    }
     let fail = |err: BaggageError| match &settings.policy {
         Policy::Reject => Err(err),
         Policy::Ignore(report) => {
@@ -378,7 +376,7 @@ pub(crate) fn accept<C: Carrier + ?Sized>(
     // The lines joined with commas, as one header: borrowed where there is one line of text
     // (the usual case), so that the entries parsed from it borrow the request's header.
     let mut joined: Cow<'_, str> = Cow::Borrowed("");
-    for value in values {
+    for value in lines {
         let Ok(text) = value else {
             return fail(BaggageError::NotText);
         };
@@ -393,7 +391,102 @@ pub(crate) fn accept<C: Carrier + ?Sized>(
             line.push_str(text);
         }
     }
-    let members = match header::parse(&joined) {
+    if joined.is_empty() || accept_plain(&joined, settings) {
+        return Ok(());
+    }
+    accept_in_full(&joined, settings)
+}
+
+/// The most entries of each kind (claimed, and kept as metadata) that [`accept_plain`]
+/// stages without allocating; a header with more is read in full.
+const STAGED: usize = 8;
+
+/// Reads the usual header, made of plain entries only (`key=value`, no escape, no property,
+/// no key given twice, at most [`STAGED`] of each kind, every value parsed by its variable),
+/// into the current context, without allocating beyond the values themselves. Returns
+/// `false`, having set nothing, where the header is anything else: [`accept_in_full`] then
+/// reads it, and names the error where there is one.
+fn accept_plain(header: &str, settings: &Accept) -> bool {
+    const NO_LEAF: Option<Leaf> = None;
+    let registry = registry::registry();
+    let mut claimed = [NO_LEAF; STAGED];
+    let mut claimed_len = 0;
+    let mut unclaimed = [("", ""); STAGED];
+    let mut unclaimed_len = 0;
+    for entry in header::plain_entries(header) {
+        let Some(entry) = entry else {
+            return false;
+        };
+        if !settings.takes(entry.key) {
+            continue;
+        }
+        if let Some(claim) = registry.claim(entry.key) {
+            let Ok(registry::Staged(leaf)) = claim.parse(entry.value) else {
+                return false;
+            };
+            let staged = &claimed[..claimed_len];
+            if claimed_len == STAGED || staged.iter().flatten().any(|l| l.key == leaf.key) {
+                return false;
+            }
+            claimed[claimed_len] = Some(leaf);
+            claimed_len += 1;
+        } else {
+            let staged = &unclaimed[..unclaimed_len];
+            if unclaimed_len == STAGED || staged.iter().any(|(key, _)| *key == entry.key) {
+                return false;
+            }
+            unclaimed[unclaimed_len] = (entry.key, entry.value);
+            unclaimed_len += 1;
+        }
+    }
+    if claimed_len > 0 {
+        let _ = current::write(|frame| {
+            for slot in &mut claimed[..claimed_len] {
+                // A variable the context holds was set by the application: it wins. The
+                // value not set stays in its slot, dropped with the thread's state released.
+                let Some(leaf) = slot.take_if(|leaf| frame.map.get(leaf.key).is_none()) else {
+                    continue;
+                };
+                let (key, var) = (leaf.key, leaf.var);
+                // Nothing to replace (the key was just looked up); whatever it is, it too is
+                // dropped after the write.
+                *slot = frame.map.insert(leaf).map(|value| Leaf { key, var, value });
+            }
+        });
+    }
+    if unclaimed_len > 0 {
+        let flags = if settings.forward {
+            MetadataFlags::BAGGAGE
+        } else {
+            MetadataFlags::NONE
+        };
+        let _ = metadata::update(|map| {
+            for &(key, value) in &unclaimed[..unclaimed_len] {
+                // An entry the application set (private or not) wins.
+                if !map.0.contains_key(key) {
+                    let entry = Entry {
+                        value: value.into(),
+                        flags,
+                        properties: None,
+                    };
+                    map.0.insert(key.into(), entry);
+                }
+            }
+        });
+    }
+    true
+}
+
+/// Reads a header of any form into the current context, as [`accept`] says.
+fn accept_in_full(joined: &str, settings: &Accept) -> Result<(), BaggageError> {
+    let fail = |err: BaggageError| match &settings.policy {
+        Policy::Reject => Err(err),
+        Policy::Ignore(report) => {
+            report(&err);
+            Ok(())
+        }
+    };
+    let members = match header::parse(joined) {
         Ok(members) => members,
         Err(err) => return fail(err),
     };

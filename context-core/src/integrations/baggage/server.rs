@@ -320,7 +320,12 @@ impl<R> Acceptor<R> {
     where
         R: Reject<B>,
     {
-        accept(headers, &self.settings).map_err(|err| self.reject.reject(&err))
+        // Straight from the map, not through `Carrier::get_all`, which collects the lines.
+        let lines = headers
+            .get_all(super::BAGGAGE)
+            .into_iter()
+            .map(|line| line.to_str().map_err(|_| line.as_bytes()));
+        accept(lines, &self.settings).map_err(|err| self.reject.reject(&err))
     }
 
     /// Adds the settings and the answer's type to the `Debug` of the layer or the service.
