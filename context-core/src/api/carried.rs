@@ -71,6 +71,15 @@ impl Carried {
         otel: None,
     };
 
+    /// OpenTelemetry's context `otel`, and no span.
+    #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+    pub(crate) fn otel(otel: ::opentelemetry::Context) -> Carried {
+        Carried {
+            otel: Some(otel),
+            ..Carried::NONE
+        }
+    }
+
     /// What is current here, of what is turned on.
     #[inline]
     pub(crate) fn capture() -> Carried {
