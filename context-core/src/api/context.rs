@@ -448,6 +448,15 @@ impl Context {
         self
     }
 
+    /// This context without the span it carries, if any (OpenTelemetry's context stays).
+    #[cfg(all(feature = "tracing", feature = "hooks"))]
+    pub(crate) fn without_span(mut self) -> Self {
+        if self.carried.is_some() {
+            self.carried.drop_span();
+        }
+        self
+    }
+
     /// This context carrying OpenTelemetry's context `otel` (and no span) instead of what it
     /// carried: entering it attaches `otel`.
     #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
