@@ -163,6 +163,10 @@ fn round_trip_through_http_headers_with_the_trace(runtime: &tokio::runtime::Runt
     // The receiver: a plain tokio task, which has no context.
     let (cx_trace, values, trace_inside) = runtime
         .block_on(runtime.spawn(async move {
+            // Injecting from no context writes nothing.
+            let mut nothing: HashMap<String, String> = HashMap::new();
+            propagator.inject(&mut nothing);
+            assert!(nothing.is_empty(), "{nothing:?}");
             let cx = propagator.extract(&HeaderExtractor(&headers));
             let context = extracted(&cx).expect("extracted");
             let inside = async {
@@ -378,6 +382,55 @@ fn every_scenario_with_carry_context_off_then_on() {
         .with_context(context),
     );
     assert_eq!((user, trace.as_str()), (Some(11), TRACE_ID));
+}
+
+/// Under the hooks, a plain `tokio::spawn` task holds a read-only snapshot of its spawner's
+/// context: extracting in it, and running in what was extracted, work as anywhere else.
+#[cfg(all(feature = "hooks", tokio_unstable))]
+#[test]
+fn under_the_hooks_a_plain_task_extracts_and_runs_in_what_it_got() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let runtime = contextvars::hooks::install(builder.worker_threads(2).enable_all())
+        .build()
+        .unwrap();
+    let carrier = HashMap::from([
+        (
+            "baggage".to_string(),
+            "user_id=21,tenant=theirs".to_string(),
+        ),
+        (
+            "traceparent".to_string(),
+            format!("00-{TRACE_ID}-00f067aa0ba902b7-01"),
+        ),
+    ]);
+    let seen = runtime.block_on(async {
+        let consumer = Context::new().run(|| {
+            let _ = TENANT.set("spawner's".to_string());
+            tokio::spawn(async move {
+                let cx = composite().extract(&carrier);
+                let context = extracted(&cx).unwrap();
+                async {
+                    // A task spawned in it inherits its values too.
+                    let values = tokio::spawn(async { (TENANT.get(), USER_ID.get()) })
+                        .await
+                        .unwrap();
+                    (values, trace_id(&opentelemetry::Context::current()))
+                }
+                .with_context(context)
+                .await
+            })
+        });
+        consumer.await.unwrap()
+    });
+    // The spawner's tenant wins over the carrier's, as the current context's values do, and
+    // the extracted context runs with the trace the carrier brought.
+    assert_eq!(
+        seen,
+        (
+            (Some("spawner's".to_string()), Some(21)),
+            TRACE_ID.to_string()
+        )
+    );
 }
 
 #[test]
