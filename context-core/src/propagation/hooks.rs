@@ -261,7 +261,7 @@ pub fn install_without_spans(builder: &mut Builder) -> &mut Builder {
 #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
 #[inline]
 pub fn on_task_spawn_without_spans(meta: &TaskMeta<'_>) {
-    store_spawner_context(meta, false, false);
+    store_spawner_context::<false>(meta, false);
 }
 
 /// The spawn hook: stores a snapshot of the context current here (the spawner's) for the
@@ -284,18 +284,19 @@ pub fn on_task_spawn_without_spans(meta: &TaskMeta<'_>) {
 /// [`SetError::Inherited`]: crate::SetError::Inherited
 #[inline]
 pub fn on_task_spawn(meta: &TaskMeta<'_>) {
-    store_spawner_context(meta, false, true);
+    store_spawner_context::<true>(meta, false);
 }
 
 /// [`on_task_spawn`] for [`install_writable`]: the task may also write to its snapshot.
 #[inline]
 pub fn on_task_spawn_writable(meta: &TaskMeta<'_>) {
-    store_spawner_context(meta, true, true);
+    store_spawner_context::<true>(meta, true);
 }
 
+/// `SPAN`: whether the task's snapshot keeps the spawner's span (a constant, so that the
+/// usual hooks pay nothing for the choice).
 #[inline]
-#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool, span: bool) {
+fn store_spawner_context<const SPAN: bool>(meta: &TaskMeta<'_>, writable: bool) {
     let id = meta.id();
     // On a runtime already shut down, tokio ends the task (and calls the terminate hook)
     // before this hook: storing a context now would keep it forever.
@@ -314,7 +315,7 @@ fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool, span: bool) {
     }
     let mut context = spawner_context();
     #[cfg(feature = "tracing")]
-    if !span {
+    if !SPAN {
         context = context.without_span();
     }
     if !writable {
