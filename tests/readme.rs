@@ -53,7 +53,7 @@ fn readme_snippets_are_compiled_here() {
     let snippets = ignored_snippets(&readme);
     assert_eq!(
         snippets.len(),
-        6,
+        7,
         "the README's `ignore` snippets: {snippets:#?}"
     );
     for snippet in &snippets {
@@ -210,5 +210,60 @@ let client = BaggageLayer::new().layer(Client::builder(TokioExecutor::new()).bui
         let _: Router = app;
         let _: BaggageService<Client<HttpConnector, Empty<Bytes>>> = client;
         let _ = &USER_ID;
+    }
+}
+
+/// Through OpenTelemetry's propagators. This test alone sets the binary's global propagator.
+#[cfg(feature = "opentelemetry")]
+#[rustfmt::skip]
+mod otel_propagator {
+    use std::collections::HashMap;
+
+    use contextvars::{Context, FutureExt, context_var};
+    use opentelemetry::propagation::TextMapCompositePropagator;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    #[context_var(baggage = "order_id")]
+    static ORDER_ID: u64;
+
+    const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+
+    /// The consumer's work: the sender's order and trace. Async, as a consumer's work is.
+    #[allow(clippy::unused_async)]
+    async fn handle(message: Vec<u8>) {
+        assert_eq!(message, b"order");
+        assert_eq!(ORDER_ID.get(), Some(17));
+        let cx = opentelemetry::Context::current();
+        assert_eq!(cx.span().span_context().trace_id(), TraceId::from_bytes(TRACE.to_be_bytes()));
+    }
+
+    #[tokio::test]
+    async fn carries_the_variables_beside_the_trace() {
+        let mut headers: HashMap<String, String> = HashMap::new();
+        let message = b"order".to_vec();
+let propagator = TextMapCompositePropagator::new(vec![
+    Box::new(TraceContextPropagator::new()),
+    Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()), // first
+    Box::new(contextvars::opentelemetry::BaggagePropagator::new()),     // after it
+]);
+opentelemetry::global::set_text_map_propagator(propagator);
+        {
+            let span = SpanContext::new(
+                TraceId::from_bytes(TRACE.to_be_bytes()),
+                SpanId::from_bytes(7u64.to_be_bytes()),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            );
+            let _trace = opentelemetry::Context::new().with_remote_span_context(span).attach();
+            let _order = ORDER_ID.scoped(17);
+opentelemetry::global::get_text_map_propagator(|p| p.inject(&mut headers));
+        }
+        assert_eq!(headers["baggage"], "order_id=17");
+        assert_eq!(ORDER_ID.get(), None);
+let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
+let context = contextvars::opentelemetry::extracted(&cx).unwrap_or_else(Context::current);
+handle(message).with_context(context).await;
     }
 }

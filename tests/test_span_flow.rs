@@ -334,6 +334,45 @@ mod hooks {
     }
 
     #[test]
+    fn a_runtime_installed_without_spans_carries_the_values_not_the_span() {
+        carry();
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let runtime =
+            contextvars::hooks::install_without_spans(builder.worker_threads(2).enable_all())
+                .build()
+                .unwrap();
+        let tenants = runtime.block_on(async {
+            let task = Context::new().run(|| {
+                let _ = TENANT.set("acme");
+                info_span!("request", test = "without spans").in_scope(|| {
+                    tokio::spawn(async {
+                        info!("without spans: child");
+                        let grandchild = tokio::spawn(async {
+                            info!("without spans: grandchild");
+                            TENANT.get()
+                        });
+                        // The spawn helpers still carry the span current where they are
+                        // called: here, one the task enters itself.
+                        let helper = info_span!("step", test = "without spans").in_scope(|| {
+                            contextvars::spawn(async { info!("without spans: helper") })
+                        });
+                        helper.await.unwrap();
+                        (TENANT.get(), grandchild.await.unwrap())
+                    })
+                })
+            });
+            task.await.unwrap()
+        });
+        assert_eq!(tenants, ("acme", "acme"));
+        assert_eq!(parent("without spans: child"), None);
+        assert_eq!(parent("without spans: grandchild"), None);
+        assert_eq!(
+            parent("without spans: helper").as_deref(),
+            Some("step{test=\"without spans\"}")
+        );
+    }
+
+    #[test]
     fn many_hooked_tasks_each_log_under_their_spawners_span() {
         carry();
         runtime().block_on(async {

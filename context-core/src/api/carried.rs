@@ -71,6 +71,22 @@ impl Carried {
         otel: None,
     };
 
+    /// OpenTelemetry's context `otel`, and no span.
+    #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+    pub(crate) fn otel(otel: ::opentelemetry::Context) -> Carried {
+        Carried {
+            otel: Some(otel),
+            ..Carried::NONE
+        }
+    }
+
+    /// Drops the span, leaving OpenTelemetry's context. The handle is taken out first: if it
+    /// is the last one, the span closes with nothing of this borrowed.
+    #[cfg(all(feature = "tracing", feature = "hooks"))]
+    pub(crate) fn drop_span(&mut self) {
+        drop(self.span.take());
+    }
+
     /// What is current here, of what is turned on.
     #[inline]
     pub(crate) fn capture() -> Carried {

@@ -447,6 +447,24 @@ impl Context {
         release(&mut self.carried);
         self
     }
+
+    /// This context without the span it carries, if any (OpenTelemetry's context stays).
+    #[cfg(all(feature = "tracing", feature = "hooks"))]
+    pub(crate) fn without_span(mut self) -> Self {
+        if self.carried.is_some() {
+            self.carried.drop_span();
+        }
+        self
+    }
+
+    /// This context carrying OpenTelemetry's context `otel` (and no span) instead of what it
+    /// carried: entering it attaches `otel`.
+    #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+    pub(crate) fn carrying_otel(mut self, otel: ::opentelemetry::Context) -> Self {
+        release(&mut self.carried);
+        *self.carried = Carried::otel(otel);
+        self
+    }
 }
 
 /// Drops what a context carries, leaving nothing.

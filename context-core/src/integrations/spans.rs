@@ -39,7 +39,14 @@ use crate::carried;
 ///   entered around each poll, which `console-subscriber` uses to attribute polls, wakers and
 ///   resources to tasks. On a runtime with the hooks, every poll then also enters the
 ///   spawner's span on top of it, which shows up in the console as the task running inside a
-///   request's span. Leave spans uncarried while you watch a service with tokio-console.
+///   request's span. Leave spans uncarried while you watch a service with tokio-console, or
+///   build the runtime you watch with `contextvars::hooks::install_without_spans`: its tasks
+///   still inherit their spawner's variables, not its span.
+/// - **Tasks that outlive their spawner.** A pool's worker or a background loop that the
+///   first request happens to spawn would log under that request's span, and keep it open,
+///   for as long as it runs. Spawn it with `contextvars::hooks::spawn_without_context` (or
+///   inside `suppress_flow`), or run such tasks on a runtime built with
+///   `install_without_spans`.
 /// - **Code that already instruments its futures.** A future spawned with
 ///   `.in_current_span()` or `.instrument(span)` enters its span itself; carrying spans as
 ///   well enters the spawner's span a second time around it. That is harmless (a span

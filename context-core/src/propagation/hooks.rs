@@ -32,6 +32,8 @@
 //!   values into every task a request spawns, the layer keeps requests apart.
 //! - [`install_writable`] gives asyncio's rule instead (plain-spawned tasks may write to their
 //!   snapshot): safe only where every server of the runtime runs behind `ContextLayer`.
+//! - `install_without_spans` (feature `tracing`) keeps the `tracing` span out of what this
+//!   runtime's tasks inherit, once `contextvars::tracing::carry_spans` is on.
 //!
 //! The hooks are an unstable tokio API: build with `RUSTFLAGS="--cfg tokio_unstable"` and the
 //! `hooks` feature of `contextvars`. `#[contextvars::main]` and `#[contextvars::test]` are
@@ -224,6 +226,44 @@ pub fn install_writable(builder: &mut Builder) -> &mut Builder {
     install(builder).on_task_spawn(on_task_spawn_writable)
 }
 
+/// [`install`], for a runtime whose tasks do not take their spawner's `tracing` span along,
+/// even once `contextvars::tracing::carry_spans` is on: each task still starts in a snapshot
+/// of its spawner's context (its variables, and OpenTelemetry's context where that is
+/// carried), without the span. The spawn helpers (`contextvars::spawn`, …) still carry it,
+/// on this runtime too.
+///
+/// Use it for a runtime you watch with tokio-console, whose task spans would otherwise each
+/// be entered inside the spawner's span, and keep it open until the task ends; and for one
+/// whose tasks outlive the code that spawns them (a pool's workers, a background loop
+/// started by the first request), which would otherwise log under, and keep open, the span
+/// of whoever spawned them first.
+///
+/// ```
+/// # use context_core as contextvars;
+/// // `contextvars::tracing::carry_spans()` was called at start-up: the spawn helpers, the
+/// // tower layer and the tasks of other hooked runtimes carry spans; this runtime's tasks
+/// // do not.
+/// let runtime =
+///     contextvars::hooks::install_without_spans(&mut tokio::runtime::Builder::new_multi_thread())
+///         .build()
+///         .unwrap();
+/// # let _ = runtime;
+/// ```
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub fn install_without_spans(builder: &mut Builder) -> &mut Builder {
+    install(builder).on_task_spawn(on_task_spawn_without_spans)
+}
+
+/// [`on_task_spawn`] for [`install_without_spans`]: the task's snapshot does not carry the
+/// spawner's span.
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+#[inline]
+pub fn on_task_spawn_without_spans(meta: &TaskMeta<'_>) {
+    store_spawner_context::<false>(meta, false);
+}
+
 /// The spawn hook: stores a snapshot of the context current here (the spawner's) for the
 /// new task. tokio calls it on the spawner's thread, before the task can run.
 ///
@@ -244,17 +284,19 @@ pub fn install_writable(builder: &mut Builder) -> &mut Builder {
 /// [`SetError::Inherited`]: crate::SetError::Inherited
 #[inline]
 pub fn on_task_spawn(meta: &TaskMeta<'_>) {
-    store_spawner_context(meta, false);
+    store_spawner_context::<true>(meta, false);
 }
 
 /// [`on_task_spawn`] for [`install_writable`]: the task may also write to its snapshot.
 #[inline]
 pub fn on_task_spawn_writable(meta: &TaskMeta<'_>) {
-    store_spawner_context(meta, true);
+    store_spawner_context::<true>(meta, true);
 }
 
+/// `SPAN`: whether the task's snapshot keeps the spawner's span (a constant, so that the
+/// usual hooks pay nothing for the choice).
 #[inline]
-fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool) {
+fn store_spawner_context<const SPAN: bool>(meta: &TaskMeta<'_>, writable: bool) {
     let id = meta.id();
     // On a runtime already shut down, tokio ends the task (and calls the terminate hook)
     // before this hook: storing a context now would keep it forever.
@@ -272,6 +314,10 @@ fn store_spawner_context(meta: &TaskMeta<'_>, writable: bool) {
         return;
     }
     let mut context = spawner_context();
+    #[cfg(feature = "tracing")]
+    if !SPAN {
+        context = context.without_span();
+    }
     if !writable {
         current::make_read_only(context.frame_mut());
     }

@@ -37,6 +37,8 @@ use crate::metadata::{self, Entry, METADATA, MetadataFlags};
 pub use carrier::Carrier;
 pub use client::{BaggageLayer, BaggageService};
 pub use error::BaggageError;
+#[cfg(feature = "opentelemetry")]
+pub(crate) use header::write_member;
 pub use header::{MAX_BYTES, MAX_ENTRIES, is_baggage_key};
 pub use registry::claimed_keys;
 #[doc(hidden)]
@@ -153,6 +155,22 @@ pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError
     let mut context = Context::current();
     context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()))?;
     Ok(context)
+}
+
+/// [`extract`] for OpenTelemetry's propagator, which runs while OpenTelemetry's current
+/// context is borrowed: the copy of the current context carries no span and no OpenTelemetry
+/// context, so entering it attaches nothing. A bad header leaves the copy as it was and comes
+/// back beside it.
+#[cfg(feature = "opentelemetry")]
+#[track_caller]
+pub(crate) fn extract_detached<C: Carrier + ?Sized>(
+    carrier: &C,
+) -> (Context, Result<(), BaggageError>) {
+    registry::assert_no_conflict();
+    let mut context = Context::current().without_carried();
+    // `accept` returns its error before it sets anything.
+    let accepted = context.run(|| accept(carrier, &Accept::new()));
+    (context, accepted)
 }
 
 /// [`inject`] from `context` instead of the current one.

@@ -6,7 +6,19 @@
 //! (`FutureExt::with_current_context`). [`carry_context`] makes it flow with this crate's
 //! context instead, everywhere that context flows.
 //!
+//! With the `baggage` feature too, [`BaggagePropagator`] joins the variables declared with
+//! `#[context_var(baggage = "…")]` to OpenTelemetry's propagation: put it in the composite
+//! propagator beside `TraceContextPropagator`, and every transport OpenTelemetry instruments
+//! carries them; [`extracted`] gives the context an incoming carrier brought.
+//!
 //! [`opentelemetry::Context`]: https://docs.rs/opentelemetry/0.31/opentelemetry/struct.Context.html
+
+#[cfg(feature = "baggage")]
+mod propagator;
+
+#[cfg(feature = "baggage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baggage")))]
+pub use propagator::{BaggagePropagator, extract_error, extracted};
 
 use crate::carried;
 
