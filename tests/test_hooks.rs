@@ -555,7 +555,7 @@ fn futures_dropped_at_shutdown_read_an_empty_context() {
         drop(runtime);
         let seen = seen.lock().unwrap();
         assert!(
-            matches!(seen[..], [None] | [Some("task's")]),
+            matches!(seen[..], [None | Some("task's")]),
             "multi_thread: {multi_thread}: {seen:?}"
         );
     }
