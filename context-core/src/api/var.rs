@@ -676,3 +676,69 @@ fn wrong_type<T>() -> ! {
         type_name::<T>()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Copy` value that the map stores in place: `#[context_var]` writes `copy_proof` like
+    /// this for every `Copy` type.
+    enum Pair {}
+
+    impl Key for Pair {
+        type Value = (u64, u64);
+        type Default = NoDefault;
+
+        fn copy_proof() -> Option<CopyProof<Self::Value>> {
+            Some(CopyProof::new())
+        }
+    }
+
+    static PAIR: ContextVar<Pair> = ContextVar::new("pair");
+
+    enum Other {}
+
+    impl Key for Other {
+        type Value = u64;
+        type Default = NoDefault;
+
+        fn copy_proof() -> Option<CopyProof<u64>> {
+            Some(CopyProof::new())
+        }
+    }
+
+    static OTHER: ContextVar<Other> = ContextVar::new("other");
+
+    #[test]
+    fn values_stored_in_place_read_back_through_every_path() {
+        // Two words on 64-bit targets: stored in place there.
+        let mut ctx = Context::new().with_value(&PAIR, (1, 11));
+        assert_eq!(
+            PAIR.leaf((0, 0)).value.is_inline(),
+            std::mem::size_of::<(u64, u64)>() <= 2 * std::mem::size_of::<usize>()
+        );
+        assert!(OTHER.leaf(0).value.is_inline());
+        ctx.run(|| {
+            // A miss fills the read cache, a hit reads through it.
+            assert_eq!(PAIR.get(), Some((1, 11)));
+            assert_eq!(PAIR.get(), Some((1, 11)));
+            let snapshot = Context::current();
+            // The node is shared with the snapshot: this set copies it, moving the value the
+            // cache pointed at into a new node.
+            let token = PAIR.set((2, 22));
+            assert_eq!(PAIR.get(), Some((2, 22)));
+            let other = OTHER.set(7);
+            assert_eq!(PAIR.get(), Some((2, 22)));
+            assert_eq!(token.old_value(), Some(&(1, 11)));
+            assert_eq!(snapshot.get(&PAIR), Some(&(1, 11)));
+            assert!(PAIR.with(|pair| pair == Some(&(2, 22))));
+            OTHER.reset(other).unwrap();
+            PAIR.reset(token).unwrap();
+            assert_eq!(PAIR.get(), Some((1, 11)));
+            assert_eq!(OTHER.get(), None);
+            let debug = format!("{:?}", Context::current());
+            assert!(debug.contains("pair"), "{debug}");
+        });
+        assert_eq!(ctx.get(&PAIR), Some(&(1, 11)));
+    }
+}
