@@ -1,6 +1,8 @@
 //! What the macros' expansions use. Not public API: no stability promise.
 
-pub use context_core::{Context, ContextVar, FutureExt, Key, NoDefault, WithContext, WithDefault};
+pub use context_core::{
+    Context, ContextVar, CopyProof, FutureExt, Key, NoDefault, WithContext, WithDefault,
+};
 
 /// `#[context_var(baggage = "…")]`: the key's impl and its claim with the `baggage` feature
 /// of the runtime, one clear error without it.
@@ -153,3 +155,34 @@ macro_rules! __install_hooks {
 }
 
 pub use crate::__install_hooks as install_hooks;
+
+/// Proves a value type `Copy` where it is, else nothing, chosen at the macro's call site,
+/// where the type is concrete (auto-ref specialization): a small `Copy` value is then stored
+/// in the context without an allocation.
+pub struct CopyProbe<T>(pub ::core::marker::PhantomData<T>);
+
+/// Picked when `T: Copy`: one more `&` than [`ViaMove`] needs, so it is tried first.
+pub trait ViaCopy<T> {
+    /// The proof.
+    fn copy_proof(&self) -> Option<CopyProof<T>>;
+}
+
+impl<T: Copy> ViaCopy<T> for &CopyProbe<T> {
+    #[inline]
+    fn copy_proof(&self) -> Option<CopyProof<T>> {
+        Some(CopyProof::new())
+    }
+}
+
+/// The fallback: no proof, the value is shared behind an `Arc`.
+pub trait ViaMove<T> {
+    /// No proof.
+    fn copy_proof(&self) -> Option<CopyProof<T>>;
+}
+
+impl<T> ViaMove<T> for CopyProbe<T> {
+    #[inline]
+    fn copy_proof(&self) -> Option<CopyProof<T>> {
+        None
+    }
+}

@@ -15,8 +15,9 @@
 //! thread-local; entering and leaving a context swap it in and out without touching reference
 //! counts. See `engine/map.rs` and `engine/current.rs`.
 
-// One `unsafe` block, in `engine/current.rs`: `get`'s read cache, where a benchmark showed it
-// pays. It has its `SAFETY` argument; CI runs the core's tests under Miri.
+// Three `unsafe` blocks, where a benchmark showed they pay: `get`'s read cache, in
+// `engine/current.rs`, and small values stored in place, in `engine/map.rs`. Each has its
+// `SAFETY` argument; CI runs the core's tests under Miri.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -76,6 +77,10 @@ pub use scope::Scope;
 pub use task::{JoinHandle, spawn, spawn_blocking, spawn_local};
 pub use token::Token;
 pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};
+
+/// What `#[context_var]` writes in a variable's `Key` impl when the value type is `Copy`.
+#[doc(hidden)]
+pub use map::CopyProof;
 
 /// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error, on
 /// the attribute, that names the feature; the variable is still declared, without its claim.

@@ -21,6 +21,7 @@
 //!     const LOG: bool = false;
 //!     fn path() -> &'static str { concat!(module_path!(), "::TENANT") }
 //!     fn fmt_value(..) { /* the value's Debug, or its type name */ }
+//!     fn copy_proof() -> Option<CopyProof<Self::Value>> { /* `Some` where the type is `Copy` */ }
 //! }
 //! ```
 //!
@@ -245,6 +246,13 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
                 #[allow(unused_imports)]
                 use #private::{ViaDebug as _, ViaTypeName as _};
                 (&&#private::DebugProbe(value)).fmt_probe(f)
+            }
+
+            #[inline]
+            fn copy_proof() -> ::core::option::Option<#private::CopyProof<Self::Value>> {
+                #[allow(unused_imports)]
+                use #private::{ViaCopy as _, ViaMove as _};
+                (&&#private::CopyProbe::<Self::Value>(::core::marker::PhantomData)).copy_proof()
             }
         }
 

@@ -253,7 +253,7 @@ impl Context {
         self.frame
             .map
             .get(var.key())
-            .map(|leaf| downcast::<K::Value>(&*leaf.value))
+            .map(|leaf| downcast::<K::Value>(&leaf.value))
     }
 
     /// Whether `var` is bound in this context.
@@ -569,7 +569,7 @@ impl<'a> ValueRef<'a> {
     /// ```
     #[must_use]
     pub fn downcast_ref<T: Any>(&self) -> Option<&'a T> {
-        self.leaf.value.downcast_ref::<T>()
+        self.leaf.value.as_any().downcast_ref::<T>()
     }
 }
 
@@ -584,7 +584,7 @@ impl ValueRef<'_> {
 
 impl fmt::Debug for ValueRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.leaf.var.fmt_value(&*self.leaf.value, f)
+        self.leaf.var.fmt_value(self.leaf.value.as_any(), f)
     }
 }
 

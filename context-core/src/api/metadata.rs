@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use crate::current;
 use crate::error::SetError;
-use crate::map::Leaf;
+use crate::map::{Leaf, Value};
 use crate::var::{ContextVar, Key, NoDefault};
 
 use self::tree::Tree;
@@ -323,20 +323,16 @@ pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
     let placeholder = METADATA.leaf(Metadata::default());
     let replaced = current::write(|frame| {
         let mut value = frame.map.insert(placeholder);
-        if let Some(map) = value
-            .as_mut()
-            .and_then(Arc::get_mut)
-            .and_then(|map| map.downcast_mut::<Metadata>())
-        {
+        if let Some(map) = value.as_mut().and_then(Value::get_mut::<Metadata>) {
             f(map);
         } else {
             let mut map = value
-                .as_deref()
-                .and_then(|map| map.downcast_ref::<Metadata>())
+                .as_ref()
+                .and_then(|map| map.as_any().downcast_ref::<Metadata>())
                 .cloned()
                 .unwrap_or_default();
             f(&mut map);
-            value = Some(Arc::new(map));
+            value = Some(Value::new(map, None));
         }
         frame.map.insert(Leaf {
             key: METADATA.key(),
@@ -358,7 +354,7 @@ pub(crate) fn for_each_logged<'a>(
 ) {
     let metadata = bindings
         .get(METADATA.key())
-        .map(|leaf| crate::var::downcast::<Metadata>(&*leaf.value));
+        .map(|leaf| crate::var::downcast::<Metadata>(&leaf.value));
     if let Some(map) = metadata {
         for (key, entry) in &map.0 {
             if entry.flags.logged() {

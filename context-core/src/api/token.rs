@@ -58,7 +58,7 @@ impl<K: Key> Token<K> {
     /// any, does not count).
     #[must_use]
     pub fn old_value(&self) -> Option<&K::Value> {
-        self.old.as_deref().map(downcast::<K::Value>)
+        self.old.as_ref().map(downcast::<K::Value>)
     }
 }
 

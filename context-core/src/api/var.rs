@@ -4,14 +4,14 @@ use std::any::{Any, type_name};
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use crate::context::Context;
 use crate::current::{self, Unwritable};
 use crate::error::{LookupError, ResetError, SetError};
 use crate::guard::ScopeGuard;
-use crate::map::{Leaf, Value, VarMeta};
+use crate::map::{CopyProof, Leaf, Value, VarMeta};
 use crate::token::Token;
 
 /// The identity and value type of one context variable.
@@ -61,6 +61,16 @@ pub trait Key: 'static {
     /// ([`Context::iter`], [`Context::len`], `Debug`).
     #[doc(hidden)]
     const HIDDEN: bool = false;
+
+    /// Proof that [`Value`](Self::Value) is `Copy`, where it is: a small `Copy` value is then
+    /// stored in the context itself, without an allocation. `#[context_var]` writes it for
+    /// every `Copy` type; the default, `None`, stores every value behind an `Arc`.
+    #[doc(hidden)]
+    #[inline]
+    #[must_use]
+    fn copy_proof() -> Option<CopyProof<Self::Value>> {
+        None
+    }
 
     /// Formats a value in [`Context`]'s `Debug` output and [`Context::iter`]. The default
     /// writes the type's name; `#[context_var]` uses the value's `Debug` where it has one.
@@ -178,8 +188,10 @@ impl DefaultKind for WithDefault {
 /// The methods split by default: for a variable with a default, `get` returns `T` and `with`
 /// lends `&T`; for one without, `Option<T>` and `Option<&T>`.
 ///
-/// Values are stored behind an `Arc` and never cloned by the library: `set` moves the value
-/// in, `get` clones it out (use [`with`](Self::with) to borrow instead).
+/// Values are never cloned by the library: `set` moves the value in, `get` clones it out
+/// (use [`with`](Self::with) to borrow instead). Contexts that share a value share one
+/// allocation of it (behind an `Arc`); a small `Copy` value (two words at most, such as a
+/// `u64` or a `&'static str`) is stored in place instead, without an allocation.
 pub struct ContextVar<K: Key, D: DefaultKind = <K as Key>::Default> {
     name: &'static str,
     /// Dense id used as the map key; `0` until first use.
@@ -244,7 +256,7 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// ```
     pub fn with<R>(&self, f: impl FnOnce(Option<&K::Value>) -> R) -> R {
         let value = self.lookup_shared();
-        f(value.as_deref().map(downcast::<K::Value>))
+        f(value.as_ref().map(downcast::<K::Value>))
     }
 }
 
@@ -321,7 +333,7 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     #[track_caller]
     pub fn with<R>(&self, f: impl FnOnce(&K::Value) -> R) -> R {
         match self.lookup_shared() {
-            Some(value) => f(downcast::<K::Value>(&*value)),
+            Some(value) => f(downcast::<K::Value>(&value)),
             None => f(self.default_value()),
         }
     }
@@ -352,9 +364,10 @@ impl<K: Key> ContextVar<K> {
         current::get_cloned::<K::Value>(self.key.load(Ordering::Relaxed), || self.key())
     }
 
-    /// The bound value, shared, so that the caller can use it with the thread state released.
+    /// The bound value, shared (or copied, if stored in place), so that the caller can use it
+    /// with the thread state released.
     fn lookup_shared(&self) -> Option<Value> {
-        current::find(self.key(), |leaf| Arc::clone(&leaf.value))
+        current::find(self.key(), |leaf| leaf.value.clone())
     }
 
     fn default_ref(&self) -> Option<&K::Value> {
@@ -463,9 +476,18 @@ impl<K: Key> ContextVar<K> {
     /// spawner, for reading only; [`SetError::ThreadExiting`] while the thread's locals are
     /// being destroyed.
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
-        let leaf = self.leaf(value);
-        let (context, old) = current::write(|frame| (frame.id(), frame.map.insert(leaf)))
-            .map_err(|why| SetError::new(why, self.name))?;
+        let key = self.key();
+        let value = Value::new(value, K::copy_proof());
+        let (context, old) = current::write(move |frame| {
+            // The id is assigned once per context; every later `set` reads it here without
+            // a call.
+            let id = match frame.id {
+                0 => frame.id(),
+                id => id,
+            };
+            (id, frame.map.bind(key, self, value))
+        })
+        .map_err(|why| SetError::new(why, self.name))?;
         Ok(Token::new(self, context, old))
     }
 
@@ -544,7 +566,7 @@ impl<K: Key> ContextVar<K> {
         Leaf {
             key: self.key(),
             var: self,
-            value: Arc::new(value),
+            value: Value::new(value, K::copy_proof()),
         }
     }
 }
@@ -600,7 +622,7 @@ impl<K: Key> VarMeta for ContextVar<K> {
         value: &(dyn Any + Send + Sync),
         f: &mut fmt::Formatter<'_>,
     ) -> fmt::Result {
-        K::fmt_value(downcast::<K::Value>(value), f)
+        K::fmt_value(downcast_any::<K::Value>(value), f)
     }
 }
 
@@ -621,20 +643,20 @@ pub(crate) fn restore(
     context: u64,
     old: Option<Value>,
 ) -> Result<(), ResetError> {
-    let replaced = current::write(|frame| {
+    let replaced = current::write(move |frame| {
         // `0`: a token made where no context was left (thread exit); no context owns it.
         if context == 0 || frame.id != context {
-            return Err((ResetError::OtherContext { var: var.name() }, old));
+            return Err(old);
         }
         Ok(match old {
-            Some(value) => frame.map.insert(Leaf { key, var, value }),
+            Some(value) => frame.map.bind(key, var, value),
             None => frame.map.remove(key),
         })
     });
     // Values are dropped here, with the thread state released.
     match replaced {
         Ok(Ok(_replaced)) => Ok(()),
-        Ok(Err((err, _old))) => Err(err),
+        Ok(Err(_old)) => Err(ResetError::OtherContext { var: var.name() }),
         Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: var.name() }),
         Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: var.name() }),
         // Nothing can be set in an inherited context, so no token belongs to it.
@@ -644,7 +666,12 @@ pub(crate) fn restore(
 
 /// A stored value as its variable's type. Each key belongs to one variable, and a variable
 /// stores only its own type, so this cannot fail.
-pub(crate) fn downcast<T: 'static>(value: &(dyn Any + Send + Sync)) -> &T {
+pub(crate) fn downcast<T: 'static>(value: &Value) -> &T {
+    downcast_any(value.as_any())
+}
+
+/// [`downcast`], of a value already seen as `dyn Any`.
+pub(crate) fn downcast_any<T: 'static>(value: &(dyn Any + Send + Sync)) -> &T {
     value
         .downcast_ref::<T>()
         .unwrap_or_else(|| wrong_type::<T>())
@@ -656,4 +683,70 @@ fn wrong_type<T>() -> ! {
         "contextvars: a binding of `{}` holds another type",
         type_name::<T>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Copy` value that the map stores in place: `#[context_var]` writes `copy_proof` like
+    /// this for every `Copy` type.
+    enum Pair {}
+
+    impl Key for Pair {
+        type Value = (u64, u64);
+        type Default = NoDefault;
+
+        fn copy_proof() -> Option<CopyProof<Self::Value>> {
+            Some(CopyProof::new())
+        }
+    }
+
+    static PAIR: ContextVar<Pair> = ContextVar::new("pair");
+
+    enum Other {}
+
+    impl Key for Other {
+        type Value = u64;
+        type Default = NoDefault;
+
+        fn copy_proof() -> Option<CopyProof<u64>> {
+            Some(CopyProof::new())
+        }
+    }
+
+    static OTHER: ContextVar<Other> = ContextVar::new("other");
+
+    #[test]
+    fn values_stored_in_place_read_back_through_every_path() {
+        // Two words on 64-bit targets: stored in place there.
+        let mut ctx = Context::new().with_value(&PAIR, (1, 11));
+        assert_eq!(
+            PAIR.leaf((0, 0)).value.is_inline(),
+            std::mem::size_of::<(u64, u64)>() <= 2 * std::mem::size_of::<usize>()
+        );
+        assert!(OTHER.leaf(0).value.is_inline());
+        ctx.run(|| {
+            // A miss fills the read cache, a hit reads through it.
+            assert_eq!(PAIR.get(), Some((1, 11)));
+            assert_eq!(PAIR.get(), Some((1, 11)));
+            let snapshot = Context::current();
+            // The node is shared with the snapshot: this set copies it, moving the value the
+            // cache pointed at into a new node.
+            let token = PAIR.set((2, 22));
+            assert_eq!(PAIR.get(), Some((2, 22)));
+            let other = OTHER.set(7);
+            assert_eq!(PAIR.get(), Some((2, 22)));
+            assert_eq!(token.old_value(), Some(&(1, 11)));
+            assert_eq!(snapshot.get(&PAIR), Some(&(1, 11)));
+            assert!(PAIR.with(|pair| pair == Some(&(2, 22))));
+            OTHER.reset(other).unwrap();
+            PAIR.reset(token).unwrap();
+            assert_eq!(PAIR.get(), Some((1, 11)));
+            assert_eq!(OTHER.get(), None);
+            let debug = format!("{:?}", Context::current());
+            assert!(debug.contains("pair"), "{debug}");
+        });
+        assert_eq!(ctx.get(&PAIR), Some(&(1, 11)));
+    }
 }

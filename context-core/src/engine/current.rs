@@ -15,7 +15,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::map::{Leaf, Map};
@@ -367,10 +366,11 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   thread's teardown in `Teardown`'s `Drop`) bumps the stamp first, and nothing
         //   outside this file reaches `CURRENT` (which has no destructor of its own: its
         //   frame is only ever dropped by `Teardown`). The frame holds its map's root, the root
-        //   holds the leaf, the leaf holds the `Arc` of the value. Nodes shared with other
-        //   maps are never written (writes go through `Arc::make_mut`, which copies a shared
-        //   node), and this frame's own nodes are written only through `write`. So the `Arc`
-        //   and the value it owns are alive and unmoved.
+        //   holds the leaf, the leaf holds the value: in place (a small `Copy` value, inside
+        //   its node's slots, which only a write to that node moves) or in an `Arc`. Nodes
+        //   shared with other maps are never written (writes go through `Arc::make_mut`, which
+        //   copies a shared node), and this frame's own nodes are written only through `write`.
+        //   So the value is alive and unmoved.
         // - While `clone` runs, `reading` is set, and a write (`write`, which calls
         //   `Fast::refuse_while_reading`) panics before it changes anything: a `Clone` impl
         //   that sets or resets a variable cannot free the value it is being cloned from.
@@ -391,11 +391,11 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
         current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
             assert!(
-                leaf.value.is::<T>(),
+                leaf.value.as_any().is::<T>(),
                 "contextvars: a binding of `{}` holds another type",
                 std::any::type_name::<T>()
             );
-            Arc::as_ptr(&leaf.value).cast::<()>()
+            leaf.value.as_ptr()
         })
     });
     let unbound = if value.is_null() { UNBOUND } else { 0 };

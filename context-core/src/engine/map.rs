@@ -12,7 +12,8 @@
 //! - a write to a shared map copies only the nodes on the path to the key (one node below
 //!   32 bindings, two below 1,024).
 //!
-//! Values are never copied: a binding holds an `Arc` of the value.
+//! Values are never cloned: a binding holds either an `Arc` of the value, which copies of a
+//! node share, or, for a small `Copy` value, the value itself (see [`Value`]).
 //!
 //! Nothing here drops a value: every write hands the replaced value back to the caller, so
 //! that the caller can drop it after releasing the thread's state. A value's `Drop` may then
@@ -21,10 +22,152 @@
 use std::any::Any;
 use std::cmp::Ordering;
 use std::fmt;
+use std::marker::PhantomData;
+use std::mem::{MaybeUninit, align_of, size_of};
 use std::sync::Arc;
 
 /// A value as the map stores it.
-pub(crate) type Value = Arc<dyn Any + Send + Sync>;
+///
+/// A value whose type is `Copy` and fits in two words (`u64`, `&'static str`, a small id
+/// struct) is held in place: storing it allocates nothing, and copying a node copies its bytes
+/// where an `Arc` would take a reference. A copy of such a value cannot be told apart from
+/// the value shared, since a `Copy` type has no `Drop`, and no interior mutability of its own
+/// (`UnsafeCell` is not `Copy`); the library only ever lends values, never hands them back by
+/// value. Any other value is shared behind an `Arc`, as before: a snapshot and its copies see
+/// one value.
+#[derive(Clone)]
+pub(crate) struct Value(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// A `T: Copy + Send + Sync + 'static` that [`fits_inline`], and how to see it as `dyn Any`.
+    Inline {
+        bytes: MaybeUninit<Inline>,
+        view: fn(*const ()) -> *const (dyn Any + Send + Sync),
+    },
+    Shared(Arc<dyn Any + Send + Sync>),
+}
+
+/// The room of an inline value: two words, aligned as a word.
+type Inline = [usize; 2];
+
+/// Whether a `T` fits in [`Inline`]'s room and alignment.
+const fn fits_inline<T>() -> bool {
+    size_of::<T>() <= size_of::<Inline>() && align_of::<T>() <= align_of::<Inline>()
+}
+
+/// The fat pointer of the `T` at `at`: `Repr::Inline::view` for a `T`.
+fn view<T: Any + Send + Sync>(at: *const ()) -> *const (dyn Any + Send + Sync) {
+    at.cast::<T>()
+}
+
+/// Evidence that `T` is `Copy`, which only code that knows it can make ([`CopyProof::new`]).
+/// A variable's [`Key`](crate::Key) hands it to the map so that small values are stored in
+/// place; `#[context_var]` writes it wherever the value type is `Copy`.
+#[doc(hidden)]
+pub struct CopyProof<T>(PhantomData<fn() -> T>);
+
+impl<T: Copy> CopyProof<T> {
+    /// The proof, for a `Copy` type.
+    #[must_use]
+    pub const fn new() -> Self {
+        CopyProof(PhantomData)
+    }
+}
+
+impl<T: Copy> Default for CopyProof<T> {
+    fn default() -> Self {
+        CopyProof::new()
+    }
+}
+
+impl<T> Clone for CopyProof<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for CopyProof<T> {}
+
+impl Value {
+    /// Stores `value`: in place where `copy` proves it `Copy` and it fits, else in an `Arc`.
+    #[inline]
+    #[allow(unsafe_code)]
+    pub(crate) fn new<T: Send + Sync + 'static>(value: T, copy: Option<CopyProof<T>>) -> Value {
+        if copy.is_some() && fits_inline::<T>() {
+            let mut bytes = MaybeUninit::<Inline>::uninit();
+            // SAFETY: `fits_inline` checked that a `T` fits in `bytes` and that `bytes` is
+            // aligned enough for one, so the write stays in bounds and is aligned.
+            unsafe {
+                bytes.as_mut_ptr().cast::<T>().write(value);
+            }
+            Value(Repr::Inline {
+                bytes,
+                view: view::<T>,
+            })
+        } else {
+            Value(Repr::Shared(Arc::new(value)))
+        }
+    }
+
+    /// The value, to downcast or format.
+    #[inline]
+    #[allow(unsafe_code)]
+    pub(crate) fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        match &self.0 {
+            // SAFETY: `new` wrote a `T` into `bytes` and set `view` to `view::<T>`, which
+            // only gives the pointer `T`'s `dyn Any` metadata: the result points to that
+            // live, initialized `T`. It is `Copy`, so the bitwise copies that cloning a
+            // `Value` makes are valid `T`s too; it has no `Drop`, so nothing ever ends its
+            // life before `bytes` is freed; and it is borrowed here for as long as `self`.
+            Repr::Inline { bytes, view } => unsafe { &*view(bytes.as_ptr().cast::<()>()) },
+            Repr::Shared(value) => &**value,
+        }
+    }
+
+    /// Where the value lives: inside this `Value` for an inline value, in its `Arc` for a
+    /// shared one.
+    #[inline]
+    pub(crate) fn as_ptr(&self) -> *const () {
+        match &self.0 {
+            Repr::Inline { bytes, .. } => bytes.as_ptr().cast::<()>(),
+            Repr::Shared(value) => Arc::as_ptr(value).cast::<()>(),
+        }
+    }
+
+    /// The value, to change in place, where this `Value` is its only owner (a shared value
+    /// no one else holds; never an inline one).
+    pub(crate) fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        match &mut self.0 {
+            Repr::Inline { .. } => None,
+            Repr::Shared(value) => Arc::get_mut(value)?.downcast_mut(),
+        }
+    }
+
+    /// Whether dropping this `Value` may run a `Drop` of the value: it is shared and this is
+    /// its last owner. (An inline value has no `Drop`.)
+    pub(crate) fn may_drop(&self) -> bool {
+        match &self.0 {
+            Repr::Inline { .. } => false,
+            Repr::Shared(value) => Arc::strong_count(value) == 1,
+        }
+    }
+
+    /// Whether `self` and `other` are one shared value (never for inline values).
+    #[cfg(test)]
+    pub(crate) fn same(&self, other: &Value) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Shared(a), Repr::Shared(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Whether the value is held in place.
+    #[cfg(test)]
+    pub(crate) fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
+    }
+}
 
 /// What the map needs to know about a variable without knowing its type: its name, whether
 /// it appears in logs, where it is declared, and how to format its values. `ContextVar` implements it; the map
@@ -242,6 +385,18 @@ impl Map {
     /// Binds `leaf.key`; returns the value it replaces, if any.
     #[inline]
     pub(crate) fn insert(&mut self, leaf: Leaf) -> Option<Value> {
+        self.bind(leaf.key, leaf.var, leaf.value)
+    }
+
+    /// [`insert`](Self::insert), given the leaf's parts: the common write replaces only the
+    /// value, and `set` then moves no more than it.
+    #[inline]
+    pub(crate) fn bind(
+        &mut self,
+        key: u32,
+        var: &'static dyn VarMeta,
+        value: Value,
+    ) -> Option<Value> {
         // The common write: a variable bound again in a map nobody shares, its leaf right in
         // the root. Replace the value in place, without `make_mut`'s call or the descent.
         // (No let chains: the declared minimum Rust, 1.85, has none.)
@@ -249,13 +404,13 @@ impl Map {
             .root
             .as_mut()
             .and_then(Arc::get_mut)
-            .and_then(|root| root.slot_mut(leaf.key))
+            .and_then(|root| root.slot_mut(key))
         {
-            if old.key == leaf.key {
-                return Some(std::mem::replace(&mut old.value, leaf.value));
+            if old.key == key {
+                return Some(std::mem::replace(&mut old.value, value));
             }
         }
-        self.insert_slow(leaf)
+        self.insert_slow(Leaf { key, var, value })
     }
 
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
@@ -290,7 +445,7 @@ impl Map {
             for slot in &branch.slots {
                 match slot {
                     Slot::Leaf(leaf) => {
-                        if Arc::strong_count(&leaf.value) == 1 {
+                        if leaf.value.may_drop() {
                             keys.push(leaf.key);
                         }
                     }
@@ -389,16 +544,18 @@ mod tests {
     }
     static META: Meta = Meta;
 
+    /// Even values are stored in place, odd ones shared, so that both kinds meet in every
+    /// shape of the trie.
     fn leaf(key: u32, value: u64) -> Leaf {
         Leaf {
             key,
             var: &META,
-            value: Arc::new(value),
+            value: Value::new(value, value.is_multiple_of(2).then(CopyProof::new)),
         }
     }
 
     fn read(value: &Value) -> u64 {
-        *value.downcast_ref::<u64>().unwrap()
+        *value.as_any().downcast_ref::<u64>().unwrap()
     }
 
     fn check(map: &Map, model: &BTreeMap<u32, u64>) {
@@ -490,14 +647,63 @@ mod tests {
     #[test]
     fn values_are_shared_not_copied() {
         let mut map = Map::EMPTY;
-        let value: Value = Arc::new(7_u64);
+        let value = Value::new(7_u64, None);
         map.insert(Leaf {
             key: 3,
             var: &META,
-            value: Arc::clone(&value),
+            value: value.clone(),
         });
         let copy = map.clone();
         let stored = &copy.get(3).unwrap().value;
-        assert!(Arc::ptr_eq(stored, &value));
+        assert!(!stored.is_inline());
+        assert!(stored.same(&value));
+    }
+
+    #[test]
+    fn small_copy_values_are_stored_in_place_and_read_back() {
+        fn stored<T: Send + Sync + 'static>(value: T, copy: Option<CopyProof<T>>) -> Value {
+            let mut map = Map::EMPTY;
+            map.insert(Leaf {
+                key: 1,
+                var: &META,
+                value: Value::new(value, copy),
+            });
+            // Read through a copy of the node, as a snapshot written to would be.
+            let mut copy = map.clone();
+            copy.insert(leaf(2, 0));
+            copy.get(1).unwrap().value.clone()
+        }
+        let text = stored("hello", Some(CopyProof::new()));
+        assert!(text.is_inline());
+        assert_eq!(text.as_any().downcast_ref::<&str>(), Some(&"hello"));
+        let pair = stored((7_u8, u64::MAX), Some(CopyProof::new()));
+        assert!(pair.is_inline());
+        assert_eq!(pair.as_any().downcast_ref(), Some(&(7_u8, u64::MAX)));
+        let unit = stored((), Some(CopyProof::new()));
+        assert!(unit.is_inline());
+        assert!(unit.as_any().is::<()>());
+        // Too big, too aligned, or not known to be `Copy`: shared.
+        let big = stored([1_u64; 3], Some(CopyProof::new()));
+        assert!(!big.is_inline());
+        assert_eq!(big.as_any().downcast_ref(), Some(&[1_u64; 3]));
+        let aligned = stored(5_u128, Some(CopyProof::new()));
+        assert_eq!(
+            aligned.is_inline(),
+            align_of::<u128>() <= align_of::<usize>()
+        );
+        assert_eq!(aligned.as_any().downcast_ref(), Some(&5_u128));
+        let unknown = stored(9_u64, None);
+        assert!(!unknown.is_inline());
+        assert!(!unknown.as_any().is::<u32>());
+    }
+
+    #[test]
+    fn an_inline_value_never_counts_as_one_to_drop() {
+        let mut map = Map::EMPTY;
+        map.insert(leaf(1, 2));
+        map.insert(leaf(2, 3));
+        let mut keys = Vec::new();
+        map.owned_keys(&mut keys);
+        assert_eq!(keys, [2], "only the shared value has a `Drop` that may run");
     }
 }

@@ -273,7 +273,7 @@ impl fmt::Debug for Field<'_> {
     /// The value as text lines write it: a variable's `Debug` output, an entry's quoted.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Field::Var(leaf) => leaf.var.fmt_value(&*leaf.value, f),
+            Field::Var(leaf) => leaf.var.fmt_value(leaf.value.as_any(), f),
             Field::Metadata(value) => fmt::Debug::fmt(value, f),
         }
     }
@@ -468,7 +468,7 @@ fn has_top_level_key(object: &str, ats: usize, key: &str) -> bool {
 /// Writes a bound value as JSON: a number, a boolean or a string where the type says what
 /// it is, else the string of its `Debug` output.
 fn write_json_value(writer: &mut Writer<'_>, leaf: &Leaf) -> fmt::Result {
-    let value = &*leaf.value;
+    let value = leaf.value.as_any();
     macro_rules! as_number {
         ($($ty:ty),*) => {$(
             if let Some(number) = value.downcast_ref::<$ty>() {
