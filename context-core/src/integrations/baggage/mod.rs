@@ -169,7 +169,7 @@ pub(crate) fn extract_detached<C: Carrier + ?Sized>(
     registry::assert_no_conflict();
     let mut context = Context::current().without_carried();
     // `accept` returns its error before it sets anything.
-    let accepted = context.run(|| accept(carrier, &Accept::new()));
+    let accepted = context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()));
     (context, accepted)
 }
 
