@@ -202,7 +202,6 @@ enum Slot {
 
 /// An inner node: `bitmap` says which of the 32 positions are occupied, `slots` holds the
 /// occupied ones in position order.
-#[derive(Clone)]
 struct Branch {
     bitmap: u32,
     /// The number of bindings below, kept up to date in the root only.
@@ -224,6 +223,21 @@ pub(crate) struct Map {
 #[inline]
 fn position(key: u32, shift: u32) -> u32 {
     1 << ((key >> shift) & MASK)
+}
+
+/// A copy of a node is made to be written to (`Arc::make_mut`): its slots get room for one
+/// more, so that an insert into the copy does not reallocate them at once.
+impl Clone for Branch {
+    fn clone(&self) -> Self {
+        let mut slots = Vec::with_capacity(self.slots.len() + 1);
+        slots.extend(self.slots.iter().cloned());
+        Branch {
+            bitmap: self.bitmap,
+            len: self.len,
+            rank: self.rank,
+            slots,
+        }
+    }
 }
 
 impl Branch {
@@ -249,7 +263,30 @@ impl Branch {
         }
     }
 
-    /// Recomputes `rank` from `bitmap`, after a position was filled or emptied.
+    /// Updates `rank` after position `at` was filled, its slot now at `index`, or emptied
+    /// (`index` `None`): the occupied positions after it move one slot up or down. One pass
+    /// over the 32 ranks with no state carried from one to the next, which the compiler turns
+    /// into a few vector operations, where [`reindex`] counts from the start.
+    ///
+    /// [`reindex`]: Self::reindex
+    #[inline]
+    fn shift_ranks(&mut self, at: u32, index: Option<usize>) {
+        let at = at as usize;
+        for (position, rank) in self.rank.iter_mut().enumerate() {
+            let moves = u8::from(position > at && *rank != 0);
+            *rank = if index.is_some() {
+                *rank + moves
+            } else {
+                *rank - moves
+            };
+        }
+        // At most 32 slots: the rank fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let rank = index.map_or(0, |index| index as u8 + 1);
+        self.rank[at] = rank;
+    }
+
+    /// Recomputes `rank` from `bitmap`, for a node built from scratch.
     fn reindex(&mut self) {
         let mut next = 0;
         for (position, rank) in self.rank.iter_mut().enumerate() {
@@ -288,13 +325,14 @@ impl Branch {
 
     /// Inserts or replaces; returns the replaced value.
     fn insert(&mut self, leaf: Leaf, shift: u32) -> Option<Value> {
-        let rank = self.rank[((leaf.key >> shift) & MASK) as usize];
+        let at = (leaf.key >> shift) & MASK;
+        let rank = self.rank[at as usize];
         if rank == 0 {
-            let bit = position(leaf.key, shift);
+            let bit = 1 << at;
             let index = self.index(bit);
             self.bitmap |= bit;
             self.slots.insert(index, Slot::Leaf(leaf));
-            self.reindex();
+            self.shift_ranks(at, Some(index));
             return None;
         }
         match &mut self.slots[usize::from(rank) - 1] {
@@ -317,8 +355,8 @@ impl Branch {
     /// Branches left with a single leaf fold into their parent, so the trie stays as shallow
     /// as its keys allow.
     fn remove(&mut self, key: u32, shift: u32) -> Value {
-        let bit = position(key, shift);
-        let index = usize::from(self.rank[((key >> shift) & MASK) as usize]) - 1;
+        let at = (key >> shift) & MASK;
+        let index = usize::from(self.rank[at as usize]) - 1;
         let removed = match &mut self.slots[index] {
             Slot::Leaf(_) => None,
             Slot::Branch(child) => {
@@ -334,8 +372,8 @@ impl Branch {
         if let Some(value) = removed {
             return value;
         }
-        self.bitmap &= !bit;
-        self.reindex();
+        self.bitmap &= !(1 << at);
+        self.shift_ranks(at, None);
         match self.slots.remove(index) {
             Slot::Leaf(leaf) => leaf.value,
             Slot::Branch(_) => unreachable!("matched as a leaf just above"),
