@@ -247,7 +247,8 @@ fn main() {
                 .first()
                 .map_or(1_000_000, |n| n.parse().expect("N is a number"));
             println!(
-                "{n} tasks, each yielding 3 times and reading a variable (2 workers; median of 7 pairs):"
+                "Tasks: {n}, each yielding 3 times and reading a variable (ms, 2 workers; median \
+                 of 7 pairs, and of their ratios):"
             );
             tasks_paired(n);
         }
