@@ -11,7 +11,7 @@ use crate::context::Context;
 /// The key baggage travels under.
 const BAGGAGE: &str = "baggage";
 
-/// An OpenTelemetry [`TextMapPropagator`] for the variables declared with
+/// An OpenTelemetry [`TextMapPropagator`][text-map] for the variables declared with
 /// `#[context_var(baggage = "…")]` and the metadata entries set for baggage: it writes them
 /// into, and reads them from, the W3C `baggage` entry of any carrier OpenTelemetry propagates
 /// through (HTTP headers, a message broker's headers, a `HashMap<String, String>`), exactly as
@@ -19,11 +19,11 @@ const BAGGAGE: &str = "baggage";
 /// [`extract`](crate::baggage::extract) do. Needs the features `opentelemetry` and `baggage`.
 ///
 /// It is `Send + Sync`, so it goes into a
-/// [`TextMapCompositePropagator`](opentelemetry::propagation::TextMapCompositePropagator)
+/// [`TextMapCompositePropagator`](https://docs.rs/opentelemetry/0.31/opentelemetry/propagation/composite/struct.TextMapCompositePropagator.html)
 /// beside `TraceContextPropagator`, and into `opentelemetry::global::set_text_map_propagator`.
 ///
 /// # Injecting
-/// [`inject_context`](TextMapPropagator::inject_context) writes the **current** context's
+/// [`inject_context`][inject-context] writes the **current** context's
 /// baggage (the context the calling code runs in, as `inject` does), together with the
 /// entries of the OpenTelemetry context's own `Baggage` (`cx.baggage()`, what
 /// OpenTelemetry's `BaggagePropagator` writes), into one `baggage` value. Where both hold a
@@ -39,7 +39,7 @@ const BAGGAGE: &str = "baggage";
 /// OpenTelemetry's `Baggage` is not empty. Alone, it writes OpenTelemetry's baggage too.
 ///
 /// # Extracting
-/// [`extract_with_context`](TextMapPropagator::extract_with_context) reads the carrier's
+/// [`extract_with_context`][extract-with-context] reads the carrier's
 /// `baggage` value into a copy of the current context (what the current context holds for a
 /// variable or metadata key wins; entries no variable claims are kept as metadata, to
 /// forward), checked as [`extract`](crate::baggage::extract) checks it, and stores that
@@ -56,6 +56,10 @@ const BAGGAGE: &str = "baggage";
 /// never panics: the context stored is then the copy of the current context without the
 /// carrier's entries, and [`extract_error`] says what was wrong, for an application that
 /// would rather refuse the message. Other propagators of a composite are not affected.
+///
+/// [text-map]: https://docs.rs/opentelemetry/0.31/opentelemetry/propagation/text_map_propagator/trait.TextMapPropagator.html
+/// [inject-context]: https://docs.rs/opentelemetry/0.31/opentelemetry/propagation/text_map_propagator/trait.TextMapPropagator.html#tymethod.inject_context
+/// [extract-with-context]: https://docs.rs/opentelemetry/0.31/opentelemetry/propagation/text_map_propagator/trait.TextMapPropagator.html#tymethod.extract_with_context
 ///
 /// # Panics
 /// In `extract_with_context`, if two variables in the program claim the same baggage key (a
@@ -105,6 +109,8 @@ impl Default for BaggagePropagator {
 }
 
 impl TextMapPropagator for BaggagePropagator {
+    /// Writes the current context's baggage and `cx`'s own `Baggage` entries into the
+    /// carrier's `baggage` value (see [`BaggagePropagator`]).
     fn inject_context(&self, cx: &opentelemetry::Context, injector: &mut dyn Injector) {
         // OpenTelemetry's entries first, as if already on the carrier: the writer keeps them
         // and adds the current context's after them.
@@ -126,6 +132,8 @@ impl TextMapPropagator for BaggagePropagator {
         }
     }
 
+    /// A copy of the current context with the carrier's baggage, stored in a copy of `cx`;
+    /// take it out with [`extracted`] (see [`BaggagePropagator`]).
     #[track_caller]
     fn extract_with_context(
         &self,
@@ -139,6 +147,7 @@ impl TextMapPropagator for BaggagePropagator {
         })
     }
 
+    /// The one field this propagator reads and writes: `baggage`.
     fn fields(&self) -> FieldIter<'_> {
         FieldIter::new(&self.fields)
     }
