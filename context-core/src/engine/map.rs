@@ -226,10 +226,12 @@ fn position(key: u32, shift: u32) -> u32 {
 }
 
 /// A copy of a node is made to be written to (`Arc::make_mut`): its slots get room for one
-/// more, so that an insert into the copy does not reallocate them at once.
+/// more, and a small node room for 4 in all, so that the inserts into the copy do not
+/// reallocate them at once (a request's context, copied from its layer's base, takes its
+/// first few values in one allocation).
 impl Clone for Branch {
     fn clone(&self) -> Self {
-        let mut slots = Vec::with_capacity(self.slots.len() + 1);
+        let mut slots = Vec::with_capacity((self.slots.len() + 1).max(4));
         slots.extend(self.slots.iter().cloned());
         Branch {
             bitmap: self.bitmap,
