@@ -530,7 +530,7 @@ async fn local_runtime_tasks_inherit() {
 /// hook, they read an empty context; a task woken just as the runtime shuts down is cancelled
 /// inside its last poll, where it reads its own (tokio's cancel path, a race: both happen).
 #[test]
-fn futures_dropped_at_shutdown_read_an_empty_context() {
+fn futures_dropped_at_shutdown_never_read_the_dropping_threads_values() {
     struct Probe(Arc<Mutex<Vec<Option<&'static str>>>>);
     impl Drop for Probe {
         fn drop(&mut self) {
