@@ -151,10 +151,21 @@ pub fn inject_into<C: Carrier + ?Sized>(carrier: &mut C) -> usize {
 /// ```
 #[track_caller]
 pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError> {
+    let (context, accepted) = extract_into(Context::current(), carrier);
+    accepted.map(|()| context)
+}
+
+/// The carrier's entries read into `context` (the current context, or a copy of it): what
+/// `extract` and OpenTelemetry's propagator share. `accept` returns its error before it sets
+/// anything, so after an error `context` comes back as it went in.
+#[track_caller]
+fn extract_into<C: Carrier + ?Sized>(
+    mut context: Context,
+    carrier: &C,
+) -> (Context, Result<(), BaggageError>) {
     registry::assert_no_conflict();
-    let mut context = Context::current();
-    context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()))?;
-    Ok(context)
+    let accepted = context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()));
+    (context, accepted)
 }
 
 /// [`extract`] for OpenTelemetry's propagator, which runs while OpenTelemetry's current
@@ -166,11 +177,7 @@ pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError
 pub(crate) fn extract_detached<C: Carrier + ?Sized>(
     carrier: &C,
 ) -> (Context, Result<(), BaggageError>) {
-    registry::assert_no_conflict();
-    let mut context = Context::current().without_carried();
-    // `accept` returns its error before it sets anything.
-    let accepted = context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()));
-    (context, accepted)
+    extract_into(Context::current().without_carried(), carrier)
 }
 
 /// [`inject`] from `context` instead of the current one.
