@@ -478,16 +478,9 @@ impl<K: Key> ContextVar<K> {
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
         let key = self.key();
         let value = Value::new(value, K::copy_proof());
-        let (context, old) = current::write(move |frame| {
-            // The id is assigned once per context; every later `set` reads it here without
-            // a call.
-            let id = match frame.id {
-                0 => frame.id(),
-                id => id,
-            };
-            (id, frame.map.bind(key, self, value))
-        })
-        .map_err(|why| SetError::new(why, self.name))?;
+        let (context, old) =
+            current::write(move |frame| (frame.id(), frame.map.bind(key, self, value)))
+                .map_err(|why| SetError::new(why, self.name))?;
         Ok(Token::new(self, context, old))
     }
 

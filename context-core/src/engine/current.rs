@@ -46,7 +46,9 @@ impl Frame {
         Frame::with_map(self.map.clone())
     }
 
-    /// The context's identity, assigned on first use.
+    /// The context's identity, assigned on first use. Inlined: every `set` reads it, and
+    /// only the first in a context takes a fresh one.
+    #[inline]
     pub(crate) fn id(&mut self) -> u64 {
         if self.id == 0 {
             self.id = fresh_id();
