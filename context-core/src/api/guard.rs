@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::current::NO_CONTEXT;
 use crate::error::ResetError;
 use crate::map::{Value, VarMeta};
 use crate::var::restore;
@@ -51,8 +52,8 @@ use crate::var::restore;
 pub struct ScopeGuard {
     var: &'static dyn VarMeta,
     key: u32,
-    /// The context the `set` was made in; `0` where none was left (thread exit): such a guard
-    /// restores nothing.
+    /// The context the `set` was made in; `NO_CONTEXT` where none was left (thread exit):
+    /// such a guard restores nothing.
     context: u64,
     /// What the variable was before; taken when the guard drops.
     old: Option<Value>,
@@ -76,7 +77,7 @@ impl ScopeGuard {
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        if self.context == 0 {
+        if self.context == NO_CONTEXT {
             return;
         }
         match restore(self.var, self.key, self.context, self.old.take()) {

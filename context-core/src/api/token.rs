@@ -33,10 +33,10 @@ use crate::var::{ContextVar, Key, downcast};
               should be undone at the end of a block"]
 pub struct Token<K: Key> {
     var: &'static ContextVar<K>,
-    context: u64,
+    pub(crate) context: u64,
     /// The value before the `set`, as the map stores it (a `K::Value`): kept untyped, so that
     /// `set` and `reset` pass it along without a type check.
-    old: Option<Value>,
+    pub(crate) old: Option<Value>,
 }
 
 impl<K: Key> Token<K> {

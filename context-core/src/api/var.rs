@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::context::Context;
-use crate::current::{self, Unwritable};
+use crate::current::{self, NO_CONTEXT, Unwritable};
 use crate::error::{LookupError, ResetError, SetError};
 use crate::guard::ScopeGuard;
 use crate::map::{CopyProof, Leaf, Value, VarMeta};
@@ -457,14 +457,21 @@ impl<K: Key> ContextVar<K> {
     /// ```
     #[track_caller]
     pub fn set(&'static self, value: K::Value) -> Token<K> {
-        match self.try_set(value) {
-            Ok(token) => token,
+        let mut token = self.new_token(value);
+        match self.bind_token(&mut token) {
+            Ok(()) => token,
             // The thread's context is already torn down (a value's `Drop` running at thread
             // exit): there is nothing left to set, and a panic inside a thread-local's
             // destructor would abort the process. The value is dropped; the token resets
             // nothing.
-            Err(SetError::ThreadExiting { .. }) => Token::new(self, 0, None),
-            Err(err) => panic!("{err}"),
+            Err(Unwritable::ThreadExiting) => {
+                drop(token.old.take());
+                token
+            }
+            Err(why) => {
+                drop(token);
+                panic!("{}", SetError::new(why, self.name))
+            }
         }
     }
 
@@ -476,12 +483,34 @@ impl<K: Key> ContextVar<K> {
     /// spawner, for reading only; [`SetError::ThreadExiting`] while the thread's locals are
     /// being destroyed.
     pub fn try_set(&'static self, value: K::Value) -> Result<Token<K>, SetError> {
+        let mut token = self.new_token(value);
+        match self.bind_token(&mut token) {
+            Ok(()) => Ok(token),
+            // The value is dropped here, with the thread state released.
+            Err(why) => Err(SetError::new(why, self.name)),
+        }
+    }
+
+    /// A token of no context yet, holding `value` where its old value goes: [`bind_token`]
+    /// swaps the two in place, so that `set` moves the value once and the old one not at all.
+    ///
+    /// [`bind_token`]: Self::bind_token
+    #[inline]
+    fn new_token(&'static self, value: K::Value) -> Token<K> {
+        Token::new(self, NO_CONTEXT, Some(Value::new(value, K::copy_proof())))
+    }
+
+    /// Binds the value `token` holds in the current context and puts the value it replaces
+    /// (if any) in its place, with the context's id. Where there is no context to write to,
+    /// `token` is left as it was, still holding the value.
+    #[inline]
+    fn bind_token(&'static self, token: &mut Token<K>) -> Result<(), Unwritable> {
         let key = self.key();
-        let value = Value::new(value, K::copy_proof());
-        let (context, old) =
-            current::write(move |frame| (frame.id(), frame.map.bind(key, self, value)))
-                .map_err(|why| SetError::new(why, self.name))?;
-        Ok(Token::new(self, context, old))
+        current::write_with(token, move |frame, token| {
+            token.context = frame.id();
+            frame.map.exchange(key, self, &mut token.old);
+        })
+        .map_err(|(why, _)| why)
     }
 
     /// Restores the variable to what it was before the `set` that made `token`, including
@@ -636,24 +665,28 @@ pub(crate) fn restore(
     context: u64,
     old: Option<Value>,
 ) -> Result<(), ResetError> {
-    let replaced = current::write(move |frame| {
-        // `0`: a token made where no context was left (thread exit); no context owns it.
-        if context == 0 || frame.id != context {
-            return Err(old);
+    // `old` goes back in place of what the `set` bound; that comes out in `old`, which is
+    // dropped here once the thread state is released (as is `old` itself where the write does
+    // not happen).
+    let mut old = old;
+    let replaced = current::write_with(&mut old, move |frame, old| {
+        // A token made where no context was left (thread exit) carries `NO_CONTEXT`, which
+        // matches no frame.
+        if frame.id != context {
+            return false;
         }
-        Ok(match old {
-            Some(value) => frame.map.bind(key, var, value),
-            None => frame.map.remove(key),
-        })
+        frame.map.exchange(key, var, old);
+        true
     });
-    // Values are dropped here, with the thread state released.
     match replaced {
-        Ok(Ok(_replaced)) => Ok(()),
-        Ok(Err(_old)) => Err(ResetError::OtherContext { var: var.name() }),
-        Err(Unwritable::ThreadExiting) => Err(ResetError::ThreadExiting { var: var.name() }),
-        Err(Unwritable::NoContext) => Err(ResetError::NoContext { var: var.name() }),
-        // Nothing can be set in an inherited context, so no token belongs to it.
-        Err(Unwritable::Inherited) => Err(ResetError::OtherContext { var: var.name() }),
+        Ok(true) => Ok(()),
+        // Another context's token; nothing can be set in an inherited context, so no token
+        // belongs to it either.
+        Ok(false) | Err((Unwritable::Inherited, _)) => {
+            Err(ResetError::OtherContext { var: var.name() })
+        }
+        Err((Unwritable::ThreadExiting, _)) => Err(ResetError::ThreadExiting { var: var.name() }),
+        Err((Unwritable::NoContext, _)) => Err(ResetError::NoContext { var: var.name() }),
     }
 }
 

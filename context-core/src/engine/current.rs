@@ -33,6 +33,12 @@ pub(crate) struct Frame {
 /// their own. Ids are handed out from 1 upwards and never come near it.
 const READ_ONLY: u64 = 1 << 63;
 
+/// The context id of a token or guard that no context owns (made while the thread's locals
+/// were being destroyed): no frame's id is ever equal to it, so such a token resets nothing.
+/// (Ids count up from 1 and never come near it; a read-only frame, whose id carries
+/// [`READ_ONLY`], refuses every write before its id is compared.)
+pub(crate) const NO_CONTEXT: u64 = u64::MAX;
+
 impl Frame {
     pub(crate) const EMPTY: Frame = Frame::with_map(Map::EMPTY);
 
@@ -455,22 +461,10 @@ pub(crate) enum Unwritable {
     ThreadExiting,
 }
 
-/// Runs `f` on the thread's current frame to change it, after invalidating the read cache,
-/// with what `Fast` says of the frame. `None` once the thread is exiting (see `TEARDOWN`).
-#[inline]
-fn change<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> Option<R> {
-    if !may_write() {
-        return None;
-    }
-    Some(change_entered(|frame, fast| {
-        fast.refuse_while_reading();
-        f(frame, fast)
-    }))
-}
-
-/// [`change`], for a frame the caller has just entered: no read can be under way in it, since
-/// `get` only reads the frame current when it starts, and that frame is now swapped out.
-/// It only ever removes bindings, so it needs no `may_write`.
+/// Runs `f` on the thread's current frame to change it, after invalidating the read cache, for
+/// a frame the caller has just entered: no read can be under way in it, since `get` only reads
+/// the frame current when it starts, and that frame is now swapped out. It only ever removes
+/// bindings, so it needs no `may_write`.
 #[inline]
 fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
     current(|current| {
@@ -506,20 +500,42 @@ fn swap(frame: &mut Frame, owner: Task) -> Task {
 /// [`Unwritable`] where there is none.
 #[inline]
 pub(crate) fn write<R>(f: impl FnOnce(&mut Frame) -> R) -> Result<R, Unwritable> {
-    // `f` owns values (the one being set, a token's old value, a guard's saved map): where it
-    // is not called, it is dropped after the borrow ends, so that their `Drop` may read
-    // variables.
-    let mut f = Some(f);
-    let result = change(|frame, fast| {
-        if !fast.visible() {
-            Err(Unwritable::NoContext)
-        } else if frame.id & READ_ONLY != 0 {
-            Err(Unwritable::Inherited)
-        } else {
-            Ok(f.take().expect("called once")(frame))
-        }
-    });
-    result.unwrap_or(Err(Unwritable::ThreadExiting))
+    // `f` owns values (a guard's saved map, a binding): where it is not called, it is
+    // dropped here, after the borrow ends, so that their `Drop` may read variables.
+    write_with(f, |frame, f| f(frame)).map_err(|(why, _f)| why)
+}
+
+/// [`write`], with what `f` owns passed to it apart (the value being set, a token's old
+/// value), and handed back where `f` is not called, for the caller to drop with the thread
+/// state released. `set` and `reset` use it: their values then move once, into `f`, with no
+/// `Option` around the closure to fill, take and check.
+///
+/// # Errors
+/// [`Unwritable`] where there is no frame to write to, with `owned` back.
+#[inline]
+pub(crate) fn write_with<A, R>(
+    owned: A,
+    f: impl FnOnce(&mut Frame, A) -> R,
+) -> Result<R, (Unwritable, A)> {
+    if !may_write() {
+        return Err((Unwritable::ThreadExiting, owned));
+    }
+    current(|current| {
+        // Before the borrow: should it panic, `owned` is dropped with nothing borrowed.
+        fast(Fast::refuse_while_reading);
+        let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
+        fast(|fast| {
+            if !fast.visible() {
+                Err((Unwritable::NoContext, owned))
+            } else if current.frame.id & READ_ONLY != 0 {
+                Err((Unwritable::Inherited, owned))
+            } else {
+                // Only a write that happens invalidates the read cache.
+                fast.bump();
+                Ok(f(&mut current.frame, owned))
+            }
+        })
+    })
 }
 
 /// Drops every binding of the current context, inside it. The values it alone holds go one

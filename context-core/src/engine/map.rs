@@ -25,6 +25,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{MaybeUninit, align_of, size_of};
 use std::sync::Arc;
+use std::sync::atomic::{Ordering as AtomicOrdering, fence};
 
 /// A value as the map stores it.
 ///
@@ -218,6 +219,30 @@ pub(crate) struct Map {
     /// The root keeps the number of bindings, so that a `Map` is one pointer and entering a
     /// context swaps as little as possible.
     root: Option<Arc<Branch>>,
+}
+
+/// The node, to write to in place, where `node` is its only owner: what `Arc::get_mut` does,
+/// with a plain load of the count instead of its compare-and-swap, which is the dearest step
+/// of a `set` and a `reset` in time. It can, since nothing here ever makes a `Weak` of a node.
+#[inline]
+#[allow(unsafe_code)]
+fn unique_mut(node: &mut Arc<Branch>) -> Option<&mut Branch> {
+    if Arc::strong_count(node) != 1 {
+        return None;
+    }
+    // Whatever the other owners did with the node happens before what is done here: their
+    // drops lower the count with release ordering, as `Arc::get_mut` relies on too.
+    fence(AtomicOrdering::Acquire);
+    // SAFETY: `node` is the only `Arc` of this node, and nothing else can reach it:
+    // - the count is 1 and `node` is borrowed mutably, so no other `Arc` of it exists, and
+    //   none can be made but by cloning `node`, which the borrow prevents for as long as the
+    //   result lives;
+    // - this module is the only one that sees `Branch`, and it never calls `Arc::downgrade`,
+    //   so there is no `Weak` of it either, that could be upgraded meanwhile;
+    // - the fence above orders every access of former owners (on any thread) before this one.
+    // So the pointer, which `Arc::as_ptr` takes from the allocation without going through a
+    // shared reference, may be written through for as long as `node` is borrowed.
+    Some(unsafe { &mut *Arc::as_ptr(node).cast_mut() })
 }
 
 #[inline]
@@ -429,7 +454,7 @@ impl Map {
     }
 
     /// [`insert`](Self::insert), given the leaf's parts: the common write replaces only the
-    /// value, and `set` then moves no more than it.
+    /// value, and then moves no more than it.
     #[inline]
     pub(crate) fn bind(
         &mut self,
@@ -439,11 +464,10 @@ impl Map {
     ) -> Option<Value> {
         // The common write: a variable bound again in a map nobody shares, its leaf right in
         // the root. Replace the value in place, without `make_mut`'s call or the descent.
-        // (No let chains: the declared minimum Rust, 1.85, has none.)
         if let Some(Slot::Leaf(old)) = self
             .root
             .as_mut()
-            .and_then(Arc::get_mut)
+            .and_then(unique_mut)
             .and_then(|root| root.slot_mut(key))
         {
             if old.key == key {
@@ -451,6 +475,38 @@ impl Map {
             }
         }
         self.insert_slow(Leaf { key, var, value })
+    }
+
+    /// Swaps `key`'s binding with `slot`: afterwards `key` is bound to what `slot` held
+    /// (unbound for `None`), and `slot` holds what `key` was bound to. `set` and `reset` are
+    /// this one exchange, each with the value it keeps in place (the token's old value), so
+    /// that nothing is moved through return values.
+    #[inline]
+    pub(crate) fn exchange(
+        &mut self,
+        key: u32,
+        var: &'static dyn VarMeta,
+        slot: &mut Option<Value>,
+    ) {
+        // The common write, as in `bind`, with the values swapped in place. (No let chains:
+        // the declared minimum Rust, 1.85, has none.)
+        if let Some(value) = slot {
+            if let Some(Slot::Leaf(old)) = self
+                .root
+                .as_mut()
+                .and_then(unique_mut)
+                .and_then(|root| root.slot_mut(key))
+            {
+                if old.key == key {
+                    std::mem::swap(&mut old.value, value);
+                    return;
+                }
+            }
+        }
+        *slot = match slot.take() {
+            Some(value) => self.insert_slow(Leaf { key, var, value }),
+            None => self.remove(key),
+        };
     }
 
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
