@@ -793,6 +793,31 @@ mod tests {
         assert!(!unknown.as_any().is::<u32>());
     }
 
+    /// The in-place write that follows another thread's last use of a shared root: under
+    /// Miri, a write not ordered after that thread's reads is reported as a data race.
+    #[test]
+    fn a_root_released_by_another_thread_is_written_in_place_after_its_reads() {
+        let mut map = Map::EMPTY;
+        map.insert(leaf(1, 2));
+        let root = map.root.as_ref().map(Arc::as_ptr);
+        let copy = map.clone();
+        let reader = std::thread::spawn(move || {
+            let seen = copy.get(1).map(|leaf| read(&leaf.value));
+            drop(copy);
+            seen
+        });
+        // No join before the write: only the count orders it after the reader's last use.
+        while !map.may_drop_values() {
+            std::hint::spin_loop();
+        }
+        let mut slot = Some(Value::new(4_u64, Some(CopyProof::new())));
+        map.exchange(1, &META, &mut slot);
+        assert_eq!(slot.as_ref().map(read), Some(2));
+        assert_eq!(map.root.as_ref().map(Arc::as_ptr), root, "written in place");
+        assert_eq!(map.get(1).map(|leaf| read(&leaf.value)), Some(4));
+        assert_eq!(reader.join().unwrap(), Some(2));
+    }
+
     #[test]
     fn an_inline_value_never_counts_as_one_to_drop() {
         let mut map = Map::EMPTY;
