@@ -251,10 +251,18 @@ thread_local! {
 }
 
 impl Branch {
-    /// A copy of this node (a root another map shares), to be written to: the thread's spare
-    /// root filled with its slots where there is one, else a new node.
+    /// A copy of this node (a root another map shares) with `leaf` inserted, and the value it
+    /// replaces: the thread's spare root filled with its slots where there is one, else a new
+    /// node.
     #[inline(never)]
-    fn writable_copy(&self) -> Arc<Branch> {
+    fn copy_with(&self, leaf: Leaf) -> (Arc<Branch>, Option<Value>) {
+        fn insert_into_root(root: &mut Branch, leaf: Leaf) -> Option<Value> {
+            let old = root.insert(leaf, 0);
+            if old.is_none() {
+                root.len += 1;
+            }
+            old
+        }
         if let Some(mut spare) = SPARE.try_with(Cell::take).ok().flatten() {
             if let Some(node) = Arc::get_mut(&mut spare) {
                 node.bitmap = self.bitmap;
@@ -262,10 +270,13 @@ impl Branch {
                 node.rank = self.rank;
                 node.slots.reserve(self.slots.len() + 1);
                 node.slots.extend(self.slots.iter().cloned());
-                return spare;
+                let old = insert_into_root(node, leaf);
+                return (spare, old);
             }
         }
-        Arc::new(self.clone())
+        let mut copy = self.clone();
+        let old = insert_into_root(&mut copy, leaf);
+        (Arc::new(copy), old)
     }
 
     #[inline]
@@ -503,11 +514,13 @@ impl Map {
 
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
         let root = self.root.get_or_insert_with(|| Arc::new(Branch::EMPTY));
-        // A root another map shares is copied first. (A count of 1 cannot change under us:
-        // this map holds the only reference. Any other count may fall to 1 meanwhile, which
-        // only makes the copy unneeded.)
+        // A root another map shares is copied, with the leaf in it. (A count of 1 cannot change
+        // under us: this map holds the only reference. Any other count may fall to 1 meanwhile,
+        // which only makes the copy unneeded.)
         if Arc::strong_count(root) != 1 {
-            *root = root.writable_copy();
+            let (copy, old) = root.copy_with(leaf);
+            *root = copy;
+            return old;
         }
         let root = Arc::make_mut(root);
         let old = root.insert(leaf, 0);
@@ -518,7 +531,7 @@ impl Map {
     }
 
     /// Drops this map's bindings. A root no other map shares is kept, emptied, for the next
-    /// copy of a shared root on this thread to reuse ([`Branch::writable_copy`]): a request's
+    /// copy of a shared root on this thread to reuse ([`Branch::copy_with`]): a request's
     /// context, copied from its layer's base and dropped when the request ends, then costs no
     /// allocation. The values are dropped here, by the caller's thread.
     pub(crate) fn release(mut self) {
