@@ -431,8 +431,7 @@ impl Context {
     fn drop_values(&mut self) {
         if self.frame.map.may_drop_values() {
             // Its bindings only: what it carries beside them is not a value of its own.
-            let _entered = Entered::new(&mut self.frame);
-            current::drop_bindings();
+            current::drop_values(&mut self.frame);
         }
         if self.carried.is_some() {
             release(&mut self.carried);

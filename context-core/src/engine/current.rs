@@ -538,6 +538,18 @@ pub(crate) fn write_with<A, R>(
     })
 }
 
+/// Drops the bindings of `frame`, a context's own (its root no other context shares), inside
+/// that context ([`drop_bindings`]). Where every value is held in place, no `Drop` can run:
+/// the bindings are released at once, without entering the context.
+pub(crate) fn drop_values(frame: &mut Frame) {
+    if frame.map.holds_no_drop() {
+        std::mem::take(&mut frame.map).release();
+    } else {
+        let _entered = Entered::new(frame);
+        drop_bindings();
+    }
+}
+
 /// Drops every binding of the current context, inside it. The values it alone holds go one
 /// at a time: while a value is dropped, the values not dropped yet are still bound, so its
 /// `Drop` may read them, and may set variables (what it sets is dropped in the next round,
@@ -556,11 +568,15 @@ pub(crate) fn write_with<A, R>(
 pub(crate) fn drop_bindings() {
     let mut first_panic = None;
     loop {
-        let mut keys = Vec::new();
-        change_entered(|frame, _| frame.map.owned_keys(&mut keys));
-        if keys.is_empty() {
-            let shared = change_entered(|frame, _| std::mem::take(&mut frame.map));
-            catch_drop_panic(shared, &mut first_panic);
+        let mut keys = Keys::default();
+        // The bindings left, once no value is this context's alone.
+        let shared = change_entered(|frame, _| {
+            frame.map.owned_keys(&mut keys);
+            keys.is_empty().then(|| std::mem::take(&mut frame.map))
+        });
+        if let Some(shared) = shared {
+            // Released with the thread state released; its root is kept for the next context.
+            catch_drop_panic(move || shared.release(), &mut first_panic);
             // Should that release have dropped a value after all (its other owner let go at
             // the same moment) and its `Drop` have set something, that goes in another round.
             if change_entered(|frame, _| frame.map.len() == 0) {
@@ -568,11 +584,12 @@ pub(crate) fn drop_bindings() {
             }
             continue;
         }
+        let keys = keys.as_mut_slice();
         keys.sort_unstable_by(|a, b| b.cmp(a));
-        for key in keys {
+        for &key in &*keys {
             let value = change_entered(|frame, _| frame.map.remove(key));
             // Dropped with the thread state released.
-            catch_drop_panic(value, &mut first_panic);
+            catch_drop_panic(move || drop(value), &mut first_panic);
         }
     }
     if let Some(payload) = first_panic {
@@ -582,9 +599,47 @@ pub(crate) fn drop_bindings() {
     }
 }
 
-/// Drops `value`, keeping the first panic of its `Drop` in `first_panic`.
-fn catch_drop_panic<T>(value: T, first_panic: &mut Option<Box<dyn std::any::Any + Send>>) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(value))) {
+/// The keys of the values [`drop_bindings`] drops in one round: the first few on the stack
+/// (a request's context holds a few), the rest in a `Vec`.
+#[derive(Default)]
+struct Keys {
+    few: [u32; 8],
+    len: usize,
+    more: Vec<u32>,
+}
+
+impl Extend<u32> for Keys {
+    fn extend<I: IntoIterator<Item = u32>>(&mut self, keys: I) {
+        for key in keys {
+            if let Some(slot) = self.few.get_mut(self.len) {
+                *slot = key;
+                self.len += 1;
+            } else {
+                self.more.push(key);
+            }
+        }
+    }
+}
+
+impl Keys {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// All the keys, in no particular order.
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        if self.more.is_empty() {
+            &mut self.few[..self.len]
+        } else {
+            self.more.extend_from_slice(&self.few[..self.len]);
+            &mut self.more
+        }
+    }
+}
+
+/// Runs `drop` (which drops values), keeping the first panic of a `Drop` in `first_panic`.
+fn catch_drop_panic(drop: impl FnOnce(), first_panic: &mut Option<Box<dyn std::any::Any + Send>>) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop)) {
         first_panic.get_or_insert(payload);
     }
 }

@@ -20,6 +20,7 @@
 //! read or set context variables freely.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
@@ -163,8 +164,8 @@ impl Value {
         }
     }
 
-    /// Whether the value is held in place.
-    #[cfg(test)]
+    /// Whether the value is held in place (and so has no `Drop`).
+    #[inline]
     pub(crate) fn is_inline(&self) -> bool {
         matches!(self.0, Repr::Inline { .. })
     }
@@ -267,7 +268,42 @@ impl Clone for Branch {
     }
 }
 
+thread_local! {
+    /// A root node this thread released, emptied ([`Map::release`]), for the next copy of a
+    /// shared root to fill instead of allocating a node and its slots. One at most: a root
+    /// holds at most 32 slots, so it keeps at most that much room.
+    static SPARE: Cell<Option<Arc<Branch>>> = const { Cell::new(None) };
+}
+
 impl Branch {
+    /// A copy of this node (a root another map shares) with `leaf` inserted, and the value it
+    /// replaces: the thread's spare root filled with its slots where there is one, else a new
+    /// node.
+    #[inline(never)]
+    fn copy_with(&self, leaf: Leaf) -> (Arc<Branch>, Option<Value>) {
+        fn insert_into_root(root: &mut Branch, leaf: Leaf) -> Option<Value> {
+            let old = root.insert(leaf, 0);
+            if old.is_none() {
+                root.len += 1;
+            }
+            old
+        }
+        if let Some(mut spare) = SPARE.try_with(Cell::take).ok().flatten() {
+            if let Some(node) = Arc::get_mut(&mut spare) {
+                node.bitmap = self.bitmap;
+                node.len = self.len;
+                node.rank = self.rank;
+                node.slots.reserve(self.slots.len() + 1);
+                node.slots.extend(self.slots.iter().cloned());
+                let old = insert_into_root(node, leaf);
+                return (spare, old);
+            }
+        }
+        let mut copy = self.clone();
+        let old = insert_into_root(&mut copy, leaf);
+        (Arc::new(copy), old)
+    }
+
     #[inline]
     fn index(&self, bit: u32) -> usize {
         (self.bitmap & (bit - 1)).count_ones() as usize
@@ -291,26 +327,32 @@ impl Branch {
     }
 
     /// Updates `rank` after position `at` was filled, its slot now at `index`, or emptied
-    /// (`index` `None`): the occupied positions after it move one slot up or down. One pass
-    /// over the 32 ranks with no state carried from one to the next, which the compiler turns
-    /// into a few vector operations, where [`reindex`] counts from the start.
+    /// (`index` `None`): the slots after it move one up or down. Ranks grow with positions,
+    /// so the slots that move are those whose rank is above the slot filled or emptied: one
+    /// compare of each rank with one number, no state carried from one to the next, which the
+    /// compiler turns into a few vector operations (two 16-byte compares), where [`reindex`]
+    /// counts from the start.
     ///
     /// [`reindex`]: Self::reindex
     #[inline]
     fn shift_ranks(&mut self, at: u32, index: Option<usize>) {
         let at = at as usize;
-        for (position, rank) in self.rank.iter_mut().enumerate() {
-            let moves = u8::from(position > at && *rank != 0);
-            *rank = if index.is_some() {
-                *rank + moves
-            } else {
-                *rank - moves
-            };
+        if let Some(index) = index {
+            // At most 32 slots: the rank fits.
+            #[allow(clippy::cast_possible_truncation)]
+            let rank = index as u8 + 1;
+            // The slot that was at `index` (rank `index + 1`) and those after it move up.
+            for r in &mut self.rank {
+                *r += u8::from(*r >= rank);
+            }
+            self.rank[at] = rank;
+        } else {
+            let rank = self.rank[at];
+            for r in &mut self.rank {
+                *r -= u8::from(*r > rank);
+            }
+            self.rank[at] = 0;
         }
-        // At most 32 slots: the rank fits.
-        #[allow(clippy::cast_possible_truncation)]
-        let rank = index.map_or(0, |index| index as u8 + 1);
-        self.rank[at] = rank;
     }
 
     /// Recomputes `rank` from `bitmap`, for a node built from scratch.
@@ -350,16 +392,29 @@ impl Branch {
         }
     }
 
+    /// Puts `leaf` at position `at`, which is empty.
+    #[inline]
+    fn add(&mut self, at: u32, leaf: Leaf) {
+        let bit = 1 << at;
+        let index = self.index(bit);
+        self.bitmap |= bit;
+        self.slots.insert(index, Slot::Leaf(leaf));
+        self.shift_ranks(at, Some(index));
+    }
+
+    /// Adds `leaf` to this node, the root, where its position is empty.
+    #[inline(never)]
+    fn add_to_root(&mut self, leaf: Leaf) {
+        self.add(leaf.key & MASK, leaf);
+        self.len += 1;
+    }
+
     /// Inserts or replaces; returns the replaced value.
     fn insert(&mut self, leaf: Leaf, shift: u32) -> Option<Value> {
         let at = (leaf.key >> shift) & MASK;
         let rank = self.rank[at as usize];
         if rank == 0 {
-            let bit = 1 << at;
-            let index = self.index(bit);
-            self.bitmap |= bit;
-            self.slots.insert(index, Slot::Leaf(leaf));
-            self.shift_ranks(at, Some(index));
+            self.add(at, leaf);
             return None;
         }
         match &mut self.slots[usize::from(rank) - 1] {
@@ -462,16 +517,21 @@ impl Map {
         var: &'static dyn VarMeta,
         value: Value,
     ) -> Option<Value> {
-        // The common write: a variable bound again in a map nobody shares, its leaf right in
-        // the root. Replace the value in place, without `make_mut`'s call or the descent.
-        if let Some(Slot::Leaf(old)) = self
-            .root
-            .as_mut()
-            .and_then(unique_mut)
-            .and_then(|root| root.slot_mut(key))
-        {
-            if old.key == key {
-                return Some(std::mem::replace(&mut old.value, value));
+        // The common writes, in a map nobody shares: a variable bound again, its leaf right in
+        // the root, whose value is replaced in place; a variable bound for the first time
+        // where the root has room at its position, whose leaf is added there. Neither needs
+        // `make_mut`'s call or the descent. (No let chains: the declared minimum Rust, 1.85,
+        // has none.)
+        if let Some(root) = self.root.as_mut().and_then(unique_mut) {
+            match root.slot_mut(key) {
+                Some(Slot::Leaf(old)) if old.key == key => {
+                    return Some(std::mem::replace(&mut old.value, value));
+                }
+                None => {
+                    root.add_to_root(Leaf { key, var, value });
+                    return None;
+                }
+                Some(_) => {}
             }
         }
         self.insert_slow(Leaf { key, var, value })
@@ -488,18 +548,24 @@ impl Map {
         var: &'static dyn VarMeta,
         slot: &mut Option<Value>,
     ) {
-        // The common write, as in `bind`, with the values swapped in place. (No let chains:
+        // The common writes, as in `bind`, with the values swapped in place. (No let chains:
         // the declared minimum Rust, 1.85, has none.)
-        if let Some(value) = slot {
-            if let Some(Slot::Leaf(old)) = self
-                .root
-                .as_mut()
-                .and_then(unique_mut)
-                .and_then(|root| root.slot_mut(key))
-            {
-                if old.key == key {
-                    std::mem::swap(&mut old.value, value);
-                    return;
+        if slot.is_some() {
+            if let Some(root) = self.root.as_mut().and_then(unique_mut) {
+                match root.slot_mut(key) {
+                    Some(Slot::Leaf(old)) if old.key == key => {
+                        if let Some(value) = slot {
+                            std::mem::swap(&mut old.value, value);
+                        }
+                        return;
+                    }
+                    None => {
+                        if let Some(value) = slot.take() {
+                            root.add_to_root(Leaf { key, var, value });
+                        }
+                        return;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -511,12 +577,35 @@ impl Map {
 
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
         let root = self.root.get_or_insert_with(|| Arc::new(Branch::EMPTY));
-        let root = Arc::make_mut(root);
+        // A root another map shares is copied, with the leaf in it. (A count of 1 cannot change
+        // under us: this map holds the only reference. Any other count may fall to 1 meanwhile,
+        // which only makes the copy unneeded.)
+        if Arc::strong_count(root) != 1 {
+            let (copy, old) = root.copy_with(leaf);
+            *root = copy;
+            return old;
+        }
+        let root = unique_mut(root).expect("a count of 1 stays 1 while this map holds the root");
         let old = root.insert(leaf, 0);
         if old.is_none() {
             root.len += 1;
         }
         old
+    }
+
+    /// Drops this map's bindings. A root no other map shares is kept, emptied, for the next
+    /// copy of a shared root on this thread to reuse ([`Branch::copy_with`]): a request's
+    /// context, copied from its layer's base and dropped when the request ends, then costs no
+    /// allocation. The values are dropped here, by the caller's thread.
+    pub(crate) fn release(mut self) {
+        let Some(mut root) = self.root.take() else {
+            return;
+        };
+        let Some(node) = Arc::get_mut(&mut root) else {
+            return;
+        };
+        node.slots.clear();
+        let _ = SPARE.try_with(move |spare| spare.set(Some(root)));
     }
 
     /// Unbinds `key`; returns its value, if it was bound. A map that does not hold `key` is
@@ -533,16 +622,33 @@ impl Map {
         Some(value)
     }
 
+    /// Whether every value of this map is held in place: dropping the map runs no `Drop`.
+    pub(crate) fn holds_no_drop(&self) -> bool {
+        fn walk(branch: &Branch) -> bool {
+            for slot in &branch.slots {
+                let inline = match slot {
+                    Slot::Leaf(leaf) => leaf.value.is_inline(),
+                    Slot::Branch(child) => walk(child),
+                };
+                if !inline {
+                    return false;
+                }
+            }
+            true
+        }
+        self.root.as_deref().is_none_or(walk)
+    }
+
     /// Adds to `keys` the keys whose values this map alone keeps alive: the leaves on nodes
     /// no other map shares, whose value has no other owner. Dropping the map would drop
     /// exactly these values; the rest would only lose a reference.
-    pub(crate) fn owned_keys(&self, keys: &mut Vec<u32>) {
-        fn walk(branch: &Branch, keys: &mut Vec<u32>) {
+    pub(crate) fn owned_keys(&self, keys: &mut impl Extend<u32>) {
+        fn walk(branch: &Branch, keys: &mut impl Extend<u32>) {
             for slot in &branch.slots {
                 match slot {
                     Slot::Leaf(leaf) => {
                         if leaf.value.may_drop() {
-                            keys.push(leaf.key);
+                            keys.extend(Some(leaf.key));
                         }
                     }
                     Slot::Branch(child) => {
@@ -816,6 +922,46 @@ mod tests {
         assert_eq!(map.root.as_ref().map(Arc::as_ptr), root, "written in place");
         assert_eq!(map.get(1).map(|leaf| read(&leaf.value)), Some(4));
         assert_eq!(reader.join().unwrap(), Some(2));
+    }
+
+    #[test]
+    fn a_released_root_serves_the_next_copy_with_none_of_its_old_bindings() {
+        let mut base = Map::EMPTY;
+        base.insert(leaf(1, 10));
+        let shared = Value::new(5_u64, None);
+        let mut old = base.clone();
+        // Enough keys for branches below the root, and a value shared with `shared`.
+        for key in 2..70 {
+            old.insert(leaf(key, u64::from(key)));
+        }
+        old.insert(Leaf {
+            key: 80,
+            var: &META,
+            value: shared.clone(),
+        });
+        assert!(!shared.may_drop(), "the map holds a reference");
+        old.release();
+        assert!(shared.may_drop(), "releasing the map let go of its values");
+        for round in 0..3 {
+            let mut copy = base.clone();
+            copy.insert(leaf(3, round));
+            check(&copy, &BTreeMap::from([(1, 10), (3, round)]));
+            check(&base, &BTreeMap::from([(1, 10)]));
+            copy.release();
+        }
+    }
+
+    #[test]
+    fn a_map_of_values_held_in_place_has_no_drop_to_run() {
+        let mut map = Map::EMPTY;
+        assert!(map.holds_no_drop());
+        for key in 0..70 {
+            map.insert(leaf(key, 2 * u64::from(key)));
+        }
+        assert!(map.holds_no_drop());
+        // An odd value is shared, deep in the trie or not.
+        map.insert(leaf(64 + 32, 1));
+        assert!(!map.holds_no_drop());
     }
 
     #[test]

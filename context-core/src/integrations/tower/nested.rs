@@ -5,6 +5,7 @@
 //! its base.
 
 use crate::context::Context;
+use crate::map::CopyProof;
 use crate::var::{ContextVar, Key, NoDefault};
 
 /// The key of [`IN_REQUEST`].
@@ -14,6 +15,12 @@ impl Key for InRequest {
     type Value = ();
     type Default = NoDefault;
     const HIDDEN: bool = true;
+
+    /// Held in place: the mark allocates nothing, and a request whose values are all held in
+    /// place has none with a `Drop` to run when it ends.
+    fn copy_proof() -> Option<CopyProof<()>> {
+        Some(CopyProof::new())
+    }
 }
 
 /// Marks a request's context, as a layer of this module enters it: a `ContextLayer` called
