@@ -548,24 +548,18 @@ impl Map {
         var: &'static dyn VarMeta,
         slot: &mut Option<Value>,
     ) {
-        // The common writes, as in `bind`, with the values swapped in place. (No let chains:
+        // The common write, as in `bind`, with the values swapped in place. (No let chains:
         // the declared minimum Rust, 1.85, has none.)
-        if slot.is_some() {
-            if let Some(root) = self.root.as_mut().and_then(unique_mut) {
-                match root.slot_mut(key) {
-                    Some(Slot::Leaf(old)) if old.key == key => {
-                        if let Some(value) = slot {
-                            std::mem::swap(&mut old.value, value);
-                        }
-                        return;
-                    }
-                    None => {
-                        if let Some(value) = slot.take() {
-                            root.add_to_root(Leaf { key, var, value });
-                        }
-                        return;
-                    }
-                    Some(_) => {}
+        if let Some(value) = slot {
+            if let Some(Slot::Leaf(old)) = self
+                .root
+                .as_mut()
+                .and_then(unique_mut)
+                .and_then(|root| root.slot_mut(key))
+            {
+                if old.key == key {
+                    std::mem::swap(&mut old.value, value);
+                    return;
                 }
             }
         }
