@@ -3,16 +3,20 @@
 //! once the application turns that on (`contextvars::tracing::carry_spans`,
 //! `contextvars::opentelemetry::carry_context`).
 //!
-//! A [`Context`](crate::Context) holds them beside its bindings, not among them: a snapshot
-//! still shares its parent's map untouched (no path copy, nothing of its own to drop), and the
-//! mapping view never sees them. `Context::current()` takes them ([`Carried::capture`]), clones
-//! copy them, and entering a context enters them ([`Carried::enter`]) until it is left.
+//! A context holds them in the root of its bindings' map, not among the bindings: the mapping
+//! view never sees them, and a `Context` stays as small as without the features. A snapshot
+//! shares its parent's root, as before, wherever it carries what the root carries already (the
+//! span a context entered, still current); only a snapshot that must carry something else
+//! copies the root, never the nodes below it. `Context::current()` settles that
+//! ([`recarry`]), clones share it, and entering a context enters it ([`Carried::enter`]) until
+//! it is left.
 //!
-//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context a
-//! check that it carries nothing; without the features, not even that. The switches only ever
-//! go on.
+//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context the
+//! same; without the features, not even that. The switches only ever go on.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::map::Map;
 
 /// `carry_spans` was called.
 #[cfg(feature = "tracing")]
@@ -20,6 +24,11 @@ const SPANS: u8 = 1;
 /// `carry_context` was called.
 #[cfg(feature = "opentelemetry")]
 const OTEL: u8 = 2;
+
+/// A context was made to carry OpenTelemetry's context explicitly (an extracted context), so
+/// that some context may carry something though neither switch is on.
+#[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+const EXPLICIT: u8 = 4;
 
 /// What snapshots carry: a set of the bits above, which are only ever added.
 static CARRY: AtomicU8 = AtomicU8::new(0);
@@ -34,9 +43,10 @@ fn carry() -> u8 {
     }
 }
 
-/// Whether snapshots carry anything: something was turned on.
-#[cfg_attr(not(feature = "hooks"), allow(dead_code))]
-#[inline]
+/// Whether any context may carry anything: something was turned on. Until then no context
+/// carries anything, and the hot paths look no further.
+#[allow(clippy::inline_always)]
+#[inline(always)]
 pub(crate) fn any() -> bool {
     carry() != 0
 }
@@ -51,6 +61,33 @@ pub(crate) fn carry_spans() {
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn carry_otel() {
     CARRY.fetch_or(OTEL, Ordering::Relaxed);
+}
+
+/// Records that a context is made to carry OpenTelemetry's context explicitly.
+#[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+fn carry_explicitly() {
+    CARRY.fetch_or(EXPLICIT, Ordering::Relaxed);
+}
+
+/// `map`, a snapshot of the current bindings, carrying what is current here of what is turned
+/// on: its root is copied only if it carries something else.
+#[inline]
+pub(crate) fn recarry(map: Map) -> Map {
+    let carry = carry();
+    if carry == 0 {
+        map
+    } else {
+        recarry_turned_on(map, carry)
+    }
+}
+
+#[inline(never)]
+fn recarry_turned_on(mut map: Map, carry: u8) -> Map {
+    let carried = map.carried();
+    if let Some(other) = Carried::capture_unless_same(carried, carry) {
+        map.set_carried(other);
+    }
+    map
 }
 
 /// The span and OpenTelemetry context a context carries (each `None` where it carries none).
@@ -74,46 +111,59 @@ impl Carried {
     /// OpenTelemetry's context `otel`, and no span.
     #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
     pub(crate) fn otel(otel: ::opentelemetry::Context) -> Carried {
+        carry_explicitly();
         Carried {
             otel: Some(otel),
             ..Carried::NONE
         }
     }
 
-    /// Drops the span, leaving OpenTelemetry's context. The handle is taken out first: if it
-    /// is the last one, the span closes with nothing of this borrowed.
+    /// What is carried here but the span, if there is a span (`None`: nothing to change).
     #[cfg(all(feature = "tracing", feature = "hooks"))]
-    pub(crate) fn drop_span(&mut self) {
-        drop(self.span.take());
+    pub(crate) fn without_span(&self) -> Option<Carried> {
+        self.span.as_ref()?;
+        Some(Carried {
+            span: None,
+            ..self.clone()
+        })
     }
 
-    /// What is current here, of what is turned on.
-    #[inline]
-    pub(crate) fn capture() -> Carried {
-        let carry = carry();
-        if carry == 0 {
-            Carried::NONE
-        } else {
-            Carried::capture_turned_on(carry)
-        }
-    }
-
-    #[inline(never)]
+    /// What is current here, of what is turned on (`carry`), unless it is what `carried`
+    /// holds already (`None` then: nothing to change).
     #[cfg_attr(
         not(any(feature = "tracing", feature = "opentelemetry")),
         allow(unused_variables)
     )]
-    fn capture_turned_on(carry: u8) -> Carried {
-        Carried {
-            #[cfg(feature = "tracing")]
-            span: if carry & SPANS == 0 {
-                None
-            } else {
-                span::current()
-            },
-            #[cfg(feature = "opentelemetry")]
-            otel: (carry & OTEL != 0).then(::opentelemetry::Context::current),
+    fn capture_unless_same(carried: &Carried, carry: u8) -> Option<Carried> {
+        #[cfg(feature = "tracing")]
+        let span = if carry & SPANS == 0 {
+            None
+        } else {
+            span::current(carried.span.as_ref())
+        };
+        #[cfg(feature = "tracing")]
+        #[allow(unused_mut)]
+        let mut same = match (&span, &carried.span) {
+            (None, None) => true,
+            (Some(span), Some(carried)) => std::sync::Arc::ptr_eq(span, carried),
+            _ => false,
+        };
+        #[cfg(not(feature = "tracing"))]
+        #[allow(unused_mut)]
+        let mut same = true;
+        #[cfg(feature = "opentelemetry")]
+        let otel = (carry & OTEL != 0).then(::opentelemetry::Context::current);
+        // OpenTelemetry's contexts cannot be compared: one carried is taken again.
+        #[cfg(feature = "opentelemetry")]
+        {
+            same &= otel.is_none() && carried.otel.is_none();
         }
+        (!same).then_some(Carried {
+            #[cfg(feature = "tracing")]
+            span,
+            #[cfg(feature = "opentelemetry")]
+            otel,
+        })
     }
 
     /// Whether there is anything to enter.
@@ -235,10 +285,15 @@ mod span {
         }
     }
 
-    /// A handle on the current span, if there is one.
-    pub(super) fn current() -> Option<Arc<CarriedSpan>> {
+    /// A handle on the current span, if there is one: `carried` itself where it is that span.
+    pub(super) fn current(carried: Option<&Arc<CarriedSpan>>) -> Option<Arc<CarriedSpan>> {
         dispatcher::get_default(|dispatch| {
             let (id, metadata) = dispatch.current_span().into_inner()?;
+            if let Some(carried) =
+                carried.filter(|span| span.id == id && std::ptr::eq(span.metadata, metadata))
+            {
+                return Some(Arc::clone(carried));
+            }
             // The span the innermost context entered here, still current: its handle.
             let entered = ENTERED
                 .try_with(|entered| {

@@ -26,6 +26,8 @@ use std::marker::PhantomData;
 use std::mem::{MaybeUninit, align_of, size_of};
 use std::sync::Arc;
 
+use crate::carried::Carried;
+
 /// A value as the map stores it.
 ///
 /// A value whose type is `Copy` and fits in two words (`u64`, `&'static str`, a small id
@@ -210,7 +212,15 @@ struct Branch {
     /// no population count, which x86-64's baseline has no instruction for.
     rank: [u8; 32],
     slots: Vec<Slot>,
+    /// In the root only: what the context carries beside its bindings (the `tracing` span,
+    /// OpenTelemetry's context), never a binding. Kept here rather than in each `Context`,
+    /// so that a snapshot stays one pointer copy: snapshots taken where the same span is
+    /// current share the root, and only a snapshot that must carry something else copies it.
+    carried: Carried,
 }
+
+/// Nothing carried: what a map without a root carries.
+static NOTHING_CARRIED: Carried = Carried::NONE;
 
 /// The bindings of one context.
 #[derive(Clone, Default)]
@@ -238,6 +248,7 @@ impl Clone for Branch {
             len: self.len,
             rank: self.rank,
             slots,
+            carried: self.carried.clone(),
         }
     }
 }
@@ -307,6 +318,7 @@ impl Branch {
             len: 0,
             rank: [0; 32],
             slots,
+            carried: Carried::NONE,
         };
         branch.reindex();
         branch
@@ -387,6 +399,7 @@ impl Branch {
         len: 0,
         rank: [0; 32],
         slots: Vec::new(),
+        carried: Carried::NONE,
     };
 }
 
@@ -397,8 +410,8 @@ impl Map {
         self.root.as_ref().map_or(0, |root| root.len as usize)
     }
 
-    /// Whether dropping this map may drop values: it has bindings and no other map shares
-    /// its root. (A shared root only loses a reference; nodes or values below it may still be
+    /// Whether dropping this map may drop values: it has bindings (or carries a span or
+    /// OpenTelemetry's context) and no other map shares its root. (A shared root only loses a reference; nodes or values below it may still be
     /// shared, so `true` means "may", not "will".)
     #[inline]
     pub(crate) fn may_drop_values(&self) -> bool {
@@ -471,10 +484,51 @@ impl Map {
         let branch = Arc::make_mut(root);
         let value = branch.remove(key, 0);
         branch.len -= 1;
-        if branch.len == 0 {
+        if branch.len == 0 && !branch.carried.is_some() {
             self.root = None;
         }
         Some(value)
+    }
+
+    /// What the context of these bindings carries besides them.
+    #[inline]
+    pub(crate) fn carried(&self) -> &Carried {
+        self.root
+            .as_ref()
+            .map_or(&NOTHING_CARRIED, |root| &root.carried)
+    }
+
+    /// Whether the context of these bindings carries a span or OpenTelemetry's context: the
+    /// hot paths ask first whether anything was ever carried (one load of a flag), so that a
+    /// context is entered as before while nothing is.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn carries(&self) -> bool {
+        crate::carried::any()
+            && self
+                .root
+                .as_ref()
+                .is_some_and(|root| root.carried.is_some())
+    }
+
+    /// Makes these bindings carry `carried` instead of what they carried, copying the root if
+    /// it is shared (only the root: the nodes below and the values stay shared). What was
+    /// carried is dropped here: the caller holds no borrow of the thread's state.
+    pub(crate) fn set_carried(&mut self, carried: Carried) {
+        match &mut self.root {
+            None if !carried.is_some() => {}
+            None => {
+                self.root = Some(Arc::new(Branch {
+                    carried,
+                    ..Branch::EMPTY
+                }));
+            }
+            Some(root) if root.len == 0 && !carried.is_some() => self.root = None,
+            Some(root) => {
+                let root = Arc::make_mut(root);
+                drop(std::mem::replace(&mut root.carried, carried));
+            }
+        }
     }
 
     /// Adds to `keys` the keys whose values this map alone keeps alive: the leaves on nodes
