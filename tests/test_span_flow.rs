@@ -487,3 +487,36 @@ async fn a_handlers_task_logs_under_the_request_span_over_tcp() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_task_is_dropped_inside_its_span_which_then_closes() {
+    struct LogOnDrop;
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            info!("aborted: dropped");
+        }
+    }
+    carry();
+    let shown = "request{test=\"aborted\"}";
+    // Spawned in a span entered by hand, which the spawner's context does not carry.
+    let task = info_span!("request", test = "aborted").in_scope(|| {
+        let guard = LogOnDrop;
+        contextvars::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!spans::closed(shown), "closed while the task holds it");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(parent("aborted: dropped").as_deref(), Some(shown));
+    assert!(spans::closed(shown), "still open once the task is gone");
+}
+
+#[test]
+fn what_a_context_carries_makes_it_no_larger() {
+    // Its bindings and its identity, as without the feature: a snapshot copies no more, and
+    // a spawned task is no larger.
+    assert_eq!(std::mem::size_of::<Context>(), 16);
+}

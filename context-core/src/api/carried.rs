@@ -198,11 +198,54 @@ impl Carried {
     pub(crate) fn enter(&self) -> Entered {
         Entered {
             #[cfg(feature = "tracing")]
-            span: self.span.as_ref().is_some_and(span::enter),
+            span: self.span.as_ref().map(span::enter),
             #[cfg(feature = "opentelemetry")]
             otel: self.otel.clone().map(::opentelemetry::Context::attach),
             _not_send: std::marker::PhantomData,
         }
+    }
+}
+
+/// The span a task spawned by `contextvars::spawn` carries in itself rather than in its
+/// context: the current span, where spans alone are carried and the snapshot carries
+/// nothing yet (a spawn in a span entered by hand, such as a request's). The task's future
+/// holds the handle, as `.in_current_span()` would, so the spawn allocates nothing more, and
+/// enters the span around every poll; the task's context then carries nothing, and a
+/// snapshot taken inside the task takes the span as any other snapshot does.
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+pub(crate) struct TaskSpan(span::CarriedSpan);
+
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+impl TaskSpan {
+    /// The current span, for a task whose snapshot is `map`; `None` where the snapshot is to
+    /// carry what it must itself ([`recarry`]): something else is carried, or there is no
+    /// span.
+    #[inline]
+    pub(crate) fn for_spawn(map: &Map) -> Option<TaskSpan> {
+        if carry() != SPANS || map.carried().is_some() {
+            return None;
+        }
+        span::handle().map(TaskSpan)
+    }
+
+    /// Enters the span until the result drops, on this thread.
+    #[inline]
+    pub(crate) fn enter(&self) -> TaskSpanEntered<'_> {
+        self.0.dispatch.enter(&self.0.id);
+        TaskSpanEntered(self)
+    }
+}
+
+/// [`TaskSpan::enter`]: exits the span when dropped.
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+pub(crate) struct TaskSpanEntered<'a>(&'a TaskSpan);
+
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+impl Drop for TaskSpanEntered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let span = &(self.0).0;
+        span.dispatch.exit(&span.id);
     }
 }
 
@@ -212,9 +255,9 @@ pub(crate) struct Entered {
     /// Dropped first: detached before the span is exited, the reverse of [`Carried::enter`].
     #[cfg(feature = "opentelemetry")]
     otel: Option<::opentelemetry::ContextGuard>,
-    /// A span was entered: the innermost of this thread's entered spans.
+    /// The span entered, to exit.
     #[cfg(feature = "tracing")]
-    span: bool,
+    span: Option<std::sync::Arc<span::CarriedSpan>>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -223,15 +266,16 @@ impl Drop for Entered {
         #[cfg(feature = "opentelemetry")]
         drop(self.otel.take());
         #[cfg(feature = "tracing")]
-        if self.span {
-            span::exit();
+        if let Some(span) = self.span.take() {
+            span::exit(&span);
+            // Released once exited: it may be the last handle.
+            drop(span);
         }
     }
 }
 
 #[cfg(feature = "tracing")]
 mod span {
-    use std::cell::RefCell;
     use std::sync::Arc;
 
     use tracing_core::Metadata;
@@ -241,8 +285,8 @@ mod span {
     /// A handle on a span, as `tracing::Span` holds one: the subscriber that made it, and one
     /// of the references that keep it open.
     pub(super) struct CarriedSpan {
-        dispatch: Dispatch,
-        id: Id,
+        pub(super) dispatch: Dispatch,
+        pub(super) id: Id,
         /// With the id, what tells two spans apart (as `tracing::Span`'s `PartialEq` does).
         metadata: &'static Metadata<'static>,
     }
@@ -254,38 +298,32 @@ mod span {
         }
     }
 
-    thread_local! {
-        /// The spans that contexts entered on this thread, innermost last: a snapshot taken
-        /// while the innermost is still the current span shares its handle.
-        static ENTERED: RefCell<Vec<Arc<CarriedSpan>>> = const { RefCell::new(Vec::new()) };
+    /// Enters `span` on this thread; the result is the handle, for [`exit`].
+    pub(super) fn enter(span: &Arc<CarriedSpan>) -> Arc<CarriedSpan> {
+        span.dispatch.enter(&span.id);
+        Arc::clone(span)
     }
 
-    /// Enters `span`, and makes it the innermost of [`ENTERED`], which [`exit`] pops; `false`
-    /// (nothing entered) once the thread's state is gone.
-    pub(super) fn enter(span: &Arc<CarriedSpan>) -> bool {
-        let pushed = ENTERED
-            .try_with(|entered| entered.borrow_mut().push(Arc::clone(span)))
-            .is_ok();
-        if pushed {
-            span.dispatch.enter(&span.id);
-        }
-        pushed
+    /// Exits `span`, which [`enter`] entered on this thread.
+    pub(super) fn exit(span: &CarriedSpan) {
+        span.dispatch.exit(&span.id);
     }
 
-    /// Exits the span [`enter`] entered last on this thread.
-    pub(super) fn exit() {
-        let popped = ENTERED
-            .try_with(|entered| entered.borrow_mut().pop())
-            .ok()
-            .flatten();
-        if let Some(span) = popped {
-            span.dispatch.exit(&span.id);
-            // Released with nothing borrowed: it may be the last handle.
-            drop(span);
-        }
+    /// A new handle on the current span, if there is one.
+    #[cfg(feature = "tokio")]
+    pub(super) fn handle() -> Option<CarriedSpan> {
+        dispatcher::get_default(|dispatch| {
+            let (id, metadata) = dispatch.current_span().into_inner()?;
+            Some(CarriedSpan {
+                id: dispatch.clone_span(&id),
+                dispatch: dispatch.clone(),
+                metadata,
+            })
+        })
     }
 
-    /// A handle on the current span, if there is one: `carried` itself where it is that span.
+    /// A handle on the current span, if there is one: `carried` itself where it is that span
+    /// (the span a context entered, still current), else a new one.
     pub(super) fn current(carried: Option<&Arc<CarriedSpan>>) -> Option<Arc<CarriedSpan>> {
         dispatcher::get_default(|dispatch| {
             let (id, metadata) = dispatch.current_span().into_inner()?;
@@ -294,23 +332,10 @@ mod span {
             {
                 return Some(Arc::clone(carried));
             }
-            // The span the innermost context entered here, still current: its handle.
-            let entered = ENTERED
-                .try_with(|entered| {
-                    entered
-                        .borrow()
-                        .last()
-                        .filter(|span| span.id == id && std::ptr::eq(span.metadata, metadata))
-                        .cloned()
-                })
-                .ok()
-                .flatten();
-            Some(entered.unwrap_or_else(|| {
-                Arc::new(CarriedSpan {
-                    id: dispatch.clone_span(&id),
-                    dispatch: dispatch.clone(),
-                    metadata,
-                })
+            Some(Arc::new(CarriedSpan {
+                id: dispatch.clone_span(&id),
+                dispatch: dispatch.clone(),
+                metadata,
             }))
         })
     }

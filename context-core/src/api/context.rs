@@ -113,6 +113,15 @@ impl Context {
         }
     }
 
+    /// A context with these bindings (and what their map carries).
+    #[cfg(feature = "tokio")]
+    #[inline]
+    pub(crate) fn from_map(map: map::Map) -> Self {
+        Context {
+            frame: Frame::with_map(map),
+        }
+    }
+
     /// Runs `f` with this context current and returns what `f` returns. What `f` sets
     /// stays in this context; the caller's context is restored when `f` returns and when it
     /// panics (the panic goes on).

@@ -12,8 +12,13 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 use tokio::task::{AbortHandle, Id, JoinError};
 
+#[cfg(feature = "tracing")]
+use crate::carried::{self, TaskSpan};
 use crate::context::Context;
+use crate::current;
 use crate::future::{FutureExt, WithContext};
+#[cfg(feature = "tracing")]
+use crate::map::Map;
 
 /// [`tokio::spawn`] in a snapshot of the caller's context, taken at the call.
 ///
@@ -45,8 +50,38 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let bindings = current::snapshot();
+    #[cfg(feature = "tracing")]
+    if carried::any() {
+        return spawn_carrying(future, bindings);
+    }
+    let context = Context::from_map(bindings);
     JoinHandle {
-        inner: tokio::spawn(finish_in_context(future.in_current_context())),
+        inner: tokio::spawn(finish_in_context(future.with_context(context))),
+    }
+}
+
+/// [`spawn`] where something is carried: `bindings`, the snapshot, carry what is current here,
+/// or the task carries the span itself ([`TaskSpan`]).
+#[cfg(feature = "tracing")]
+#[track_caller]
+fn spawn_carrying<F>(future: F, bindings: Map) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if let Some(span) = TaskSpan::for_spawn(&bindings) {
+        let task = finish_in_context(future.with_context(Context::from_map(bindings)));
+        return JoinHandle {
+            inner: tokio::spawn(InSpan {
+                span,
+                inner: Some(task),
+            }),
+        };
+    }
+    let context = Context::from_map(carried::recarry(bindings));
+    JoinHandle {
+        inner: tokio::spawn(finish_in_context(future.with_context(context))),
     }
 }
 
@@ -131,6 +166,50 @@ pin_project! {
     struct Finishing<F> {
         #[pin]
         inner: WithContext<F>,
+    }
+}
+
+#[cfg(feature = "tracing")]
+pin_project! {
+    /// A spawned task that carries its span itself ([`TaskSpan`]): entered around each poll
+    /// of the task, and around the drop of a task that never finished, as `Instrumented`
+    /// does.
+    struct InSpan<F> {
+        span: TaskSpan,
+        #[pin]
+        inner: Option<Finishing<F>>,
+    }
+
+    impl<F> PinnedDrop for InSpan<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let _entered = this.span.enter();
+                this.inner.set(None);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tracing")]
+impl<F: Future> Future for InSpan<F> {
+    type Output = Finished<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let output = this
+            .inner
+            .as_mut()
+            .as_pin_mut()
+            .expect("a task is not polled after it completed")
+            .poll(cx);
+        if output.is_ready() {
+            // What is left of the task goes inside the span.
+            this.inner.set(None);
+        }
+        output
     }
 }
 
