@@ -520,3 +520,19 @@ fn what_a_context_carries_makes_it_no_larger() {
     // a spawned task is no larger.
     assert_eq!(std::mem::size_of::<Context>(), 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_that_carry_a_span_are_still_each_their_own_context() {
+    carry();
+    let (mut first, mut second) = info_span!("request", test = "identity")
+        .in_scope(|| (Context::current(), Context::current()));
+    let mut copy = first.clone();
+    // A token is for the context it was made in: not another snapshot, nor a copy.
+    let token = first.run(|| TENANT.set("ann"));
+    assert!(second.run(|| TENANT.reset(token)).is_err());
+    let token = first.run(|| TENANT.set("bob"));
+    assert!(copy.run(|| TENANT.reset(token)).is_err());
+    let token = first.run(|| TENANT.set("cid"));
+    assert!(first.run(|| TENANT.reset(token)).is_ok());
+    assert_eq!(first.get(&TENANT), Some(&"bob"));
+}

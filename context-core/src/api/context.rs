@@ -106,10 +106,23 @@ impl Context {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub fn current() -> Self {
+        let bindings = current::snapshot();
+        if carried::any() {
+            return Context::carrying(bindings);
+        }
         Context {
-            // With the span and OpenTelemetry's context current here, where carrying them is
-            // on.
-            frame: Frame::with_map(carried::recarry(current::snapshot())),
+            frame: Frame::with_map(bindings),
+        }
+    }
+
+    /// A context with `bindings`, a snapshot of the current ones, carrying the span and
+    /// OpenTelemetry context current here, of what is carried: [`current`](Self::current)
+    /// where anything is. Out of line: nothing is, in most programs.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn carrying(bindings: map::Map) -> Self {
+        Context {
+            frame: Frame::carrying(carried::recarry(bindings)),
         }
     }
 
@@ -181,6 +194,7 @@ impl Context {
     }
 
     /// [`run`](Self::run) for a context that carries a span or OpenTelemetry's context.
+    #[cold]
     #[inline(never)]
     fn run_carrying<R>(&mut self, f: impl FnOnce() -> R) -> R {
         let _entered = self.enter();
@@ -192,7 +206,7 @@ impl Context {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub(crate) fn carries(&self) -> bool {
-        self.frame.map.carries()
+        self.frame.carries()
     }
 
     /// Makes this context's bindings current until the returned guard drops, leaving the span
@@ -447,6 +461,7 @@ impl Context {
     pub(crate) fn without_carried(mut self) -> Self {
         if self.frame.map.carried().is_some() {
             self.frame.map.set_carried(carried::Carried::NONE);
+            self.frame.mark_carrying();
         }
         self
     }
@@ -456,6 +471,7 @@ impl Context {
     pub(crate) fn without_span(mut self) -> Self {
         if let Some(rest) = self.frame.map.carried().without_span() {
             self.frame.map.set_carried(rest);
+            self.frame.mark_carrying();
         }
         self
     }
@@ -465,6 +481,7 @@ impl Context {
     #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
     pub(crate) fn carrying_otel(mut self, otel: ::opentelemetry::Context) -> Self {
         self.frame.map.set_carried(carried::Carried::otel(otel));
+        self.frame.mark_carrying();
         self
     }
 }

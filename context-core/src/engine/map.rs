@@ -498,19 +498,6 @@ impl Map {
             .map_or(&NOTHING_CARRIED, |root| &root.carried)
     }
 
-    /// Whether the context of these bindings carries a span or OpenTelemetry's context: the
-    /// hot paths ask first whether anything was ever carried (one load of a flag), so that a
-    /// context is entered as before while nothing is.
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    pub(crate) fn carries(&self) -> bool {
-        crate::carried::any()
-            && self
-                .root
-                .as_ref()
-                .is_some_and(|root| root.carried.is_some())
-    }
-
     /// Makes these bindings carry `carried` instead of what they carried, copying the root if
     /// it is shared (only the root: the nodes below and the values stay shared). What was
     /// carried is dropped here: the caller holds no borrow of the thread's state.

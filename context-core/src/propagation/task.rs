@@ -64,6 +64,7 @@ where
 /// [`spawn`] where something is carried: `bindings`, the snapshot, carry what is current here,
 /// or the task carries the span itself ([`TaskSpan`]).
 #[cfg(feature = "tracing")]
+#[cold]
 #[track_caller]
 fn spawn_carrying<F>(future: F, bindings: Map) -> JoinHandle<F::Output>
 where
@@ -71,15 +72,14 @@ where
     F::Output: Send + 'static,
 {
     if let Some(span) = TaskSpan::for_spawn(&bindings) {
-        let task = finish_in_context(future.with_context(Context::from_map(bindings)));
         return JoinHandle {
             inner: tokio::spawn(InSpan {
                 span,
-                inner: Some(task),
+                inner: future.with_context(Context::from_map(bindings)),
             }),
         };
     }
-    let context = Context::from_map(carried::recarry(bindings));
+    let context = Context::carrying(bindings);
     JoinHandle {
         inner: tokio::spawn(finish_in_context(future.with_context(context))),
     }
@@ -171,21 +171,21 @@ pin_project! {
 
 #[cfg(feature = "tracing")]
 pin_project! {
-    /// A spawned task that carries its span itself ([`TaskSpan`]): entered around each poll
-    /// of the task, and around the drop of a task that never finished, as `Instrumented`
-    /// does.
+    /// A spawned task that carries its span itself ([`TaskSpan`]): [`Finishing`], with the
+    /// span entered around each poll, and around the drop of a task that never finished, as
+    /// `Instrumented` does.
     struct InSpan<F> {
         span: TaskSpan,
         #[pin]
-        inner: Option<Finishing<F>>,
+        inner: WithContext<F>,
     }
 
     impl<F> PinnedDrop for InSpan<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
-            if this.inner.is_some() {
+            let this = this.project();
+            if this.inner.is_running() {
                 let _entered = this.span.enter();
-                this.inner.set(None);
+                this.inner.finish_now();
             }
         }
     }
@@ -199,17 +199,14 @@ impl<F: Future> Future for InSpan<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _entered = this.span.enter();
-        let output = this
-            .inner
-            .as_mut()
-            .as_pin_mut()
-            .expect("a task is not polled after it completed")
-            .poll(cx);
-        if output.is_ready() {
-            // What is left of the task goes inside the span.
-            this.inner.set(None);
+        match this.inner.as_mut().poll(cx) {
+            Poll::Ready(output) => {
+                // As in `Finishing`, inside the span.
+                drop(this.inner.take_context());
+                Poll::Ready(Finished::new(output))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        output
     }
 }
 
