@@ -9,10 +9,13 @@
 //! span a context entered, still current); only a snapshot that must carry something else
 //! copies the root, never the nodes below it. `Context::current()` settles that
 //! ([`recarry`]), clones share it, and entering a context enters it ([`Carried::enter`]) until
-//! it is left.
+//! it is left. A context whose root carries something has a bit set in its id (see
+//! `Frame::carries`), which is all that entering any context checks. A task that
+//! `contextvars::spawn` starts in a span its context does not carry holds the span itself
+//! ([`TaskSpan`]), so that such a spawn copies no root.
 //!
-//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context the
-//! same; without the features, not even that. The switches only ever go on.
+//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context a
+//! check of that bit; without the features, not even that. The switches only ever go on.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
