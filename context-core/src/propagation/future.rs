@@ -38,6 +38,7 @@ pin_project! {
     }
 
     impl<F> PinnedDrop for WithContext<F> {
+        #[inline]
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
@@ -85,24 +86,6 @@ impl<F> WithContext<F> {
     #[cfg(feature = "tokio")]
     pub(crate) fn take_context(self: Pin<&mut Self>) -> Context {
         std::mem::take(self.project().context)
-    }
-
-    /// Whether the inner future is still there: it has not finished.
-    #[cfg(all(feature = "tracing", feature = "tokio"))]
-    pub(crate) fn is_running(&self) -> bool {
-        self.inner.is_some()
-    }
-
-    /// What dropping this does, done now: the inner future dropped inside the context, then
-    /// the context.
-    #[cfg(all(feature = "tracing", feature = "tokio"))]
-    pub(crate) fn finish_now(self: Pin<&mut Self>) {
-        let mut this = self.project();
-        if this.inner.is_some() {
-            let _entered = this.context.enter();
-            this.inner.set(None);
-        }
-        drop(std::mem::take(this.context));
     }
 
     /// Polls the inner future (or stream) with the context entered, and drops it there as

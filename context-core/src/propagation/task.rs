@@ -75,7 +75,8 @@ where
         return JoinHandle {
             inner: tokio::spawn(InSpan {
                 span,
-                inner: future.with_context(Context::from_map(bindings)),
+                context: Context::from_map(bindings),
+                inner: Some(future),
             }),
         };
     }
@@ -171,21 +172,29 @@ pin_project! {
 
 #[cfg(feature = "tracing")]
 pin_project! {
-    /// A spawned task that carries its span itself ([`TaskSpan`]): [`Finishing`], with the
+    /// A spawned task that carries its span itself ([`TaskSpan`]): [`Finishing`] with the
     /// span entered around each poll, and around the drop of a task that never finished, as
-    /// `Instrumented` does.
+    /// `Instrumented` does. The future and its context are held here, not in a
+    /// [`WithContext`], which would leave one more layer to poll and to drop.
     struct InSpan<F> {
         span: TaskSpan,
+        // Carries nothing: the span is carried here instead (see `spawn_carrying`), and
+        // writes never make bindings carry anything.
+        context: Context,
         #[pin]
-        inner: WithContext<F>,
+        inner: Option<F>,
     }
 
     impl<F> PinnedDrop for InSpan<F> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if this.inner.is_running() {
-                let _entered = this.span.enter();
-                this.inner.finish_now();
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let _span = this.span.enter();
+                {
+                    let _entered = this.context.enter_bindings();
+                    this.inner.set(None);
+                }
+                drop(std::mem::take(this.context));
             }
         }
     }
@@ -198,11 +207,25 @@ impl<F: Future> Future for InSpan<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
-        match this.inner.as_mut().poll(cx) {
+        let _span = this.span.enter();
+        let output = {
+            let _entered = this.context.enter_bindings();
+            let output = this
+                .inner
+                .as_mut()
+                .as_pin_mut()
+                .expect("a task is not polled after it completed")
+                .poll(cx);
+            if output.is_ready() {
+                // Dropped inside its context, as `WithContext` does.
+                this.inner.set(None);
+            }
+            output
+        };
+        match output {
             Poll::Ready(output) => {
-                // As in `Finishing`, inside the span.
-                drop(this.inner.take_context());
+                // As in `Finishing`: the context's values go inside the task (and the span).
+                drop(std::mem::take(this.context));
                 Poll::Ready(Finished::new(output))
             }
             Poll::Pending => Poll::Pending,
@@ -241,10 +264,12 @@ impl<T> Finished<T> {
         }
     }
 
+    #[inline]
     fn into_output(mut self) -> T {
-        self.output
-            .take()
-            .expect("a finished task's output is taken once")
+        let output = self.output.take();
+        // Nothing left for `Drop` to do: skip the call.
+        std::mem::forget(self);
+        output.expect("a finished task's output is taken once")
     }
 }
 
