@@ -273,6 +273,25 @@ async fn the_span_closes_when_the_last_task_holding_it_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_context_whose_values_have_no_drop_closes_its_span_at_once() {
+    carry();
+    let shown = "request{test=\"released\"}";
+    // No await from here on: one thread, whose memory of released contexts is reused below.
+    let mut ctx = info_span!("request", test = "released").in_scope(Context::current);
+    ctx.run(|| drop(TENANT.set("acme")));
+    drop(ctx);
+    assert!(spans::closed(shown), "a dropped context kept its span open");
+    // The next context written on this thread carries nothing of the dropped one.
+    let _base = TENANT.set("base");
+    let mut next = Context::current();
+    next.run(|| {
+        drop(TENANT.set("next"));
+        info!("released: next context");
+    });
+    assert_eq!(parent("released: next context"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_layer_built_in_a_span_does_not_keep_it_open() {
     carry();
     let shown = "startup{test=\"layer\"}";
@@ -486,4 +505,53 @@ async fn a_handlers_task_logs_under_the_request_span_over_tcp() {
             assert_eq!(parent(&format!("server: grandchild of {id}")), expected);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_task_is_dropped_inside_its_span_which_then_closes() {
+    struct LogOnDrop;
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            info!("aborted: dropped");
+        }
+    }
+    carry();
+    let shown = "request{test=\"aborted\"}";
+    // Spawned in a span entered by hand, which the spawner's context does not carry.
+    let task = info_span!("request", test = "aborted").in_scope(|| {
+        let guard = LogOnDrop;
+        contextvars::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!spans::closed(shown), "closed while the task holds it");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(parent("aborted: dropped").as_deref(), Some(shown));
+    assert!(spans::closed(shown), "still open once the task is gone");
+}
+
+#[test]
+fn what_a_context_carries_makes_it_no_larger() {
+    // Its bindings and its identity, as without the feature: a snapshot copies no more, and
+    // a spawned task is no larger.
+    assert_eq!(std::mem::size_of::<Context>(), 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_that_carry_a_span_are_still_each_their_own_context() {
+    carry();
+    let (mut first, mut second) = info_span!("request", test = "identity")
+        .in_scope(|| (Context::current(), Context::current()));
+    let mut copy = first.clone();
+    // A token is for the context it was made in: not another snapshot, nor a copy.
+    let token = first.run(|| TENANT.set("ann"));
+    assert!(second.run(|| TENANT.reset(token)).is_err());
+    let token = first.run(|| TENANT.set("bob"));
+    assert!(copy.run(|| TENANT.reset(token)).is_err());
+    let token = first.run(|| TENANT.set("cid"));
+    assert!(first.run(|| TENANT.reset(token)).is_ok());
+    assert_eq!(first.get(&TENANT), Some(&"bob"));
 }

@@ -3,16 +3,23 @@
 //! once the application turns that on (`contextvars::tracing::carry_spans`,
 //! `contextvars::opentelemetry::carry_context`).
 //!
-//! A [`Context`](crate::Context) holds them beside its bindings, not among them: a snapshot
-//! still shares its parent's map untouched (no path copy, nothing of its own to drop), and the
-//! mapping view never sees them. `Context::current()` takes them ([`Carried::capture`]), clones
-//! copy them, and entering a context enters them ([`Carried::enter`]) until it is left.
+//! A context holds them in the root of its bindings' map, not among the bindings: the mapping
+//! view never sees them, and a `Context` stays as small as without the features. A snapshot
+//! shares its parent's root, as before, wherever it carries what the root carries already (the
+//! span a context entered, still current); only a snapshot that must carry something else
+//! copies the root, never the nodes below it. `Context::current()` settles that
+//! ([`recarry`]), clones share it, and entering a context enters it ([`Carried::enter`]) until
+//! it is left. A context whose root carries something has a bit set in its id (see
+//! `Frame::carries`), which is all that entering any context checks. A task that
+//! `contextvars::spawn` starts in a span its context does not carry holds the span itself
+//! ([`TaskSpan`]), so that such a spawn copies no root.
 //!
 //! While nothing was turned on, a snapshot pays one relaxed load, and entering a context a
-//! check that it carries nothing; without the features, not even that. The switches only ever
-//! go on.
+//! check of that bit; without the features, not even that. The switches only ever go on.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::map::Map;
 
 /// `carry_spans` was called.
 #[cfg(feature = "tracing")]
@@ -20,6 +27,11 @@ const SPANS: u8 = 1;
 /// `carry_context` was called.
 #[cfg(feature = "opentelemetry")]
 const OTEL: u8 = 2;
+
+/// A context was made to carry OpenTelemetry's context explicitly (an extracted context), so
+/// that some context may carry something though neither switch is on.
+#[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+const EXPLICIT: u8 = 4;
 
 /// What snapshots carry: a set of the bits above, which are only ever added.
 static CARRY: AtomicU8 = AtomicU8::new(0);
@@ -34,9 +46,10 @@ fn carry() -> u8 {
     }
 }
 
-/// Whether snapshots carry anything: something was turned on.
-#[cfg_attr(not(feature = "hooks"), allow(dead_code))]
-#[inline]
+/// Whether any context may carry anything: something was turned on. Until then no context
+/// carries anything, and the hot paths look no further.
+#[allow(clippy::inline_always)]
+#[inline(always)]
 pub(crate) fn any() -> bool {
     carry() != 0
 }
@@ -51,6 +64,33 @@ pub(crate) fn carry_spans() {
 #[cfg(feature = "opentelemetry")]
 pub(crate) fn carry_otel() {
     CARRY.fetch_or(OTEL, Ordering::Relaxed);
+}
+
+/// Records that a context is made to carry OpenTelemetry's context explicitly.
+#[cfg(all(feature = "opentelemetry", feature = "baggage"))]
+fn carry_explicitly() {
+    CARRY.fetch_or(EXPLICIT, Ordering::Relaxed);
+}
+
+/// `map`, a snapshot of the current bindings, carrying what is current here of what is turned
+/// on: its root is copied only if it carries something else.
+#[inline]
+pub(crate) fn recarry(map: Map) -> Map {
+    let carry = carry();
+    if carry == 0 {
+        map
+    } else {
+        recarry_turned_on(map, carry)
+    }
+}
+
+#[inline(never)]
+fn recarry_turned_on(mut map: Map, carry: u8) -> Map {
+    let carried = map.carried();
+    if let Some(other) = Carried::capture_unless_same(carried, carry) {
+        map.set_carried(other);
+    }
+    map
 }
 
 /// The span and OpenTelemetry context a context carries (each `None` where it carries none).
@@ -74,46 +114,59 @@ impl Carried {
     /// OpenTelemetry's context `otel`, and no span.
     #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
     pub(crate) fn otel(otel: ::opentelemetry::Context) -> Carried {
+        carry_explicitly();
         Carried {
             otel: Some(otel),
             ..Carried::NONE
         }
     }
 
-    /// Drops the span, leaving OpenTelemetry's context. The handle is taken out first: if it
-    /// is the last one, the span closes with nothing of this borrowed.
+    /// What is carried here but the span, if there is a span (`None`: nothing to change).
     #[cfg(all(feature = "tracing", feature = "hooks"))]
-    pub(crate) fn drop_span(&mut self) {
-        drop(self.span.take());
+    pub(crate) fn without_span(&self) -> Option<Carried> {
+        self.span.as_ref()?;
+        Some(Carried {
+            span: None,
+            ..self.clone()
+        })
     }
 
-    /// What is current here, of what is turned on.
-    #[inline]
-    pub(crate) fn capture() -> Carried {
-        let carry = carry();
-        if carry == 0 {
-            Carried::NONE
-        } else {
-            Carried::capture_turned_on(carry)
-        }
-    }
-
-    #[inline(never)]
+    /// What is current here, of what is turned on (`carry`), unless it is what `carried`
+    /// holds already (`None` then: nothing to change).
     #[cfg_attr(
         not(any(feature = "tracing", feature = "opentelemetry")),
         allow(unused_variables)
     )]
-    fn capture_turned_on(carry: u8) -> Carried {
-        Carried {
-            #[cfg(feature = "tracing")]
-            span: if carry & SPANS == 0 {
-                None
-            } else {
-                span::current()
-            },
-            #[cfg(feature = "opentelemetry")]
-            otel: (carry & OTEL != 0).then(::opentelemetry::Context::current),
+    fn capture_unless_same(carried: &Carried, carry: u8) -> Option<Carried> {
+        #[cfg(feature = "tracing")]
+        let span = if carry & SPANS == 0 {
+            None
+        } else {
+            span::current(carried.span.as_ref())
+        };
+        #[cfg(feature = "tracing")]
+        #[allow(unused_mut)]
+        let mut same = match (&span, &carried.span) {
+            (None, None) => true,
+            (Some(span), Some(carried)) => std::sync::Arc::ptr_eq(span, carried),
+            _ => false,
+        };
+        #[cfg(not(feature = "tracing"))]
+        #[allow(unused_mut)]
+        let mut same = true;
+        #[cfg(feature = "opentelemetry")]
+        let otel = (carry & OTEL != 0).then(::opentelemetry::Context::current);
+        // OpenTelemetry's contexts cannot be compared: one carried is taken again.
+        #[cfg(feature = "opentelemetry")]
+        {
+            same &= otel.is_none() && carried.otel.is_none();
         }
+        (!same).then_some(Carried {
+            #[cfg(feature = "tracing")]
+            span,
+            #[cfg(feature = "opentelemetry")]
+            otel,
+        })
     }
 
     /// Whether there is anything to enter.
@@ -148,11 +201,54 @@ impl Carried {
     pub(crate) fn enter(&self) -> Entered {
         Entered {
             #[cfg(feature = "tracing")]
-            span: self.span.as_ref().is_some_and(span::enter),
+            span: self.span.as_ref().map(span::enter),
             #[cfg(feature = "opentelemetry")]
             otel: self.otel.clone().map(::opentelemetry::Context::attach),
             _not_send: std::marker::PhantomData,
         }
+    }
+}
+
+/// The span a task spawned by `contextvars::spawn` carries in itself rather than in its
+/// context: the current span, where spans alone are carried and the snapshot carries
+/// nothing yet (a spawn in a span entered by hand, such as a request's). The task's future
+/// holds the handle, as `.in_current_span()` would, so the spawn allocates nothing more, and
+/// enters the span around every poll; the task's context then carries nothing, and a
+/// snapshot taken inside the task takes the span as any other snapshot does.
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+pub(crate) struct TaskSpan(span::CarriedSpan);
+
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+impl TaskSpan {
+    /// The current span, for a task whose snapshot is `map`; `None` where the snapshot is to
+    /// carry what it must itself ([`recarry`]): something else is carried, or there is no
+    /// span.
+    #[inline]
+    pub(crate) fn for_spawn(map: &Map) -> Option<TaskSpan> {
+        if carry() != SPANS || map.carried().is_some() {
+            return None;
+        }
+        span::handle().map(TaskSpan)
+    }
+
+    /// Enters the span until the result drops, on this thread.
+    #[inline]
+    pub(crate) fn enter(&self) -> TaskSpanEntered<'_> {
+        self.0.dispatch.enter(&self.0.id);
+        TaskSpanEntered(self)
+    }
+}
+
+/// [`TaskSpan::enter`]: exits the span when dropped.
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+pub(crate) struct TaskSpanEntered<'a>(&'a TaskSpan);
+
+#[cfg(all(feature = "tracing", feature = "tokio"))]
+impl Drop for TaskSpanEntered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let span = &(self.0).0;
+        span.dispatch.exit(&span.id);
     }
 }
 
@@ -162,9 +258,9 @@ pub(crate) struct Entered {
     /// Dropped first: detached before the span is exited, the reverse of [`Carried::enter`].
     #[cfg(feature = "opentelemetry")]
     otel: Option<::opentelemetry::ContextGuard>,
-    /// A span was entered: the innermost of this thread's entered spans.
+    /// The span entered, to exit.
     #[cfg(feature = "tracing")]
-    span: bool,
+    span: Option<std::sync::Arc<span::CarriedSpan>>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -173,15 +269,16 @@ impl Drop for Entered {
         #[cfg(feature = "opentelemetry")]
         drop(self.otel.take());
         #[cfg(feature = "tracing")]
-        if self.span {
-            span::exit();
+        if let Some(span) = self.span.take() {
+            span::exit(&span);
+            // Released once exited: it may be the last handle.
+            drop(span);
         }
     }
 }
 
 #[cfg(feature = "tracing")]
 mod span {
-    use std::cell::RefCell;
     use std::sync::Arc;
 
     use tracing_core::Metadata;
@@ -191,8 +288,8 @@ mod span {
     /// A handle on a span, as `tracing::Span` holds one: the subscriber that made it, and one
     /// of the references that keep it open.
     pub(super) struct CarriedSpan {
-        dispatch: Dispatch,
-        id: Id,
+        pub(super) dispatch: Dispatch,
+        pub(super) id: Id,
         /// With the id, what tells two spans apart (as `tracing::Span`'s `PartialEq` does).
         metadata: &'static Metadata<'static>,
     }
@@ -204,58 +301,44 @@ mod span {
         }
     }
 
-    thread_local! {
-        /// The spans that contexts entered on this thread, innermost last: a snapshot taken
-        /// while the innermost is still the current span shares its handle.
-        static ENTERED: RefCell<Vec<Arc<CarriedSpan>>> = const { RefCell::new(Vec::new()) };
+    /// Enters `span` on this thread; the result is the handle, for [`exit`].
+    pub(super) fn enter(span: &Arc<CarriedSpan>) -> Arc<CarriedSpan> {
+        span.dispatch.enter(&span.id);
+        Arc::clone(span)
     }
 
-    /// Enters `span`, and makes it the innermost of [`ENTERED`], which [`exit`] pops; `false`
-    /// (nothing entered) once the thread's state is gone.
-    pub(super) fn enter(span: &Arc<CarriedSpan>) -> bool {
-        let pushed = ENTERED
-            .try_with(|entered| entered.borrow_mut().push(Arc::clone(span)))
-            .is_ok();
-        if pushed {
-            span.dispatch.enter(&span.id);
-        }
-        pushed
+    /// Exits `span`, which [`enter`] entered on this thread.
+    pub(super) fn exit(span: &CarriedSpan) {
+        span.dispatch.exit(&span.id);
     }
 
-    /// Exits the span [`enter`] entered last on this thread.
-    pub(super) fn exit() {
-        let popped = ENTERED
-            .try_with(|entered| entered.borrow_mut().pop())
-            .ok()
-            .flatten();
-        if let Some(span) = popped {
-            span.dispatch.exit(&span.id);
-            // Released with nothing borrowed: it may be the last handle.
-            drop(span);
-        }
-    }
-
-    /// A handle on the current span, if there is one.
-    pub(super) fn current() -> Option<Arc<CarriedSpan>> {
+    /// A new handle on the current span, if there is one.
+    #[cfg(feature = "tokio")]
+    pub(super) fn handle() -> Option<CarriedSpan> {
         dispatcher::get_default(|dispatch| {
             let (id, metadata) = dispatch.current_span().into_inner()?;
-            // The span the innermost context entered here, still current: its handle.
-            let entered = ENTERED
-                .try_with(|entered| {
-                    entered
-                        .borrow()
-                        .last()
-                        .filter(|span| span.id == id && std::ptr::eq(span.metadata, metadata))
-                        .cloned()
-                })
-                .ok()
-                .flatten();
-            Some(entered.unwrap_or_else(|| {
-                Arc::new(CarriedSpan {
-                    id: dispatch.clone_span(&id),
-                    dispatch: dispatch.clone(),
-                    metadata,
-                })
+            Some(CarriedSpan {
+                id: dispatch.clone_span(&id),
+                dispatch: dispatch.clone(),
+                metadata,
+            })
+        })
+    }
+
+    /// A handle on the current span, if there is one: `carried` itself where it is that span
+    /// (the span a context entered, still current), else a new one.
+    pub(super) fn current(carried: Option<&Arc<CarriedSpan>>) -> Option<Arc<CarriedSpan>> {
+        dispatcher::get_default(|dispatch| {
+            let (id, metadata) = dispatch.current_span().into_inner()?;
+            if let Some(carried) =
+                carried.filter(|span| span.id == id && std::ptr::eq(span.metadata, metadata))
+            {
+                return Some(Arc::clone(carried));
+            }
+            Some(Arc::new(CarriedSpan {
+                id: dispatch.clone_span(&id),
+                dispatch: dispatch.clone(),
+                metadata,
             }))
         })
     }

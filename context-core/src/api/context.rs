@@ -4,7 +4,9 @@ use std::any::Any;
 use std::fmt;
 use std::mem::ManuallyDrop;
 
-use crate::carried::{self, Carried};
+use crate::carried;
+#[cfg(feature = "hooks")]
+use crate::carried::Carried;
 use crate::current::{self, Entered, Frame};
 use crate::map;
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
@@ -40,12 +42,9 @@ use crate::var::{ContextVar, DefaultKind, Key, downcast};
 /// assert_eq!(ctx.run(|| USER.get()), Some("ann"));
 /// ```
 pub struct Context {
+    /// The bindings, and, in their map's root, the span and OpenTelemetry context current
+    /// where the context was taken, where carrying them is on.
     frame: Frame,
-    /// The span and OpenTelemetry context current where it was taken, where carrying them is
-    /// on; beside the bindings, not among them. Dropped by `Context`'s `Drop`, out of line and
-    /// only where there is something: a context's drop glue stays small enough to be inlined
-    /// where contexts are made and dropped by the million.
-    carried: ManuallyDrop<Carried>,
 }
 
 /// A snapshot of the current context: the same as [`Context::current()`], named after
@@ -83,7 +82,6 @@ impl Context {
     pub const fn new() -> Self {
         Context {
             frame: Frame::EMPTY,
-            carried: ManuallyDrop::new(Carried::NONE),
         }
     }
 
@@ -104,14 +102,36 @@ impl Context {
     /// assert_eq!(snapshot.get(&USER), Some(&"bob"));
     /// ```
     #[must_use]
-    // Always inlined: with what it carries it outgrew LLVM's choice, and every spawn comes here.
+    // Always inlined: every spawn comes here.
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub fn current() -> Self {
+        let bindings = current::snapshot();
+        if carried::any() {
+            return Context::carrying(bindings);
+        }
         Context {
-            frame: Frame::with_map(current::snapshot()),
-            // The span and OpenTelemetry's context current here, where carrying them is on.
-            carried: ManuallyDrop::new(Carried::capture()),
+            frame: Frame::with_map(bindings),
+        }
+    }
+
+    /// A context with `bindings`, a snapshot of the current ones, carrying the span and
+    /// OpenTelemetry context current here, of what is carried: [`current`](Self::current)
+    /// where anything is. Out of line: nothing is, in most programs.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn carrying(bindings: map::Map) -> Self {
+        Context {
+            frame: Frame::carrying(carried::recarry(bindings)),
+        }
+    }
+
+    /// A context with these bindings (and what their map carries).
+    #[cfg(feature = "tokio")]
+    #[inline]
+    pub(crate) fn from_map(map: map::Map) -> Self {
+        Context {
+            frame: Frame::with_map(map),
         }
     }
 
@@ -174,6 +194,7 @@ impl Context {
     }
 
     /// [`run`](Self::run) for a context that carries a span or OpenTelemetry's context.
+    #[cold]
     #[inline(never)]
     fn run_carrying<R>(&mut self, f: impl FnOnce() -> R) -> R {
         let _entered = self.enter();
@@ -185,7 +206,7 @@ impl Context {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub(crate) fn carries(&self) -> bool {
-        self.carried.is_some()
+        self.frame.carries()
     }
 
     /// Makes this context's bindings current until the returned guard drops, leaving the span
@@ -202,10 +223,11 @@ impl Context {
     /// form; a future wrapper is built on this.
     #[inline]
     pub(crate) fn enter(&mut self) -> Entering<'_> {
-        let entered = Entered::new(&mut self.frame);
+        // Entered before the bindings: once they are, this context's map is the thread's.
+        let carried = self.carries().then(|| self.frame.map.carried().enter());
         Entering {
-            carried: ManuallyDrop::new(self.carried.is_some().then(|| self.carried.enter())),
-            entered,
+            carried: ManuallyDrop::new(carried),
+            entered: Entered::new(&mut self.frame),
         }
     }
 
@@ -407,7 +429,6 @@ impl Clone for Context {
     fn clone(&self) -> Self {
         Context {
             frame: self.frame.copy(),
-            carried: ManuallyDrop::new(Carried::clone(&self.carried)),
         }
     }
 }
@@ -418,24 +439,18 @@ impl Drop for Context {
     /// shares its bindings with another (a snapshot nobody wrote to) only loses a reference.
     #[inline]
     fn drop(&mut self) {
-        // One call, out of line, for both: the drop glue stays as small as it was.
-        if self.frame.map.may_drop_values() || self.carried.is_some() {
+        if self.frame.map.may_drop_values() {
             self.drop_values();
         }
     }
 }
 
 impl Context {
-    /// Out of line: most contexts dropped are snapshots that share their bindings.
+    /// Out of line: most contexts dropped are snapshots that share their bindings. What the
+    /// context carries goes with its map's root.
     #[inline(never)]
     fn drop_values(&mut self) {
-        if self.frame.map.may_drop_values() {
-            // Its bindings only: what it carries beside them is not a value of its own.
-            current::drop_values(&mut self.frame);
-        }
-        if self.carried.is_some() {
-            release(&mut self.carried);
-        }
+        current::drop_values(&mut self.frame);
     }
 }
 
@@ -443,15 +458,19 @@ impl Context {
     /// This context without the span and OpenTelemetry context it carries, if any.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn without_carried(mut self) -> Self {
-        release(&mut self.carried);
+        if self.frame.map.carried().is_some() {
+            self.frame.map.set_carried(carried::Carried::NONE);
+            self.frame.mark_carrying();
+        }
         self
     }
 
     /// This context without the span it carries, if any (OpenTelemetry's context stays).
     #[cfg(all(feature = "tracing", feature = "hooks"))]
     pub(crate) fn without_span(mut self) -> Self {
-        if self.carried.is_some() {
-            self.carried.drop_span();
+        if let Some(rest) = self.frame.map.carried().without_span() {
+            self.frame.map.set_carried(rest);
+            self.frame.mark_carrying();
         }
         self
     }
@@ -460,17 +479,10 @@ impl Context {
     /// carried: entering it attaches `otel`.
     #[cfg(all(feature = "opentelemetry", feature = "baggage"))]
     pub(crate) fn carrying_otel(mut self, otel: ::opentelemetry::Context) -> Self {
-        release(&mut self.carried);
-        *self.carried = Carried::otel(otel);
+        self.frame.map.set_carried(carried::Carried::otel(otel));
+        self.frame.mark_carrying();
         self
     }
-}
-
-/// Drops what a context carries, leaving nothing.
-#[inline(never)]
-fn release(carried: &mut ManuallyDrop<Carried>) {
-    let released = std::mem::replace(carried, ManuallyDrop::new(Carried::NONE));
-    drop(ManuallyDrop::into_inner(released));
 }
 
 /// A context entered by [`Context::enter`]; dropping it leaves the context, first what the
@@ -601,6 +613,6 @@ impl Context {
 
     /// The span and OpenTelemetry context this context carries.
     pub(crate) fn carried(&self) -> &Carried {
-        &self.carried
+        self.frame.map.carried()
     }
 }

@@ -39,6 +39,13 @@ const READ_ONLY: u64 = 1 << 63;
 /// [`READ_ONLY`], refuses every write before its id is compared.)
 pub(crate) const NO_CONTEXT: u64 = u64::MAX;
 
+/// The bit of [`Frame::id`] that marks a context whose bindings carry a span or
+/// OpenTelemetry's context (in their map's root): entering it enters those too. Kept in the
+/// id, beside the bindings, so that entering a context checks one bit of what it moves anyway.
+/// Only ever set together with an identity, so that [`Frame::id`] never hands out the bit
+/// alone.
+const CARRIES: u64 = 1 << 62;
+
 impl Frame {
     pub(crate) const EMPTY: Frame = Frame::with_map(Map::EMPTY);
 
@@ -48,8 +55,41 @@ impl Frame {
     }
 
     /// A frame with the same bindings and a new identity.
+    #[inline]
     pub(crate) fn copy(&self) -> Frame {
-        Frame::with_map(self.map.clone())
+        let mut frame = Frame::with_map(self.map.clone());
+        if self.carries() {
+            frame.id = fresh_id() | CARRIES;
+        }
+        frame
+    }
+
+    /// A frame with these bindings and a new identity, marked if they carry something.
+    pub(crate) fn carrying(map: Map) -> Frame {
+        let mut frame = Frame::with_map(map);
+        frame.mark_carrying();
+        frame
+    }
+
+    /// Marks the frame as its bindings say: carrying something or not. Called wherever what
+    /// they carry may have changed.
+    pub(crate) fn mark_carrying(&mut self) {
+        if self.map.carried().is_some() {
+            if self.id & !(READ_ONLY | CARRIES) == 0 {
+                self.id |= fresh_id();
+            }
+            self.id |= CARRIES;
+        } else {
+            self.id &= !CARRIES;
+        }
+    }
+
+    /// Whether the bindings carry a span or OpenTelemetry's context.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn carries(&self) -> bool {
+        // Without the features, never: no check at all.
+        cfg!(any(feature = "tracing", feature = "opentelemetry")) && self.id & CARRIES != 0
     }
 
     /// The context's identity, assigned on first use. Inlined: every `set` reads it, and

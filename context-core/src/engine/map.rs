@@ -28,6 +28,8 @@ use std::mem::{MaybeUninit, align_of, size_of};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering as AtomicOrdering, fence};
 
+use crate::carried::Carried;
+
 /// A value as the map stores it.
 ///
 /// A value whose type is `Copy` and fits in two words (`u64`, `&'static str`, a small id
@@ -212,7 +214,15 @@ struct Branch {
     /// no population count, which x86-64's baseline has no instruction for.
     rank: [u8; 32],
     slots: Vec<Slot>,
+    /// In the root only: what the context carries beside its bindings (the `tracing` span,
+    /// OpenTelemetry's context), never a binding. Kept here rather than in each `Context`,
+    /// so that a snapshot stays one pointer copy: snapshots taken where the same span is
+    /// current share the root, and only a snapshot that must carry something else copies it.
+    carried: Carried,
 }
+
+/// Nothing carried: what a map without a root carries.
+static NOTHING_CARRIED: Carried = Carried::NONE;
 
 /// The bindings of one context.
 #[derive(Clone, Default)]
@@ -264,6 +274,7 @@ impl Clone for Branch {
             len: self.len,
             rank: self.rank,
             slots,
+            carried: self.carried.clone(),
         }
     }
 }
@@ -295,6 +306,7 @@ impl Branch {
                 node.rank = self.rank;
                 node.slots.reserve(self.slots.len() + 1);
                 node.slots.extend(self.slots.iter().cloned());
+                node.carried = self.carried.clone();
                 let old = insert_into_root(node, leaf);
                 return (spare, old);
             }
@@ -374,6 +386,7 @@ impl Branch {
             len: 0,
             rank: [0; 32],
             slots,
+            carried: Carried::NONE,
         };
         branch.reindex();
         branch
@@ -467,6 +480,7 @@ impl Branch {
         len: 0,
         rank: [0; 32],
         slots: Vec::new(),
+        carried: Carried::NONE,
     };
 }
 
@@ -477,8 +491,8 @@ impl Map {
         self.root.as_ref().map_or(0, |root| root.len as usize)
     }
 
-    /// Whether dropping this map may drop values: it has bindings and no other map shares
-    /// its root. (A shared root only loses a reference; nodes or values below it may still be
+    /// Whether dropping this map may drop values: it has bindings (or carries a span or
+    /// OpenTelemetry's context) and no other map shares its root. (A shared root only loses a reference; nodes or values below it may still be
     /// shared, so `true` means "may", not "will".)
     #[inline]
     pub(crate) fn may_drop_values(&self) -> bool {
@@ -587,10 +601,10 @@ impl Map {
         old
     }
 
-    /// Drops this map's bindings. A root no other map shares is kept, emptied, for the next
-    /// copy of a shared root on this thread to reuse ([`Branch::copy_with`]): a request's
-    /// context, copied from its layer's base and dropped when the request ends, then costs no
-    /// allocation. The values are dropped here, by the caller's thread.
+    /// Drops this map's bindings and what it carries. A root no other map shares is kept,
+    /// emptied, for the next copy of a shared root on this thread to reuse
+    /// ([`Branch::copy_with`]): a request's context, copied from its layer's base and dropped
+    /// when the request ends, then costs no allocation. The values are dropped here, by the caller's thread.
     pub(crate) fn release(mut self) {
         let Some(mut root) = self.root.take() else {
             return;
@@ -599,7 +613,11 @@ impl Map {
             return;
         };
         node.slots.clear();
+        // What the context carried goes too, once the root is put aside: a spare root never
+        // keeps a span open.
+        let carried = std::mem::take(&mut node.carried);
         let _ = SPARE.try_with(move |spare| spare.set(Some(root)));
+        drop(carried);
     }
 
     /// Unbinds `key`; returns its value, if it was bound. A map that does not hold `key` is
@@ -610,7 +628,7 @@ impl Map {
         let branch = Arc::make_mut(root);
         let value = branch.remove(key, 0);
         branch.len -= 1;
-        if branch.len == 0 {
+        if branch.len == 0 && !branch.carried.is_some() {
             self.root = None;
         }
         Some(value)
@@ -631,6 +649,34 @@ impl Map {
             true
         }
         self.root.as_deref().is_none_or(walk)
+    }
+
+    /// What the context of these bindings carries besides them.
+    #[inline]
+    pub(crate) fn carried(&self) -> &Carried {
+        self.root
+            .as_ref()
+            .map_or(&NOTHING_CARRIED, |root| &root.carried)
+    }
+
+    /// Makes these bindings carry `carried` instead of what they carried, copying the root if
+    /// it is shared (only the root: the nodes below and the values stay shared). What was
+    /// carried is dropped here: the caller holds no borrow of the thread's state.
+    pub(crate) fn set_carried(&mut self, carried: Carried) {
+        match &mut self.root {
+            None if !carried.is_some() => {}
+            None => {
+                self.root = Some(Arc::new(Branch {
+                    carried,
+                    ..Branch::EMPTY
+                }));
+            }
+            Some(root) if root.len == 0 && !carried.is_some() => self.root = None,
+            Some(root) => {
+                let root = Arc::make_mut(root);
+                drop(std::mem::replace(&mut root.carried, carried));
+            }
+        }
     }
 
     /// Adds to `keys` the keys whose values this map alone keeps alive: the leaves on nodes

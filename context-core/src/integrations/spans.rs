@@ -27,10 +27,13 @@ use crate::carried;
 ///   for a subscriber's layers) when the last task, thread or snapshot holding it is gone.
 ///
 /// While it is not called, nothing changes and nothing is paid but one atomic load per
-/// snapshot. Once on, a snapshot taken where the current span is the one its context carries
-/// (in a task spawned in that span) shares that span's handle; elsewhere it costs what
-/// `Span::current()` costs, plus a small allocation. Entering a context enters its span, as
-/// `Instrumented` does on every poll. The mapping view of a context (`len`, `iter`, `Debug`)
+/// snapshot; a `Context` is no larger for the feature. Once on, a snapshot taken where the
+/// current span is the one its context carries (in a task spawned in that span) shares its
+/// context's bindings and the span's handle, as a snapshot does without spans; elsewhere it
+/// costs what `Span::current()` costs, plus a copy of one node of the bindings. A task of
+/// `contextvars::spawn` spawned in a span its context does not carry (a handler under its
+/// request's span) holds the span itself, as `.in_current_span()` would, and allocates
+/// nothing more. Entering a context enters its span, as `Instrumented` does on every poll. The mapping view of a context (`len`, `iter`, `Debug`)
 /// does not show the span: it is carried beside the variables, not among them.
 ///
 /// # When not to

@@ -38,14 +38,28 @@ pin_project! {
     }
 
     impl<F> PinnedDrop for WithContext<F> {
+        #[inline]
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if this.inner.is_some() {
-                let _entered = this.context.enter();
-                this.inner.set(None);
+                if this.context.carries() {
+                    drop_carrying(this.context, this.inner);
+                } else {
+                    let _entered = this.context.enter_bindings();
+                    this.inner.set(None);
+                }
             }
         }
     }
+}
+
+/// [`WithContext`]'s drop, where its context carries a span or OpenTelemetry's context: out
+/// of line, as [`poll_carrying`] is.
+#[cold]
+#[inline(never)]
+fn drop_carrying<F>(context: &mut Context, mut inner: Pin<&mut Option<F>>) {
+    let _entered = context.enter();
+    inner.set(None);
 }
 
 impl<F> WithContext<F> {
@@ -77,7 +91,10 @@ impl<F> WithContext<F> {
     /// Polls the inner future (or stream) with the context entered, and drops it there as
     /// soon as `finished` says it is done, so that `Drop` has nothing left to do and need not
     /// enter the context a second time. `None` once the inner one is gone.
-    #[inline]
+    // Always: with the branch for a context that carries a span, LLVM stopped inlining it
+    // into the spawned task's poll (12 instructions a spawn).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn poll_in_context<R>(
         self: Pin<&mut Self>,
         poll: impl FnOnce(Pin<&mut F>) -> R,
@@ -95,6 +112,7 @@ impl<F> WithContext<F> {
 
 /// [`poll_inner`] in `context`, which carries a span or OpenTelemetry's context: out of line,
 /// so that the poll of a context that carries neither stays as small as it was.
+#[cold]
 #[inline(never)]
 fn poll_carrying<F, R>(
     context: &mut Context,

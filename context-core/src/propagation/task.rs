@@ -12,8 +12,13 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 use tokio::task::{AbortHandle, Id, JoinError};
 
+#[cfg(feature = "tracing")]
+use crate::carried::{self, TaskSpan};
 use crate::context::Context;
+use crate::current;
 use crate::future::{FutureExt, WithContext};
+#[cfg(feature = "tracing")]
+use crate::map::Map;
 
 /// [`tokio::spawn`] in a snapshot of the caller's context, taken at the call.
 ///
@@ -45,8 +50,39 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let bindings = current::snapshot();
+    #[cfg(feature = "tracing")]
+    if carried::any() {
+        return spawn_carrying(future, bindings);
+    }
+    let context = Context::from_map(bindings);
     JoinHandle {
-        inner: tokio::spawn(finish_in_context(future.in_current_context())),
+        inner: tokio::spawn(finish_in_context(future.with_context(context))),
+    }
+}
+
+/// [`spawn`] where something is carried: `bindings`, the snapshot, carry what is current here,
+/// or the task carries the span itself ([`TaskSpan`]).
+#[cfg(feature = "tracing")]
+#[cold]
+#[track_caller]
+fn spawn_carrying<F>(future: F, bindings: Map) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if let Some(span) = TaskSpan::for_spawn(&bindings) {
+        return JoinHandle {
+            inner: tokio::spawn(InSpan {
+                span,
+                context: Context::from_map(bindings),
+                inner: Some(future),
+            }),
+        };
+    }
+    let context = Context::carrying(bindings);
+    JoinHandle {
+        inner: tokio::spawn(finish_in_context(future.with_context(context))),
     }
 }
 
@@ -134,6 +170,69 @@ pin_project! {
     }
 }
 
+#[cfg(feature = "tracing")]
+pin_project! {
+    /// A spawned task that carries its span itself ([`TaskSpan`]): [`Finishing`] with the
+    /// span entered around each poll, and around the drop of a task that never finished, as
+    /// `Instrumented` does. The future and its context are held here, not in a
+    /// [`WithContext`], which would leave one more layer to poll and to drop.
+    struct InSpan<F> {
+        span: TaskSpan,
+        // Carries nothing: the span is carried here instead (see `spawn_carrying`), and
+        // writes never make bindings carry anything.
+        context: Context,
+        #[pin]
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for InSpan<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                let _span = this.span.enter();
+                {
+                    let _entered = this.context.enter_bindings();
+                    this.inner.set(None);
+                }
+                drop(std::mem::take(this.context));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tracing")]
+impl<F: Future> Future for InSpan<F> {
+    type Output = Finished<F::Output>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _span = this.span.enter();
+        let output = {
+            let _entered = this.context.enter_bindings();
+            let output = this
+                .inner
+                .as_mut()
+                .as_pin_mut()
+                .expect("a task is not polled after it completed")
+                .poll(cx);
+            if output.is_ready() {
+                // Dropped inside its context, as `WithContext` does.
+                this.inner.set(None);
+            }
+            output
+        };
+        match output {
+            Poll::Ready(output) => {
+                // As in `Finishing`: the context's values go inside the task (and the span).
+                drop(std::mem::take(this.context));
+                Poll::Ready(Finished::new(output))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl<F: Future> Future for Finishing<F> {
     type Output = Finished<F::Output>;
 
@@ -165,10 +264,12 @@ impl<T> Finished<T> {
         }
     }
 
+    #[inline]
     fn into_output(mut self) -> T {
-        self.output
-            .take()
-            .expect("a finished task's output is taken once")
+        let output = self.output.take();
+        // Nothing left for `Drop` to do: skip the call.
+        std::mem::forget(self);
+        output.expect("a finished task's output is taken once")
     }
 }
 
