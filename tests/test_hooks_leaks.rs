@@ -167,8 +167,12 @@ fn aborted(runtime: &Runtime, flavor: &str) {
             set.spawn(std::future::pending::<()>());
         }
         drop(set);
-        // The aborted tasks end at their next poll: let the runtime run it.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The aborted tasks end at their next poll: let the runtime run them all (a
+        // current-thread runtime runs them only inside `block_on`, so wait here, not after).
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while stored_contexts() != 0 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     });
     settles_at(0, &format!("{flavor}: aborted tasks"));
     // Every task's snapshot shared the value the root set; the root's guard is gone, and so
