@@ -176,12 +176,12 @@ impl Drop for Teardown {
 // variable, so that it needs nothing from the variable's declaration.
 //
 // A stamp names one state of one frame on this thread: every entry made under it is about
-// that state. So before every change to the current frame (a write, the thread's teardown)
-// the thread takes a stamp never used before (`Fast::bump`), and whatever makes another frame
-// current gives the thread either no stamp at all ([`NO_STAMP`], under which no entry is made
-// or found; the first read that misses then takes a new one) or the stamp that frame had when
-// it was last current here, if nothing can have changed it since: its entries hit again
-// (`Fast::take_back`). Two things keep such a stamp:
+// that state. Before every change to the current frame (a write, the thread's teardown) the
+// thread is left with no stamp at all ([`NO_STAMP`], under which no entry is made or found),
+// and the first read that misses then takes a stamp never used before (`Fast::bump`).
+// Whatever makes another frame current leaves the thread with no stamp too, or with the stamp
+// that frame had when it was last current here, if nothing can have changed it since: its
+// entries hit again (`Fast::take_back`). Two things keep such a stamp:
 // - a future's wrapper, with the stamp its context had when its last poll ended (a
 //   [`LastPoll`]: the context is the wrapper's own, and nothing changes it between polls);
 // - the guard of an entered context, with the stamp the caller's frame had when it was left
@@ -615,8 +615,8 @@ fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
 }
 
 /// Swaps `frame` in, in place of the thread's current frame, for `owner`, under the stamp
-/// `kept` if it is still good (see [`Fast::take_back`]), else a new one. Returns the owner and
-/// the stamp of the frame swapped out (into `frame`), for [`swap_out`].
+/// `kept` if it is still good (see [`Fast::take_back`]), else none. Returns the owner and the
+/// stamp of the frame swapped out (into `frame`), for [`swap_out`].
 ///
 /// Unlike a write, a swap is allowed while `get` clones a value (a `Clone` impl may run code
 /// in a context of its own): the frame that holds the value is moved, unchanged, into the
@@ -634,7 +634,7 @@ fn swap_in(frame: &mut Frame, owner: Task, kept: Option<u64>) -> (Task, u64) {
 }
 
 /// Undoes [`swap_in`]: swaps the frame in `frame` back in, for `owner`, under the stamp `kept`
-/// if it is still good, else a new one. Returns the stamp of the frame swapped out.
+/// if it is still good, else none. Returns the stamp of the frame swapped out.
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn swap_out(frame: &mut Frame, owner: Task, kept: Option<u64>) -> u64 {
@@ -647,9 +647,8 @@ fn swap_out(frame: &mut Frame, owner: Task, kept: Option<u64>) -> u64 {
     })
 }
 
-/// Swaps `frame` with the thread's current frame. The caller sets the stamp right after,
-/// with nothing run in between; the borrow is released first, which spares the hot paths
-/// marking it taken across the stamp's cold path.
+/// Swaps `frame` with the thread's current frame. The caller sets the stamp right after, with
+/// nothing run in between.
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn swap_frames(frame: &mut Frame) {
