@@ -95,8 +95,7 @@ impl<F> WithContext<F> {
         let this = self.project();
         // One branch, so that a context that carries no span is entered as it always was.
         if this.context.carries() {
-            // Entered the usual way, which gives it a new stamp: what the last poll left is
-            // forgotten.
+            // Entered the usual way, under no stamp: what the last poll left is forgotten.
             this.last_poll.forget();
             return poll_carrying(this.context, this.inner, poll, finished);
         }
@@ -162,13 +161,14 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
     }
 }
 
+// `last_poll` is left out: what the read cache knew at the last poll, nothing a user reads.
+#[allow(clippy::missing_fields_in_debug)]
 impl<F: std::fmt::Debug> std::fmt::Debug for WithContext<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WithContext")
             .field("inner", &self.inner)
             .field("context", &self.context)
-            // What the read cache knew at the last poll: nothing a user reads.
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
