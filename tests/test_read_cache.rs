@@ -4,10 +4,13 @@
 //! value. They also run under Miri (`scripts/miri`), which would report a read of freed
 //! memory.
 
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
 use std::sync::mpsc;
+use std::task::{Context as TaskContext, Poll, Waker};
 
-use contextvars::{Context, ContextVar, Key, NoDefault, context_var};
+use contextvars::{Context, ContextVar, FutureExt, Key, NoDefault, context_var};
 
 #[context_var]
 static NAME: String;
@@ -122,6 +125,150 @@ fn a_value_whose_context_was_dropped_is_never_read_again() {
     assert_eq!(ctx.run(name).as_deref(), Some("old"));
     let mut ctx = ctx.with_value(&NAME, "new".to_string());
     assert_eq!(ctx.run(name).as_deref(), Some("new"));
+}
+
+/// Polls `future` once, with a waker that does nothing.
+fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut TaskContext::from_waker(Waker::noop()))
+}
+
+/// Pending once: the next poll enters the context again.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|_| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// A future that, at each poll, checks that `NAME` reads what it set at its last poll, then
+/// sets it anew every other poll; never ready.
+async fn reads_what_it_set(who: &'static str) {
+    let mut expected = None;
+    for poll in 0.. {
+        assert_eq!(name(), expected, "{who}, poll {poll}");
+        if poll % 2 == 0 {
+            let value = format!("{who} {poll}");
+            drop(NAME.set(value.clone()));
+            expected = Some(value);
+        }
+        assert_eq!(name(), expected, "{who}, poll {poll}");
+        yield_once().await;
+    }
+}
+
+#[test]
+fn contexts_polled_in_turn_on_one_thread_each_read_their_own_values() {
+    let polls = if cfg!(miri) { 6 } else { 40 };
+    let mut a = pin!(reads_what_it_set("a").with_context(Context::new()));
+    let mut b = pin!(reads_what_it_set("b").with_context(Context::new()));
+    let mut c = pin!(reads_what_it_set("c").with_context(Context::new().with_value(&LEVEL, 3)));
+    let mut own = "the thread's".to_string();
+    let _own = NAME.set(own.clone());
+    for poll in 0..polls {
+        // `a` twice in a row, then the others, with the thread's own context read (and, every
+        // third round, written) in between.
+        assert!(poll_once(a.as_mut()).is_pending());
+        assert!(poll_once(a.as_mut()).is_pending());
+        assert!(poll_once(b.as_mut()).is_pending());
+        assert_eq!(name(), Some(own.clone()));
+        if poll % 3 == 0 {
+            own = format!("the thread's, {poll}");
+            drop(NAME.set(own.clone()));
+        }
+        assert!(poll_once(c.as_mut()).is_pending());
+        assert_eq!(name(), Some(own.clone()));
+        assert_eq!(LEVEL.get(), 1);
+    }
+}
+
+#[test]
+fn a_context_run_inside_a_poll_leaves_the_polls_values_readable() {
+    let polls = if cfg!(miri) { 4 } else { 20 };
+    let future = async move {
+        for poll in 0..polls {
+            let value = format!("outer {poll}");
+            drop(NAME.set(value.clone()));
+            assert_eq!(name().as_ref(), Some(&value));
+            // Nested, reading the same variable, and one that writes it.
+            let mut inner = Context::new().with_value(&NAME, "inner".to_string());
+            assert_eq!(inner.run(name).as_deref(), Some("inner"));
+            assert_eq!(name().as_ref(), Some(&value));
+            Context::current().run(|| drop(NAME.set("a copy's".to_string())));
+            assert_eq!(name().as_ref(), Some(&value));
+            assert_eq!(inner.run(name).as_deref(), Some("inner"));
+            inner.run(|| drop(NAME.set("inner, changed".to_string())));
+            assert_eq!(inner.run(name).as_deref(), Some("inner, changed"));
+            assert_eq!(name().as_ref(), Some(&value));
+            // A future of its own, polled inside this one's poll.
+            let mut nested = pin!(reads_what_it_set("nested").with_context(Context::new()));
+            assert!(poll_once(nested.as_mut()).is_pending());
+            assert_eq!(name().as_ref(), Some(&value));
+            assert!(poll_once(nested.as_mut()).is_pending());
+            assert_eq!(name().as_ref(), Some(&value));
+            yield_once().await;
+            assert_eq!(name().as_ref(), Some(&value));
+        }
+    }
+    .with_context(Context::new());
+    let mut future = pin!(future);
+    while poll_once(future.as_mut()).is_pending() {
+        assert_eq!(name(), None);
+    }
+}
+
+/// When dropped, reads `NAME` and sets `OTHER` to its number plus the length of what it read.
+struct SetsOnDrop(u32);
+
+impl Drop for SetsOnDrop {
+    fn drop(&mut self) {
+        let read = u32::try_from(name().map_or(0, |name| name.len())).unwrap();
+        drop(OTHER.set(self.0 + read));
+    }
+}
+
+#[context_var]
+static DROPS_AND_SETS: SetsOnDrop;
+
+#[test]
+fn values_whose_drop_reads_and_sets_are_seen_at_the_next_poll() {
+    let polls = if cfg!(miri) { 4 } else { 20 };
+    let (tx, rx) = mpsc::channel();
+    let future = async move {
+        // Dropped with the future, inside its context.
+        let _report = ReportOnDrop(tx);
+        drop(NAME.set("four".to_string()));
+        for poll in 0.. {
+            // Replacing the value drops the last one here, inside the context: its `Drop`
+            // reads `NAME` and sets `OTHER`.
+            drop(DROPS_AND_SETS.set(SetsOnDrop(poll * 10)));
+            let expected = poll.checked_sub(1).map(|last| last * 10 + 4);
+            assert_eq!(OTHER.get(), expected, "poll {poll}");
+            yield_once().await;
+            assert_eq!(OTHER.get(), expected, "poll {poll}");
+            assert_eq!(name().as_deref(), Some("four"));
+        }
+    };
+    let mut future = Box::pin(future.with_context(Context::new()));
+    let mut own = Context::new().with_value(&NAME, "own".to_string());
+    for _ in 0..polls {
+        assert!(own.run(|| poll_once(future.as_mut())).is_pending());
+        assert_eq!(own.run(name).as_deref(), Some("own"));
+        assert_eq!(OTHER.get(), None);
+    }
+    // Dropped while pending: the inner future goes inside its context, then the context's
+    // values, whose `Drop` set `OTHER` there.
+    own.run(|| drop(future));
+    assert_eq!(rx.recv().unwrap().as_deref(), Some("four"));
+    assert_eq!(
+        own.run(|| (name(), OTHER.get())),
+        (Some("own".to_string()), None)
+    );
 }
 
 /// Its `Clone` enters a context of its own and reads there, as a `Clone` impl may.
@@ -255,6 +402,113 @@ mod tokio_tasks {
             }
             for handle in handles {
                 assert_eq!(handle.await.unwrap(), None);
+            }
+        });
+    }
+
+    /// A small random number generator (xorshift), so that each task yields at its own steps.
+    struct Steps(u64);
+
+    impl Steps {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn futures_that_move_between_workers_read_what_they_set_at_their_last_poll() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut handles = Vec::new();
+            for task in 0..64_u32 {
+                handles.push(contextvars::spawn(async move {
+                    let mut steps = Steps(0x9e37_79b9_7f4a_7c15 ^ u64::from(task + 1));
+                    let mut workers = std::collections::HashSet::new();
+                    let mut expected = None;
+                    for step in 0..300_u32 {
+                        workers.insert(std::thread::current().id());
+                        // What the last poll read or wrote, wherever this one runs.
+                        assert_eq!(OTHER.get(), expected, "task {task}, step {step}");
+                        match steps.next() % 4 {
+                            // Written at one poll, read at the next.
+                            0 => {
+                                expected = Some(task * 1_000 + step);
+                                drop(OTHER.set(task * 1_000 + step));
+                            }
+                            // A context of its own, in between.
+                            1 => {
+                                let mut inner = Context::new().with_value(&OTHER, u32::MAX);
+                                assert_eq!(inner.run(|| OTHER.get()), Some(u32::MAX));
+                            }
+                            _ => {}
+                        }
+                        assert_eq!(OTHER.get(), expected, "task {task}, step {step}");
+                        if steps.next() % 3 != 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    workers.len()
+                }));
+            }
+            let mut moved = 0;
+            for handle in handles {
+                moved += usize::from(handle.await.unwrap() > 1);
+            }
+            // The premise: futures did move between workers.
+            assert!(moved > 0, "no future ran on more than one worker");
+        });
+    }
+}
+
+/// The same under the runtime hooks, which enter a task's context only when it is first used
+/// during a poll.
+#[cfg(all(tokio_unstable, feature = "hooks", not(miri)))]
+mod hooked_tasks {
+    use super::*;
+
+    #[test]
+    fn tasks_that_inherited_different_contexts_read_their_own_at_every_poll() {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let runtime = contextvars::hooks::install(builder.worker_threads(4))
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut handles = Vec::new();
+            for task in 0..48_u32 {
+                let mut parent = Context::new().with_value(&OTHER, task);
+                // Plain `tokio::spawn`: the task inherits `parent`'s values, for reading.
+                handles.push(parent.run(|| {
+                    tokio::spawn(async move {
+                        for step in 0..100_u32 {
+                            assert_eq!(OTHER.get(), Some(task), "step {step}");
+                            tokio::task::yield_now().await;
+                            // A context of its own, written at one poll and read at the next.
+                            if step % 10 == 0 {
+                                let own = async move {
+                                    assert_eq!(OTHER.get(), Some(task));
+                                    drop(OTHER.set(task + 1_000));
+                                    tokio::task::yield_now().await;
+                                    let first = OTHER.get();
+                                    tokio::task::yield_now().await;
+                                    (first, OTHER.get())
+                                };
+                                let own = own.in_current_context();
+                                let read = Some(task + 1_000);
+                                assert_eq!(own.await, (read, read));
+                                assert_eq!(OTHER.get(), Some(task));
+                            }
+                        }
+                    })
+                }));
+            }
+            for handle in handles {
+                handle.await.unwrap();
             }
         });
     }

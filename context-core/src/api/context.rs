@@ -7,7 +7,7 @@ use std::mem::ManuallyDrop;
 use crate::carried;
 #[cfg(feature = "hooks")]
 use crate::carried::Carried;
-use crate::current::{self, Entered, Frame};
+use crate::current::{self, Entered, Frame, LastPoll, Polled};
 use crate::map;
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
 
@@ -216,6 +216,16 @@ impl Context {
     #[inline(always)]
     pub(crate) fn enter_bindings(&mut self) -> Entered<'_> {
         Entered::new(&mut self.frame)
+    }
+
+    /// [`enter_bindings`](Self::enter_bindings) for one poll of a future that runs in this
+    /// context: `last` is what the read cache knew of it when its last poll ended, kept by the
+    /// future's wrapper, which must forget it wherever this context is replaced or changed
+    /// between polls.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn enter_for_poll<'a>(&'a mut self, last: &'a mut LastPoll) -> Polled<'a> {
+        Polled::new(&mut self.frame, last)
     }
 
     /// Makes this context current until the returned guard drops, with the span and

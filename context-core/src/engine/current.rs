@@ -15,7 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::map::{Leaf, Map};
 
@@ -193,7 +193,7 @@ impl Drop for Teardown {
         // The thread is exiting and its context's values go now: no cached read may reach
         // them any more. (No `reading` check: a panic here would abort, and no read is under
         // way while thread-locals are destroyed.)
-        fast(Fast::bump);
+        fast(Fast::forget_stamp);
         let frame = current(|current| {
             std::mem::replace(
                 &mut current
@@ -215,12 +215,29 @@ impl Drop for Teardown {
 //
 // `get` is the operation a service performs most, so it has a fast path: a small per-thread
 // table from a variable's key to where its value lives in the current frame, valid while the
-// frame has not changed. Every change to the frame (entering or leaving a context, a write,
-// the thread's teardown) bumps the thread's `stamp` first, which invalidates every entry at
-// once; a read whose entry carries the current stamp goes straight to the value, with no
-// lookup in the map and no type check. This is `CPython`'s idea (a variable caches its last
-// value with the version of the context it came from), with one table per thread instead of
-// one slot per variable, so that it needs nothing from the variable's declaration.
+// frame has not changed. Entries carry the thread's `stamp` of when they were made, and a read
+// whose entry carries the thread's stamp now goes straight to the value, with no lookup in the
+// map and no type check. This is `CPython`'s idea (a variable caches its last value with the
+// version of the context it came from), with one table per thread instead of one slot per
+// variable, so that it needs nothing from the variable's declaration.
+//
+// A stamp names one state of one frame on this thread: every entry made under it is about
+// that state. Before every change to the current frame (a write, the thread's teardown) the
+// thread is left with no stamp at all ([`NO_STAMP`], under which no entry is made or found),
+// and the first read that misses then takes a stamp never used before (`Fast::bump`).
+// Whatever makes another frame current leaves the thread with no stamp too, or with the stamp
+// that frame had when it was last current here, if nothing can have changed it since: its
+// entries hit again (`Fast::take_back`). Two things keep such a stamp:
+// - a future's wrapper, with the stamp its context had when its last poll ended (a
+//   [`LastPoll`]: the context is the wrapper's own, and nothing changes it between polls);
+// - the guard of an entered context, with the stamp the caller's frame had when it was left
+//   (that frame waits, borrowed by the guard, unchanged, until the guard puts it back).
+// A stamp kept is only good on its own thread, in its own round of stamps (they start over
+// after 2^30 new ones): each round has an epoch, a number no other round on any thread ever
+// had (`fresh_epoch`), which its stamps carry; `Fast::take_back` takes back only a stamp of
+// the thread's current epoch. New stamps come from a count that only goes up (`Fast::fresh`),
+// never from a stamp taken back: a frame changed after its stamp was taken back gets a stamp
+// no frame ever had.
 //
 // It lives in thread-locals without a destructor, which are reachable at every moment of the
 // thread's life (teardown included) and cost no "is it still alive" check.
@@ -232,23 +249,83 @@ const CACHE_SLOTS: usize = 64;
 /// Where a key's value was in the current frame.
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The stamp the entry was made at (the high 31 bits), [`UNBOUND`] if the key was
-    /// unbound then, and the key (the low 32 bits): one compare checks all three.
+    /// The stamp the entry was made at with the key xored into its low 32 bits (the epoch,
+    /// the same for every entry of the table and for the thread's stamp, when it has one),
+    /// and [`UNBOUND`] if the key was unbound then: one compare checks all three.
     tag: u64,
     /// The value; null for an unbound key.
     value: *const (),
 }
 
-/// One step of `Fast::stamp`, which lives above the [`UNBOUND`] bit and the key.
+/// The tag of an empty entry, which no stamp and key make (stamps never have [`RAN_OUT`]).
+const NO_ENTRY: u64 = u64::MAX;
+
+/// The thread's stamp while it has none: entries are made only under a stamp with a count, so
+/// a read under it finds no entry (even for key `0`: no entry has count `0`), and one that
+/// misses takes a new stamp first (`fill`). Its epoch, `0`, is no thread's: a wrapper or
+/// guard that kept it takes back nothing.
+const NO_STAMP: u64 = 0;
+
+/// One step of a stamp's count, which lives above the [`UNBOUND`] bit and the epoch and below
+/// [`RAN_OUT`].
 const STAMP_STEP: u64 = 1 << 33;
+
+/// The top bit, which no stamp has: a count that reaches it has run out. (Tested as the sign,
+/// which the addition that makes a new stamp sets: one instruction less than a compare.)
+const RAN_OUT: u64 = 1 << 63;
 
 /// The tag bit of an entry that found its key unbound.
 const UNBOUND: u64 = 1 << 32;
 
+/// The epoch of a thread that has made no stamp yet, or of every thread once all epochs are
+/// given out. [`fill`] makes no entry under a stamp of it, so that such a stamp kept on one
+/// thread and taken back on another finds nothing.
+const NO_EPOCH: u32 = u32::MAX;
+
+/// A number for this thread's new round of stamps that no other round, on any thread, ever
+/// had; [`NO_EPOCH`] once all are given out (after 2^62 new stamps in the process).
+fn fresh_epoch() -> u32 {
+    static NEXT_EPOCH: AtomicU32 = AtomicU32::new(1);
+    // Stops at `NO_EPOCH`: never gives out an epoch twice.
+    NEXT_EPOCH
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+            (next < NO_EPOCH).then(|| next + 1)
+        })
+        .unwrap_or(NO_EPOCH)
+}
+
+/// The epoch a stamp belongs to: its low 32 bits.
+#[allow(clippy::cast_possible_truncation)]
+#[inline]
+fn epoch_of(stamp: u64) -> u32 {
+    stamp as u32
+}
+
+/// The stamp a future's context had on the thread that polled it last, when that poll ended
+/// (see "The read cache"): kept by the future's wrapper, beside the context, and handed back at
+/// the next poll, where it brings back the entries of the last poll if it is still good.
+/// Only the wrapper that owns the context may keep it, and must forget it wherever the
+/// context is replaced or changed between polls.
+#[derive(Debug, Default)]
+pub(crate) struct LastPoll(u64);
+
+impl LastPoll {
+    /// Forgets the stamp: for a context replaced, or taken out.
+    #[inline]
+    pub(crate) fn forget(&mut self) {
+        self.0 = NO_STAMP;
+    }
+}
+
 struct Fast {
-    /// Bumped (by [`STAMP_STEP`]) before every change to the thread's current frame. Kept
-    /// shifted into the high bits, as entries' tags hold it; never 0.
+    /// Names the state of the thread's current frame, or [`NO_STAMP`]: see "The read cache".
+    /// A count in bits 33 to 62 (never 0 but in `NO_STAMP`), the epoch of the round it was
+    /// made in (see [`fresh_epoch`]) in the low 32.
     stamp: Cell<u64>,
+    /// The last stamp [`Fast::bump`] gave out: its count only goes up, and its epoch is the
+    /// thread's current one. Starts at the last count, so that the thread's first new stamp
+    /// starts a round ([`Fast::wrap`]), which gives it an epoch.
+    fresh: Cell<u64>,
     /// The task that made the current frame current: `NO_TASK` for the thread's own context
     /// and for a context entered outside any task. Only code of that task sees the frame.
     /// Any other task polled meanwhile on this thread (a task spawned without a context,
@@ -276,12 +353,12 @@ struct Pending {
 thread_local! {
     static FAST: Fast = const {
         Fast {
-            // Entries start with tag 0, which no stamp makes.
-            stamp: Cell::new(STAMP_STEP),
+            stamp: Cell::new(NO_STAMP),
+            fresh: Cell::new((RAN_OUT - STAMP_STEP) | NO_EPOCH as u64),
             owner: Cell::new(NO_TASK),
             reading: Cell::new(false),
             entries: [const {
-                Cell::new(Entry { tag: 0, value: std::ptr::null() })
+                Cell::new(Entry { tag: NO_ENTRY, value: std::ptr::null() })
             }; CACHE_SLOTS],
             #[cfg(feature = "hooks")]
             pending: Cell::new(None),
@@ -306,7 +383,7 @@ fn fast<R>(f: impl FnOnce(&Fast) -> R) -> R {
 impl Fast {
     /// Carries out a deferred enter (see [`enter_later`]), if one is waiting: [`current`], the
     /// only way to the frame, calls it first. `get`'s cache hits do not reach the frame, and
-    /// cannot happen while an enter waits (`enter_later` bumps the stamp).
+    /// cannot happen while an enter waits (`enter_later` leaves the thread without a stamp).
     #[inline]
     #[cfg_attr(not(feature = "hooks"), allow(clippy::unused_self))]
     fn resolve(&self) {
@@ -327,28 +404,60 @@ impl Fast {
         }
     }
 
-    /// Invalidates every entry of the read cache.
+    /// Invalidates every entry of the read cache: the thread takes a stamp never used before,
+    /// for the current frame as it is about to be.
     #[inline]
     fn bump(&self) {
-        let next = self.stamp.get().wrapping_add(STAMP_STEP);
-        if next == 0 {
+        let next = self.fresh.get() + STAMP_STEP;
+        if next & RAN_OUT != 0 {
             self.wrap();
         } else {
+            self.fresh.set(next);
             self.stamp.set(next);
         }
     }
 
-    /// After 2^31 changes the stamps start over: forget every entry first, so that none made
-    /// at an old stamp can match a new one.
+    /// After 2^30 new stamps the count starts over: forget every entry first, so that none
+    /// made at an old stamp can match a new one, and start a new epoch, so that no stamp kept
+    /// from the old round is taken back.
     #[cold]
     fn wrap(&self) {
         for entry in &self.entries {
             entry.set(Entry {
-                tag: 0,
+                tag: NO_ENTRY,
                 value: std::ptr::null(),
             });
         }
-        self.stamp.set(STAMP_STEP);
+        let start = STAMP_STEP | u64::from(fresh_epoch());
+        self.fresh.set(start);
+        self.stamp.set(start);
+    }
+
+    /// Makes `kept` the thread's stamp again if it is of the thread's current epoch, else
+    /// leaves the thread with [`NO_STAMP`]. `kept` must be the stamp that the frame now
+    /// current had when it was last current on this thread, with the frame unchanged since
+    /// (see "The read cache"), or `NO_STAMP`.
+    #[inline]
+    fn take_back(&self, kept: u64) {
+        let good = epoch_of(kept) == epoch_of(self.fresh.get());
+        self.stamp.set(if good { kept } else { NO_STAMP });
+    }
+
+    /// Leaves the thread without a stamp, which invalidates every entry of the read cache:
+    /// before every change to the current frame, and where another frame becomes current.
+    #[inline]
+    fn forget_stamp(&self) {
+        self.stamp.set(NO_STAMP);
+    }
+
+    /// [`Fast::take_back`] `kept`, if any, else [`Fast::forget_stamp`].
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn take_back_or_forget(&self, kept: Option<u64>) {
+        match kept {
+            Some(kept) => self.take_back(kept),
+            None => self.forget_stamp(),
+        }
     }
 
     /// Whether the code running now may see and write the current frame.
@@ -390,7 +499,7 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
     assign_key: impl FnOnce() -> u32,
 ) -> Option<T> {
     fast(|fast| {
-        let tag = fast.stamp.get() | u64::from(key);
+        let tag = fast.stamp.get() ^ u64::from(key);
         let entry = fast.entry(key).get();
         let value = if entry.tag == tag {
             entry.value
@@ -408,17 +517,30 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   of the thread's current frame, after checking that the value is a `T`. Every key
         //   belongs to one variable, whose values all have one type, so any reader of this
         //   key reads it as that same `T`.
-        // - The stamp is unchanged (stamps are never reused: `Fast::wrap` clears the table
-        //   before they start over), so the frame has not changed since: every change to it
-        //   (a swap in `Entered` and the hooks, a write through `write`, `drop_bindings`, the
-        //   thread's teardown in `Teardown`'s `Drop`) bumps the stamp first, and nothing
-        //   outside this file reaches `CURRENT` (which has no destructor of its own: its
-        //   frame is only ever dropped by `Teardown`). The frame holds its map's root, the root
-        //   holds the leaf, the leaf holds the value: in place (a small `Copy` value, inside
-        //   its node's slots, which only a write to that node moves) or in an `Arc`. Nodes
-        //   shared with other maps are never written (writes go through `Arc::make_mut`, which
-        //   copies a shared node), and this frame's own nodes are written only through `write`.
-        //   So the value is alive and unmoved.
+        // - The thread's stamp is the entry's, so the frame current now is the one current
+        //   when the entry was made, unchanged (see "The read cache"). Entries are made only
+        //   under a stamp with a count (`fill`), which `Fast::bump` gives out once: the count
+        //   only goes up, and `Fast::wrap` clears the table and starts a new epoch before it
+        //   starts over. Every change to the thread's current frame (a swap in `Entered`,
+        //   `Polled` and the hooks, a write through `write`, `drop_bindings`, the thread's
+        //   teardown in `Teardown`'s `Drop`) first leaves the thread with `NO_STAMP`, under
+        //   which no entry is found, or, for a swap, with the stamp the incoming frame had
+        //   when it was last current on this thread, in this epoch (`Fast::take_back`), if it
+        //   has not changed since: a `Polled` guard takes back its future's stamp of its last
+        //   poll (its wrapper's `LastPoll`, forgotten wherever the context is replaced or taken
+        //   out; nothing else changes it between polls), and a guard takes back, when it
+        //   leaves, the stamp the caller's frame had when it was entered (that frame waited,
+        //   borrowed by the guard). A stamp kept on another thread, or in an earlier round of
+        //   this one, carries another epoch; and no entry is made under `NO_EPOCH`, which two
+        //   threads may share. Nothing outside this file reaches `CURRENT` (which has no
+        //   destructor of its own: its frame is only ever dropped by `Teardown`). A swap moves
+        //   the frame's `Map`, a pointer to the root: the nodes and values stay where they
+        //   are.
+        // - The frame holds its map's root, the root holds the leaf, the leaf holds the value:
+        //   in place (a small `Copy` value, inside its node's slots, which only a write to that
+        //   node moves) or in an `Arc`. Nodes shared with other maps are never written (writes
+        //   go through `Arc::make_mut`, which copies a shared node), and this frame's own nodes
+        //   are written only through `write`. So the value is alive and unmoved.
         // - While `clone` runs, `reading` is set, and a write (`write`, which calls
         //   `Fast::refuse_while_reading`) panics before it changes anything: a `Clone` impl
         //   that sets or resets a variable cannot free the value it is being cloned from.
@@ -446,11 +568,21 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
             leaf.value.as_ptr()
         })
     });
-    let unbound = if value.is_null() { UNBOUND } else { 0 };
-    fast.entry(key).set(Entry {
-        tag: fast.stamp.get() | unbound | u64::from(key),
-        value,
-    });
+    // Read after the lookup: a deferred enter carried out on the way (`current`) leaves the
+    // thread without a stamp.
+    if fast.stamp.get() == NO_STAMP {
+        // The first read since the frame became current or changed: a stamp for its state.
+        fast.bump();
+    }
+    // Under `NO_EPOCH` (every epoch given out) no entry is made.
+    let stamp = fast.stamp.get();
+    if epoch_of(stamp) != NO_EPOCH {
+        let unbound = if value.is_null() { UNBOUND } else { 0 };
+        fast.entry(key).set(Entry {
+            tag: (stamp ^ u64::from(key)) | unbound,
+            value,
+        });
+    }
     (!value.is_null()).then_some(value)
 }
 
@@ -510,28 +642,54 @@ fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
     current(|current| {
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
         fast(|fast| {
-            fast.bump();
+            fast.forget_stamp();
             f(&mut current.frame, fast)
         })
     })
 }
 
-/// Swaps `frame` with the thread's current frame and makes `owner` its owner; returns the
-/// previous owner.
+/// Swaps `frame` in, in place of the thread's current frame, for `owner`, under the stamp
+/// `kept` if it is still good (see [`Fast::take_back`]), else none. Returns the owner and the
+/// stamp of the frame swapped out (into `frame`), for [`swap_out`].
 ///
 /// Unlike a write, a swap is allowed while `get` clones a value (a `Clone` impl may run code
 /// in a context of its own): the frame that holds the value is moved, unchanged, into the
 /// storage of the entered context, which stays borrowed until the swap back.
-#[inline]
-fn swap(frame: &mut Frame, owner: Task) -> Task {
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn swap_in(frame: &mut Frame, owner: Task, kept: Option<u64>) -> (Task, u64) {
+    swap_frames(frame);
+    fast(|fast| {
+        let outer_owner = fast.owner.replace(owner);
+        let outer_stamp = fast.stamp.get();
+        fast.take_back_or_forget(kept);
+        (outer_owner, outer_stamp)
+    })
+}
+
+/// Undoes [`swap_in`]: swaps the frame in `frame` back in, for `owner`, under the stamp `kept`
+/// if it is still good, else none. Returns the stamp of the frame swapped out.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn swap_out(frame: &mut Frame, owner: Task, kept: Option<u64>) -> u64 {
+    swap_frames(frame);
+    fast(|fast| {
+        let left = fast.stamp.get();
+        fast.take_back_or_forget(kept);
+        fast.owner.set(owner);
+        left
+    })
+}
+
+/// Swaps `frame` with the thread's current frame. The caller sets the stamp right after, with
+/// nothing run in between.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn swap_frames(frame: &mut Frame) {
     current(|current| {
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
-        fast(|fast| {
-            fast.bump();
-            std::mem::swap(&mut current.frame, frame);
-            fast.owner.replace(owner)
-        })
-    })
+        std::mem::swap(&mut current.frame, frame);
+    });
 }
 
 /// Runs `f` on the frame that `set` writes to.
@@ -570,8 +728,9 @@ pub(crate) fn write_with<A, R>(
             } else if current.frame.id & READ_ONLY != 0 {
                 Err((Unwritable::Inherited, owned))
             } else {
-                // Only a write that happens invalidates the read cache.
-                fast.bump();
+                // Only a write that happens invalidates the read cache: the thread is left
+                // without a stamp, and the next read takes a fresh one.
+                fast.forget_stamp();
                 Ok(f(&mut current.frame, owned))
             }
         })
@@ -699,25 +858,63 @@ pub(crate) fn snapshot() -> Map {
 
 /// While alive, `frame` is the thread's current context. Dropping it (on return, on early
 /// return, on panic) writes the context's new bindings back into `frame` and restores what
-/// was current before.
+/// was current before, with the read cache's entries for it.
 pub(crate) struct Entered<'a> {
     frame: &'a mut Frame,
     /// The owner of what was current before.
     outer_owner: Task,
+    /// The stamp of what was current before, taken back when it comes back: meanwhile it
+    /// waits in `frame`, unchanged.
+    outer_stamp: u64,
 }
 
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let outer_owner = swap(frame, running_task());
-        Entered { frame, outer_owner }
+        let (outer_owner, outer_stamp) = swap_in(frame, running_task(), None);
+        Entered {
+            frame,
+            outer_owner,
+            outer_stamp,
+        }
     }
 }
 
 impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
-        swap(self.frame, self.outer_owner);
+        swap_out(self.frame, self.outer_owner, Some(self.outer_stamp));
+    }
+}
+
+/// [`Entered`] for one poll of a future's context: entered under the stamp it had when its
+/// last poll ended on this thread, if it is still good, so that the read cache's entries of
+/// that poll hit again; left, it records its stamp in `last` for the next poll.
+pub(crate) struct Polled<'a> {
+    frame: &'a mut Frame,
+    last: &'a mut LastPoll,
+    outer_owner: Task,
+    outer_stamp: u64,
+}
+
+impl<'a> Polled<'a> {
+    /// `last` must be the record of `frame` (see [`LastPoll`]).
+    #[inline]
+    pub(crate) fn new(frame: &'a mut Frame, last: &'a mut LastPoll) -> Self {
+        let (outer_owner, outer_stamp) = swap_in(frame, running_task(), Some(last.0));
+        Polled {
+            frame,
+            last,
+            outer_owner,
+            outer_stamp,
+        }
+    }
+}
+
+impl Drop for Polled<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.last.0 = swap_out(self.frame, self.outer_owner, Some(self.outer_stamp));
     }
 }
 
@@ -744,7 +941,7 @@ pub(crate) fn enter_later(task: tokio::task::Id, enter: fn(tokio::task::Id)) {
         fast.resolve();
         // Whatever the cache knows is about the frame current now, which this task must not
         // read: it reads its own, once entered.
-        fast.bump();
+        fast.forget_stamp();
         fast.pending.set(Some(Pending { task, enter }));
     });
 }
@@ -780,7 +977,7 @@ pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Ta
     if !may_write() {
         return None;
     }
-    Some(swap(frame, Some(task)))
+    Some(swap_in(frame, Some(task), None).0)
 }
 
 /// Marks `frame` as a context its task only inherited: it reads it, and every write to it is
@@ -795,13 +992,18 @@ pub(crate) fn make_read_only(frame: &mut Frame) {
 #[cfg(feature = "hooks")]
 #[inline]
 pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
-    swap(frame, outer_owner);
+    swap_out(frame, outer_owner, None);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::pin::{Pin, pin};
+    use std::task::{Context as TaskContext, Poll, Waker};
+
     use super::*;
-    use crate::{Context, ContextVar, Key, NoDefault};
+    use crate::future::WithContext;
+    use crate::{Context, ContextVar, FutureExt, Key, NoDefault};
 
     enum Name {}
 
@@ -812,26 +1014,225 @@ mod tests {
 
     static NAME: ContextVar<Name> = ContextVar::new("name");
 
+    /// Variables enough that some share a cache entry.
+    static SHARERS: [ContextVar<Name>; 130] = [const { ContextVar::new("sharer") }; 130];
+
+    /// The thread's stamp now.
+    fn stamp() -> u64 {
+        fast(|fast| fast.stamp.get())
+    }
+
+    /// The count of a stamp, without its epoch.
+    fn count_of(stamp: u64) -> u64 {
+        stamp >> 33
+    }
+
+    /// Makes the thread run out of stamps in `new_stamps` new stamps.
+    fn run_out_in(new_stamps: u64) {
+        fast(|fast| {
+            let epoch = u64::from(epoch_of(fast.fresh.get()));
+            fast.fresh.set((RAN_OUT - new_stamps * STAMP_STEP) | epoch);
+        });
+    }
+
+    /// Moves the thread into the round of stamps `epoch` as `Fast::wrap` does, but without
+    /// forgetting the entries, at `count`: as if another thread had made them (or this one in
+    /// another round) at the same count.
+    fn pretend_round(epoch: u32, count: u64) {
+        fast(|fast| fast.fresh.set((count * STAMP_STEP) | u64::from(epoch)));
+    }
+
+    /// Two variables whose values share a cache entry, and what their keys differ by.
+    fn two_sharing_an_entry() -> (&'static ContextVar<Name>, &'static ContextVar<Name>, u32) {
+        for (i, first) in SHARERS.iter().enumerate() {
+            for second in &SHARERS[i + 1..] {
+                let (a, b) = (first.key(), second.key());
+                if a as usize % CACHE_SLOTS == b as usize % CACHE_SLOTS {
+                    return (first, second, a ^ b);
+                }
+            }
+        }
+        unreachable!("130 keys in 64 entries: two share one")
+    }
+
+    /// Polls `future` once, with a waker that does nothing.
+    fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut TaskContext::from_waker(Waker::noop()))
+    }
+
+    /// A future that, at each poll, reads `var` with the thread's stamp before and after the
+    /// read into `seen`; never ready.
+    fn reader<'a>(
+        var: &'static ContextVar<Name>,
+        seen: &'a std::cell::RefCell<Vec<(u64, Option<String>, u64)>>,
+    ) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |_| {
+            let before = stamp();
+            let value = var.get();
+            seen.borrow_mut().push((before, value, stamp()));
+            Poll::Pending
+        })
+    }
+
     #[test]
     fn when_the_stamps_start_over_every_entry_is_forgotten_first() {
         let mut ctx = Context::new().with_value(&NAME, "a".to_string());
         ctx.run(|| {
-            // Two changes before the stamps run out.
-            fast(|fast| fast.stamp.set(0_u64.wrapping_sub(2 * STAMP_STEP)));
+            // Two new stamps before they run out.
+            run_out_in(2);
             assert_eq!(NAME.get().as_deref(), Some("a"));
+            let epoch = epoch_of(stamp());
             let token = NAME.set("b".to_string());
+            // The read after the write takes the second one, which runs out: the table is
+            // cleared, and stamps start over, in a new epoch.
             assert_eq!(NAME.get().as_deref(), Some("b"));
-            // The second change runs out of stamps: the table is cleared, stamps start over.
+            assert_eq!(count_of(stamp()), 1);
+            assert_ne!(epoch_of(stamp()), epoch);
+            let slot = NAME.key() as usize % CACHE_SLOTS;
+            assert!(fast(|fast| {
+                fast.entries
+                    .iter()
+                    .enumerate()
+                    .all(|(i, entry)| i == slot || entry.get().tag == NO_ENTRY)
+            }));
             NAME.reset(token).unwrap();
-            assert_eq!(fast(|fast| fast.stamp.get()), STAMP_STEP);
-            assert!(fast(|fast| fast
-                .entries
-                .iter()
-                .all(|entry| entry.get().tag == 0)));
             assert_eq!(NAME.get().as_deref(), Some("a"));
             assert_eq!(NAME.get().as_deref(), Some("a"));
         });
         assert_eq!(NAME.get(), None);
+    }
+
+    #[test]
+    fn a_future_polled_again_unchanged_reads_the_entries_of_its_last_poll() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let ctx = Context::new().with_value(&NAME, "a".to_string());
+        let mut future = pin!(reader(&NAME, &seen).with_context(ctx));
+        let _own = NAME.set("own".to_string());
+        assert_eq!(NAME.get().as_deref(), Some("own"));
+        let own = stamp();
+        for _ in 0..3 {
+            assert!(poll_once(future.as_mut()).is_pending());
+            // The thread's own context takes its stamp back too.
+            assert_eq!(stamp(), own);
+            assert_eq!(NAME.get().as_deref(), Some("own"));
+        }
+        let seen = seen.take();
+        // The first poll took a stamp for its read; the others read under it, with no new one.
+        let first = seen[0].2;
+        assert_ne!(first, NO_STAMP);
+        assert_eq!(
+            seen,
+            [
+                (NO_STAMP, Some("a".to_string()), first),
+                (first, Some("a".to_string()), first),
+                (first, Some("a".to_string()), first),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_futures_stamp_of_another_round_is_never_taken_back() {
+        // The future's stamp, taken back in another round (or on another thread) whose entry
+        // for another variable of the same cache entry was made at the same count, would read
+        // that variable's value.
+        let (mine, other, keys_differ_by) = two_sharing_an_entry();
+        let epoch = 1 << 20;
+        let seen = std::cell::RefCell::new(Vec::new());
+        let ctx = Context::new().with_value(mine, "mine".to_string());
+        let mut future = pin!(reader(mine, &seen).with_context(ctx));
+        pretend_round(epoch, 100);
+        assert!(poll_once(future.as_mut()).is_pending());
+        pretend_round(epoch ^ keys_differ_by, 100);
+        Context::new()
+            .with_value(other, "other's".to_string())
+            .run(|| assert_eq!(other.get().as_deref(), Some("other's")));
+        assert!(poll_once(future.as_mut()).is_pending());
+        let seen = seen.take();
+        // The premise: the other variable's entry has the future's last stamp's count.
+        assert_eq!(count_of(seen[0].2), 101);
+        assert_eq!(seen[1].1.as_deref(), Some("mine"));
+        assert_eq!(count_of(seen[1].2), 102, "read under a new stamp");
+    }
+
+    #[test]
+    fn a_callers_stamp_of_another_round_is_never_taken_back() {
+        // As above, for the stamp of the frame that a guard puts back when it leaves.
+        let (mine, other, keys_differ_by) = two_sharing_an_entry();
+        let epoch = 1 << 21;
+        let mut caller = Context::new().with_value(mine, "mine".to_string());
+        caller.run(|| {
+            pretend_round(epoch, 100);
+            assert_eq!(mine.get().as_deref(), Some("mine"));
+            assert_eq!(count_of(stamp()), 101);
+            Context::new()
+                .with_value(other, "other's".to_string())
+                .run(|| {
+                    pretend_round(epoch ^ keys_differ_by, 100);
+                    assert_eq!(other.get().as_deref(), Some("other's"));
+                    assert_eq!(count_of(stamp()), 101);
+                });
+            assert_eq!(mine.get().as_deref(), Some("mine"));
+            assert_eq!(count_of(stamp()), 102, "read under a new stamp");
+        });
+    }
+
+    #[test]
+    fn a_context_replaced_or_taken_out_between_polls_is_read_afresh() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let ctx = Context::new().with_value(&NAME, "first".to_string());
+        let mut future = pin!(reader(&NAME, &seen).with_context(ctx));
+        assert!(poll_once(future.as_mut()).is_pending());
+        // Replaced, as a scope does; the first context stays alive, so that a stale read
+        // would find its value.
+        let replaced = std::mem::replace(
+            WithContext::context_mut(future.as_mut()),
+            Context::new().with_value(&NAME, "second".to_string()),
+        );
+        assert!(poll_once(future.as_mut()).is_pending());
+        // Taken out, as a finished task hands its context over.
+        #[cfg(feature = "tokio")]
+        let taken = {
+            let taken = WithContext::take_context(future.as_mut());
+            assert!(poll_once(future.as_mut()).is_pending());
+            taken
+        };
+        let seen: Vec<_> = seen.take().into_iter().map(|(_, v, _)| v).collect();
+        assert_eq!(
+            seen[..2],
+            [Some("first".to_string()), Some("second".to_string())]
+        );
+        #[cfg(feature = "tokio")]
+        {
+            assert_eq!(seen[2], None);
+            drop(taken);
+        }
+        drop(replaced);
+    }
+
+    #[test]
+    fn a_future_that_writes_after_its_stamp_was_taken_back_reads_what_it_wrote() {
+        // Between two polls the caller reads under a new stamp; the future, its stamp taken
+        // back, then writes and reads: under a stamp of its own, not the caller's.
+        let ctx = Context::new().with_value(&NAME, "first".to_string());
+        let mut poll = 0;
+        let future = std::future::poll_fn(|_| {
+            poll += 1;
+            assert_eq!(NAME.get().as_deref(), Some("first"), "poll {poll}");
+            if poll == 2 {
+                drop(NAME.set("second".to_string()));
+                assert_eq!(NAME.get().as_deref(), Some("second"));
+            }
+            Poll::<()>::Pending
+        });
+        let mut future = pin!(future.with_context(ctx));
+        let mut caller = Context::new().with_value(&NAME, "caller's".to_string());
+        caller.run(|| {
+            assert!(poll_once(future.as_mut()).is_pending());
+            let _write = NAME.set("caller's, changed".to_string());
+            assert_eq!(NAME.get().as_deref(), Some("caller's, changed"));
+            assert!(poll_once(future.as_mut()).is_pending());
+            assert_eq!(NAME.get().as_deref(), Some("caller's, changed"));
+        });
     }
 
     #[test]

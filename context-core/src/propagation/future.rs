@@ -7,6 +7,7 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
+use crate::current::LastPoll;
 
 pin_project! {
     /// A future (or stream) that runs in its own [`Context`] on every poll.
@@ -35,6 +36,9 @@ pin_project! {
         #[pin]
         inner: Option<F>,
         context: Context,
+        // What the read cache knew of `context` when the last poll ended: the next poll, if
+        // on the same thread, reads on from there.
+        last_poll: LastPoll,
     }
 
     impl<F> PinnedDrop for WithContext<F> {
@@ -67,6 +71,7 @@ impl<F> WithContext<F> {
         WithContext {
             inner: Some(inner),
             context,
+            last_poll: LastPoll::default(),
         }
     }
 
@@ -78,14 +83,18 @@ impl<F> WithContext<F> {
 
     /// The context, to replace it before the first poll (what a scope does).
     pub(crate) fn context_mut(self: Pin<&mut Self>) -> &mut Context {
-        self.project().context
+        let this = self.project();
+        this.last_poll.forget();
+        this.context
     }
 
     /// Takes the context out, leaving an empty one: how a finished task hands its context to
     /// its output.
     #[cfg(feature = "tokio")]
     pub(crate) fn take_context(self: Pin<&mut Self>) -> Context {
-        std::mem::take(self.project().context)
+        let this = self.project();
+        this.last_poll.forget();
+        std::mem::take(this.context)
     }
 
     /// Polls the inner future (or stream) with the context entered, and drops it there as
@@ -103,9 +112,11 @@ impl<F> WithContext<F> {
         let this = self.project();
         // One branch, so that a context that carries no span is entered as it always was.
         if this.context.carries() {
+            // Entered the usual way, under no stamp: what the last poll left is forgotten.
+            this.last_poll.forget();
             return poll_carrying(this.context, this.inner, poll, finished);
         }
-        let _entered = this.context.enter_bindings();
+        let _entered = this.context.enter_for_poll(this.last_poll);
         poll_inner(this.inner, poll, finished)
     }
 }
@@ -168,6 +179,8 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
     }
 }
 
+// `last_poll` is left out: what the read cache knew at the last poll, nothing a user reads.
+#[allow(clippy::missing_fields_in_debug)]
 impl<F: std::fmt::Debug> std::fmt::Debug for WithContext<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WithContext")

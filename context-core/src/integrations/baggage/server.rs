@@ -409,6 +409,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let state = match self.acceptor.accept(request.headers()) {
             Ok(()) => State::Called {
