@@ -421,12 +421,12 @@ mod tests {
     fn ascending_inserts_stay_logarithmic() {
         // Miri interprets every step: fewer keys there, with the bound for that many.
         let (keys, bound) = if cfg!(miri) {
-            (2_000, 16)
+            (2_000_u64, 16)
         } else {
-            (100_000, 24)
+            (100_000_u64, 24)
         };
         let mut tree = Tree::default();
-        for key in 0..keys as u64 {
+        for key in 0..keys {
             tree.insert(key, ());
         }
         // An AVL tree of n keys is at most 1.44 log2(n) high: 24 for 100,000, 16 for 2,000.
@@ -482,11 +482,12 @@ mod tests {
             "abcdefghijklmnopq",
         ];
         let tails = ["", "\0", "\0\0", "0", "1", "9", "é", "10", "x\0y"];
-        let mut key = move || -> Arc<str> {
-            let stem = stems[(next() % stems.len() as u64) as usize];
-            let tail = tails[(next() % tails.len() as u64) as usize];
-            let number = next() % 40;
-            match next() % 3 {
+        let mut pick = move |len: usize| usize::try_from(next() % 1024).expect("small") % len;
+        let mut make_key = move || -> Arc<str> {
+            let stem = stems[pick(stems.len())];
+            let tail = tails[pick(tails.len())];
+            let number = pick(40);
+            match pick(3) {
                 0 => format!("{stem}{tail}"),
                 1 => format!("{stem}{number}{tail}"),
                 _ => format!("{stem}{tail}{number}"),
@@ -496,14 +497,17 @@ mod tests {
         let mut tree = Tree::default();
         let mut model = BTreeMap::new();
         let mut versions = Vec::new();
-        let steps = if cfg!(miri) { 1_000 } else { 20_000 };
-        for step in 0..steps {
-            let k = key();
+        let writes = if cfg!(miri) { 1_000 } else { 20_000 };
+        for step in 0..writes {
+            let key = make_key();
             match step % 5 {
-                0 | 1 => assert_eq!(tree.remove(&*k), model.remove(&*k)),
-                _ => assert_eq!(tree.insert(k.clone(), step), model.insert(k.clone(), step)),
+                0 | 1 => assert_eq!(tree.remove(&*key), model.remove(&*key)),
+                _ => assert_eq!(
+                    tree.insert(key.clone(), step),
+                    model.insert(key.clone(), step)
+                ),
             }
-            assert_eq!(tree.get(&*k), model.get(&*k));
+            assert_eq!(tree.get(&*key), model.get(&*key));
             if step % 500 == 0 {
                 versions.push((tree.clone(), model.clone()));
             }
