@@ -12,6 +12,11 @@
 //! and cannot write. Entering a context records the running task (`tokio::task::try_id`) as the
 //! owner. The owner may write to the frame unless the runtime hooks entered it for a task that
 //! only inherited it (a plain `tokio::spawn`): that task reads it and cannot write.
+// Without tokio a frame's owner is `()`: the owner checks compile to nothing.
+#![cfg_attr(
+    not(feature = "tokio"),
+    allow(clippy::unit_cmp, clippy::let_unit_value, clippy::unit_arg)
+)]
 
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;

@@ -180,6 +180,7 @@ pub(crate) trait VarMeta: Sync {
     fn name(&self) -> &'static str;
     fn log(&self) -> bool;
     /// Where the variable is declared (`crate::module::STATIC`).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     fn path(&self) -> &'static str;
     /// Whether the binding is the crate's own bookkeeping, left out of the mapping view.
     fn hidden(&self) -> bool;
@@ -617,6 +618,8 @@ impl Map {
         // keeps a span open.
         let carried = std::mem::take(&mut node.carried);
         let _ = SPARE.try_with(move |spare| spare.set(Some(root)));
+        // (Without the `tracing` and `opentelemetry` features there is nothing to drop.)
+        #[allow(clippy::drop_non_drop)]
         drop(carried);
     }
 
