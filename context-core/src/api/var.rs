@@ -672,7 +672,7 @@ pub(crate) fn restore(
     let replaced = current::write_with(&mut old, move |frame, old| {
         // A token made where no context was left (thread exit) carries `NO_CONTEXT`, which
         // matches no frame.
-        if frame.id != context {
+        if !frame.is(context) {
             return false;
         }
         frame.map.exchange(key, var, old);
@@ -742,6 +742,22 @@ mod tests {
     }
 
     static OTHER: ContextVar<Other> = ContextVar::new("other");
+
+    /// What a context carries may change (the tower layer's base drops its span, say); which
+    /// context it is does not: its tokens still reset in it.
+    #[cfg(feature = "tracing")]
+    #[test]
+    fn a_token_resets_in_its_context_after_what_it_carries_changed() {
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        crate::carried::carry_spans();
+        let mut ctx = tracing::info_span!("carried").in_scope(Context::current);
+        assert!(ctx.carries());
+        let token = ctx.run(|| OTHER.set(1));
+        let mut ctx = ctx.without_carried();
+        assert!(!ctx.carries());
+        assert_eq!(ctx.run(|| OTHER.reset(token)), Ok(()));
+        assert_eq!(ctx.get(&OTHER), None);
+    }
 
     #[test]
     fn values_stored_in_place_read_back_through_every_path() {

@@ -97,14 +97,21 @@ impl Frame {
         cfg!(any(feature = "tracing", feature = "opentelemetry")) && self.id & CARRIES != 0
     }
 
-    /// The context's identity, assigned on first use. Inlined: every `set` reads it, and
-    /// only the first in a context takes a fresh one.
+    /// The context's identity, assigned on first use: what tokens and guards record. Inlined:
+    /// every `set` reads it, and only the first in a context takes a fresh one. Without the
+    /// [`CARRIES`] bit, which changes with what the context carries, not with which it is.
     #[inline]
     pub(crate) fn id(&mut self) -> u64 {
         if self.id == 0 {
             self.id = fresh_id();
         }
-        self.id
+        self.id & !CARRIES
+    }
+
+    /// Whether this is the context of identity `id` (from [`Frame::id`]).
+    #[inline]
+    pub(crate) fn is(&self, id: u64) -> bool {
+        self.id & !CARRIES == id
     }
 }
 
