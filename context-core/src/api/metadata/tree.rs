@@ -53,21 +53,25 @@ pub(crate) struct Tree<K, V> {
 
 /// Half the most children a node has: every node but the root holds `B - 1` entries or more.
 /// Six keeps a node (about 900 bytes with the metadata's entries) small enough for the
-/// allocator's per-thread cache, and a leaf's insert shifts few entries; eight measured
-/// more instructions and more cache misses per set.
+/// allocator's per-thread cache; eight measured more instructions and more cache misses
+/// per set.
 const B: usize = 6;
 /// The most entries a node holds.
 const CAP: usize = 2 * B - 1;
 /// The fewest entries a node other than the root holds.
 const MIN: usize = B - 1;
 
-/// A node: `len` entries in key order, their prefixes in `prefixes`; below a node that is
+/// A node: `len` entries, in key order through `slots`, their prefixes in `prefixes`; below a node that is
 /// not a leaf, `len + 1` children, the keys of `children[i]` sorting between the entries
 /// `i - 1` and `i`. Slots past `len` are empty (`None`).
 struct Node<K, V> {
     len: usize,
     prefixes: [Prefix; CAP],
     children: [Option<Arc<Node<K, V>>>; CAP + 1],
+    /// `slots[i]` is where in `entries` the `i`-th entry in key order sits.
+    slots: [u8; CAP],
+    /// The entries, in `entries[..len]` but in the order they came: an insert writes one
+    /// slot and shifts only `prefixes` and `slots`, not the entries themselves.
     entries: [Option<(K, V)>; CAP],
 }
 
@@ -77,6 +81,7 @@ impl<K: Clone, V: Clone> Clone for Node<K, V> {
             len: self.len,
             prefixes: self.prefixes,
             children: self.children.clone(),
+            slots: self.slots,
             entries: self.entries.clone(),
         }
     }
@@ -105,6 +110,7 @@ impl<K, V> Node<K, V> {
             len: 0,
             prefixes: [(0, 0); CAP],
             children: std::array::from_fn(|_| None),
+            slots: [0; CAP],
             entries: std::array::from_fn(|_| None),
         }
     }
@@ -114,7 +120,36 @@ impl<K, V> Node<K, V> {
     }
 
     fn entry(&self, index: usize) -> &(K, V) {
-        self.entries[index].as_ref().expect("an entry below len")
+        self.entries[usize::from(self.slots[index])]
+            .as_ref()
+            .expect("an entry below len")
+    }
+
+    fn entry_mut(&mut self, index: usize) -> &mut Option<(K, V)> {
+        &mut self.entries[usize::from(self.slots[index])]
+    }
+
+    /// Takes out the entry at `index` (not its children); the last slot fills its slot.
+    fn remove_entry(&mut self, index: usize) -> (Prefix, (K, V)) {
+        let len = self.len;
+        let prefix = self.prefixes[index];
+        self.prefixes.copy_within(index + 1..len, index);
+        let slot = self.slots[index];
+        self.slots.copy_within(index + 1..len, index);
+        let last = len - 1;
+        let entry = self.entries[usize::from(slot)]
+            .take()
+            .expect("an entry below len");
+        if usize::from(slot) != last {
+            self.entries[usize::from(slot)] = self.entries[last].take();
+            let moved = self.slots[..last]
+                .iter_mut()
+                .find(|s| usize::from(**s) == last)
+                .expect("every slot below len is someone's");
+            *moved = slot;
+        }
+        self.len = last;
+        (prefix, entry)
     }
 
     fn child(&self, index: usize) -> &Arc<Node<K, V>> {
@@ -160,8 +195,9 @@ impl<K, V> Node<K, V> {
         debug_assert!(len < CAP);
         self.prefixes.copy_within(index..len, index + 1);
         self.prefixes[index] = prefix;
-        self.entries[index..=len].rotate_right(1);
-        self.entries[index] = Some(entry);
+        self.slots.copy_within(index..len, index + 1);
+        self.slots[index] = u8::try_from(len).expect("CAP fits in u8");
+        self.entries[len] = Some(entry);
         if right.is_some() {
             self.children[index + 1..=len + 1].rotate_right(1);
             self.children[index + 1] = right;
@@ -172,15 +208,11 @@ impl<K, V> Node<K, V> {
     /// Takes out the entry at `index` and, in an inner node, the child just after it.
     fn remove_at(&mut self, index: usize) -> (Prefix, (K, V), Link<K, V>) {
         let len = self.len;
-        let prefix = self.prefixes[index];
-        self.prefixes.copy_within(index + 1..len, index);
-        let entry = self.entries[index].take().expect("an entry below len");
-        self.entries[index..len].rotate_left(1);
         let right = self.children[index + 1].take();
         if right.is_some() {
             self.children[index + 1..=len].rotate_left(1);
         }
-        self.len = len - 1;
+        let (prefix, entry) = self.remove_entry(index);
         (prefix, entry, right)
     }
 
@@ -190,15 +222,28 @@ impl<K, V> Node<K, V> {
         debug_assert_eq!(self.len, CAP);
         let mut upper = Arc::new(Node::empty());
         let right = Arc::get_mut(&mut upper).expect("just made");
-        right.prefixes[..CAP - B].copy_from_slice(&self.prefixes[B..]);
-        for (to, from) in right.entries.iter_mut().zip(&mut self.entries[B..]) {
-            *to = from.take();
+        // Both halves come out with their entries in key order, slot by slot.
+        let mut taken: [Option<(K, V)>; CAP] = std::array::from_fn(|_| None);
+        for (to, &slot) in taken.iter_mut().zip(&self.slots) {
+            *to = self.entries[usize::from(slot)].take();
         }
+        let mut taken = taken.into_iter();
+        for (to, from) in self.entries.iter_mut().zip(taken.by_ref().take(B - 1)) {
+            *to = from;
+        }
+        let middle = taken.next().flatten().expect("a full node");
+        for (to, from) in right.entries.iter_mut().zip(taken) {
+            *to = from;
+        }
+        for (slot, index) in self.slots.iter_mut().zip(0..) {
+            *slot = index;
+        }
+        right.slots = self.slots;
+        right.prefixes[..CAP - B].copy_from_slice(&self.prefixes[B..]);
         for (to, from) in right.children.iter_mut().zip(&mut self.children[B..]) {
             *to = from.take();
         }
         right.len = CAP - B;
-        let middle = self.entries[B - 1].take().expect("a full node");
         self.len = B - 1;
         (self.prefixes[B - 1], middle, upper)
     }
@@ -302,7 +347,7 @@ fn insert<K: Ord + Clone, V: Clone>(
     let node = Arc::make_mut(link);
     let (index, prefix, entry, right) = match node.search(&key, prefix) {
         Ok(index) => {
-            let entry = node.entries[index].as_mut().expect("an entry below len");
+            let entry = node.entry_mut(index).as_mut().expect("an entry below len");
             return Inserted::Replaced(std::mem::replace(&mut entry.1, value));
         }
         Err(index) if node.is_leaf() => (index, prefix, (key, value), None),
@@ -341,7 +386,8 @@ where
             // The next key takes this entry's place.
             let (next_prefix, next) = remove_min(node.child_mut(index + 1));
             node.prefixes[index] = next_prefix;
-            let removed = node.entries[index]
+            let removed = node
+                .entry_mut(index)
                 .replace(next)
                 .expect("an entry below len");
             mend(node, index + 1);
@@ -380,7 +426,9 @@ fn mend<K: Clone, V: Clone>(node: &mut Node<K, V>, index: usize) {
         let child = Arc::make_mut(right[0].as_mut().expect("a child"));
         // `remove_at` takes the child after the entry too: the last one, moved with it.
         let (prefix, entry, last) = left.remove_at(left.len - 1);
-        let separator = node.entries[index - 1].replace(entry).expect("a separator");
+        let separator = node.entries[usize::from(node.slots[index - 1])]
+            .replace(entry)
+            .expect("a separator");
         let separator_prefix = std::mem::replace(&mut node.prefixes[index - 1], prefix);
         // Insert at the front: the moved child becomes the first, before the old first.
         child.insert_at(0, separator_prefix, separator, None);
@@ -399,13 +447,10 @@ fn mend<K: Clone, V: Clone>(node: &mut Node<K, V>, index: usize) {
         }
         // With its first child gone, the first entry's right child sits in slot 0: take the
         // entry alone.
-        let prefix = sibling.prefixes[0];
-        let len = sibling.len;
-        sibling.prefixes.copy_within(1..len, 0);
-        let entry = sibling.entries[0].take().expect("an entry");
-        sibling.entries[..len].rotate_left(1);
-        sibling.len = len - 1;
-        let separator = node.entries[index].replace(entry).expect("a separator");
+        let (prefix, entry) = sibling.remove_entry(0);
+        let separator = node.entries[usize::from(node.slots[index])]
+            .replace(entry)
+            .expect("a separator");
         let separator_prefix = std::mem::replace(&mut node.prefixes[index], prefix);
         let at = child.len;
         child.insert_at(at, separator_prefix, separator, first_child);
@@ -416,22 +461,24 @@ fn mend<K: Clone, V: Clone>(node: &mut Node<K, V>, index: usize) {
         let right = Arc::unwrap_or_clone(right.expect("a right sibling"));
         let left = Arc::make_mut(node.child_mut(at));
         let base = left.len;
-        left.prefixes[base] = separator_prefix;
-        left.entries[base] = Some(separator);
-        left.prefixes[base + 1..=base + right.len].copy_from_slice(&right.prefixes[..right.len]);
+        left.insert_at(base, separator_prefix, separator, None);
         let Node {
             len,
-            entries,
+            prefixes,
+            slots,
+            mut entries,
             children,
-            ..
         } = right;
-        for (to, from) in left.entries[base + 1..].iter_mut().zip(entries) {
-            *to = from;
+        for (&prefix, &slot) in prefixes.iter().zip(&slots).take(len) {
+            let entry = entries[usize::from(slot)]
+                .take()
+                .expect("an entry below len");
+            let at = left.len;
+            left.insert_at(at, prefix, entry, None);
         }
         for (to, from) in left.children[base + 1..].iter_mut().zip(children) {
             *to = from;
         }
-        left.len = base + 1 + len;
     }
 }
 
@@ -521,10 +568,17 @@ mod tests {
             node.entries[len..].iter().all(Option::is_none),
             "entry past len"
         );
-        let keys: Vec<&K> = node.entries[..len]
-            .iter()
-            .map(|e| &e.as_ref().unwrap().0)
-            .collect();
+        assert!(
+            node.entries[..len].iter().all(Option::is_some),
+            "a gap below len"
+        );
+        let mut slots = node.slots[..len].to_vec();
+        slots.sort_unstable();
+        assert!(
+            slots.iter().copied().eq(0..u8::try_from(len).unwrap()),
+            "slots not a permutation"
+        );
+        let keys: Vec<&K> = (0..len).map(|index| &node.entry(index).0).collect();
         for (index, key) in keys.iter().enumerate() {
             assert_eq!(node.prefixes[index], key.prefix(), "stale prefix");
         }
