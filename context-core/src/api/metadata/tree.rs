@@ -614,6 +614,9 @@ mod tests {
     }
 
     #[test]
+    // Safe code only, and thousands of steps: Miri would take many minutes over what the
+    // native run of the README's test command already checks.
+    #[cfg_attr(miri, ignore)]
     fn stays_a_valid_b_tree_equal_to_a_btreemap_and_old_versions_stay_as_they_were() {
         let mut seed = 0x2545_F491_4F6C_DD1D_u64;
         let mut next = move || {
@@ -646,6 +649,8 @@ mod tests {
     }
 
     #[test]
+    // Safe code only, on trees of thousands of keys: see above.
+    #[cfg_attr(miri, ignore)]
     fn ascending_inserts_stay_logarithmic() {
         // Miri interprets every step: fewer keys there, with the bound for that many.
         let (keys, bound) = if cfg!(miri) {
@@ -694,6 +699,9 @@ mod tests {
     /// String keys that often share their first 16 bytes or more, are prefixes of one
     /// another or end in NUL bytes: the prefixes tie and the keys themselves decide.
     #[test]
+    // Safe code only, and thousands of steps: Miri would take many minutes over what the
+    // native run of the README's test command already checks.
+    #[cfg_attr(miri, ignore)]
     fn string_keys_with_shared_prefixes_match_a_btreemap_and_old_versions_stay_as_they_were() {
         let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
         let mut next = move || {
@@ -752,6 +760,9 @@ mod tests {
     /// removes, so that nodes split and merge at every level; keeps a version every few
     /// steps and checks them all at the end against the model each was taken with.
     #[test]
+    // Safe code only, and thousands of steps: Miri would take many minutes over what the
+    // native run of the README's test command already checks.
+    #[cfg_attr(miri, ignore)]
     fn grows_and_shrinks_through_every_level_and_every_kept_version_stays_as_it_was() {
         let mut seed = 0xD1B5_4A32_D192_ED03_u64;
         let mut next = move || {
@@ -762,11 +773,7 @@ mod tests {
         };
         // Full nodes hold 11 entries: 6,000 keys take four levels or more, 400 three (under
         // Miri, which interprets every step: a few minutes for 1,500).
-        let (keys, every) = if cfg!(miri) {
-            (400, 50)
-        } else {
-            (6_000, 97)
-        };
+        let (keys, every) = if cfg!(miri) { (400, 50) } else { (6_000, 97) };
         let mut tree = Tree::default();
         let mut model = BTreeMap::new();
         let mut versions = Vec::new();
@@ -818,6 +825,8 @@ mod tests {
     /// A write copies the nodes on its path and no other: the rest, and the entries in them,
     /// stay shared with the version it started from.
     #[test]
+    // Safe code only, on trees of thousands of keys: see above.
+    #[cfg_attr(miri, ignore)]
     fn a_write_copies_only_the_path_and_shares_the_rest() {
         fn nodes<K, V>(node: &Arc<Node<K, V>>, into: &mut Vec<*const Node<K, V>>) {
             into.push(Arc::as_ptr(node));
