@@ -380,10 +380,7 @@ mod tokio_tasks {
 
     #[test]
     fn many_tasks_reading_and_writing_on_a_shared_pool_see_only_their_own_values() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .build()
-            .unwrap();
+        let runtime = four_workers();
         runtime.block_on(async {
             let mut handles = Vec::new();
             for task in 0..200_u32 {
@@ -406,6 +403,14 @@ mod tokio_tasks {
         });
     }
 
+    /// A multi-thread runtime of 4 workers, for futures that move between threads.
+    fn four_workers() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap()
+    }
+
     /// A small random number generator (xorshift), so that each task yields at its own steps.
     struct Steps(u64);
 
@@ -420,10 +425,7 @@ mod tokio_tasks {
 
     #[test]
     fn futures_that_move_between_workers_read_what_they_set_at_their_last_poll() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .build()
-            .unwrap();
+        let runtime = four_workers();
         runtime.block_on(async {
             let mut handles = Vec::new();
             for task in 0..64_u32 {

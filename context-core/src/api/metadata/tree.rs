@@ -613,18 +613,22 @@ mod tests {
         1 + depths[0]
     }
 
+    /// A small random number generator (xorshift) from `seed`: the random tests' steps.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     #[test]
     // Safe code only, and thousands of steps: Miri would take many minutes over what the
     // native run of the README's test command already checks.
     #[cfg_attr(miri, ignore)]
     fn stays_a_valid_b_tree_equal_to_a_btreemap_and_old_versions_stay_as_they_were() {
-        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D_u64);
         let mut tree = Tree::default();
         let mut model = BTreeMap::new();
         let mut versions = Vec::new();
@@ -703,13 +707,7 @@ mod tests {
     // native run of the README's test command already checks.
     #[cfg_attr(miri, ignore)]
     fn string_keys_with_shared_prefixes_match_a_btreemap_and_old_versions_stay_as_they_were() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15_u64);
         let stems = [
             "",
             "a",
@@ -764,13 +762,7 @@ mod tests {
     // native run of the README's test command already checks.
     #[cfg_attr(miri, ignore)]
     fn grows_and_shrinks_through_every_level_and_every_kept_version_stays_as_it_was() {
-        let mut seed = 0xD1B5_4A32_D192_ED03_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0xD1B5_4A32_D192_ED03_u64);
         // Full nodes hold 11 entries: 6,000 keys take four levels or more, 400 three (under
         // Miri, which interprets every step: a few minutes for 1,500).
         let (keys, every) = if cfg!(miri) { (400, 50) } else { (6_000, 97) };
