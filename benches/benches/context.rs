@@ -264,6 +264,9 @@ fn set_metadata(c: &mut Criterion) {
         group.bench_function(format!("contextvars/{n}"), |b| {
             b.iter(|| workloads::fill_metadata(&keys));
         });
+        group.bench_function(format!("std_btreemap/{n}"), |b| {
+            b.iter(|| workloads::fill_std_btreemap(&keys));
+        });
     }
     group.finish();
 }

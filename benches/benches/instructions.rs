@@ -416,6 +416,14 @@ const OPS: &[(&str, Op)] = &[
         let keys = workloads::metadata_keys(10_000);
         repeat(i, || workloads::fill_metadata(&keys));
     }),
+    ("set_metadata/std_btreemap/1000", |i| {
+        let keys = workloads::metadata_keys(1_000);
+        repeat(i, || workloads::fill_std_btreemap(&keys));
+    }),
+    ("set_metadata/std_btreemap/10000", |i| {
+        let keys = workloads::metadata_keys(10_000);
+        repeat(i, || workloads::fill_std_btreemap(&keys));
+    }),
 ];
 
 /// Runs `f` inside a span of a tracing-subscriber registry, the thread's default subscriber.

@@ -157,3 +157,17 @@ pub(crate) fn fill_metadata(keys: &[String]) {
         }
     });
 }
+
+/// The same keys inserted one by one into the standard library's `BTreeMap`, mutated in place
+/// and holding each key and value in its own `Arc<str>` as the metadata does: the peer that
+/// shows what a sorted map's set costs at each size on this machine.
+pub(crate) fn fill_std_btreemap(keys: &[String]) {
+    let mut map = std::collections::BTreeMap::new();
+    for key in keys {
+        map.insert(
+            std::sync::Arc::<str>::from(key.as_str()),
+            std::sync::Arc::<str>::from("value"),
+        );
+    }
+    black_box(map);
+}
