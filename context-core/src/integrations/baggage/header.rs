@@ -320,7 +320,12 @@ pub(crate) struct Plain<'a> {
 pub(crate) fn plain_entries(header: &str) -> PlainEntries<'_> {
     PlainEntries {
         header,
-        at: Some(0),
+        // A header over the bytes limit is no plain header: its first item says so.
+        at: Some(if header.len() > MAX_BYTES {
+            usize::MAX
+        } else {
+            0
+        }),
         entries: 0,
     }
 }
@@ -328,46 +333,66 @@ pub(crate) fn plain_entries(header: &str) -> PlainEntries<'_> {
 /// The iterator of [`plain_entries`].
 pub(crate) struct PlainEntries<'a> {
     header: &'a str,
-    /// Where the next entry starts; `None` once done.
+    /// Where the next entry starts (`usize::MAX` for a header over the bytes limit); `None`
+    /// once done.
     at: Option<usize>,
     entries: usize,
+}
+
+/// The length of the run of bytes of `class` that `bytes` starts with.
+#[inline]
+fn run_of(bytes: &[u8], class: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| CLASSES[usize::from(b)] & class == 0)
+        .unwrap_or(bytes.len())
 }
 
 impl<'a> Iterator for PlainEntries<'a> {
     type Item = Option<Plain<'a>>;
 
+    #[inline]
     fn next(&mut self) -> Option<Option<Plain<'a>>> {
         let start = self.at.take()?;
         self.entries += 1;
-        if self.entries > MAX_ENTRIES || self.header.len() > MAX_BYTES {
+        let Some(rest) = self.header.as_bytes().get(start..) else {
             return Some(None);
-        }
-        let bytes = self.header.as_bytes();
-        // The index of the first byte from `i` on that is not of `class`.
-        let skip = |mut i: usize, class: u8| {
-            while i < bytes.len() && CLASSES[usize::from(bytes[i])] & class != 0 {
-                i += 1;
-            }
-            i
         };
-        let skip_ows = |i: usize| skip(i, OWS);
-        let key_start = skip_ows(start);
-        let key_end = skip(key_start, TCHAR);
-        let equals = skip_ows(key_end);
-        if key_end == key_start || bytes.get(equals) != Some(&b'=') {
+        if self.entries > MAX_ENTRIES {
             return Some(None);
         }
-        let value_start = skip_ows(equals + 1);
-        let value_end = skip(value_start, PLAIN_OCTET);
-        let end = skip_ows(value_end);
-        match bytes.get(end) {
+        // Offsets into `rest`. Whitespace is looked for only where the byte that ends a run
+        // is not the one expected there: most headers have none.
+        let mut i = run_of(rest, OWS);
+        let key_start = i;
+        i += run_of(&rest[i..], TCHAR);
+        let key_end = i;
+        if rest.get(i) != Some(&b'=') {
+            i += run_of(&rest[i..], OWS);
+        }
+        if key_end == key_start || rest.get(i) != Some(&b'=') {
+            return Some(None);
+        }
+        i += 1;
+        i += run_of(&rest[i..], OWS);
+        let value_start = i;
+        i += run_of(&rest[i..], PLAIN_OCTET);
+        let value_end = i;
+        match rest.get(i) {
             None => {}
-            Some(b',') => self.at = Some(end + 1),
-            Some(_) => return Some(None),
+            Some(b',') => self.at = Some(start + i + 1),
+            Some(_) => {
+                i += run_of(&rest[i..], OWS);
+                match rest.get(i) {
+                    None => {}
+                    Some(b',') => self.at = Some(start + i + 1),
+                    Some(_) => return Some(None),
+                }
+            }
         }
         Some(Some(Plain {
-            key: &self.header[key_start..key_end],
-            value: &self.header[value_start..value_end],
+            key: &self.header[start + key_start..start + key_end],
+            value: &self.header[start + value_start..start + value_end],
         }))
     }
 }

@@ -27,7 +27,7 @@ mod server;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::context::Context;
 use crate::current;
@@ -422,6 +422,19 @@ pub(crate) fn accept<'a>(
     accept_in_full(&joined, settings)
 }
 
+/// [`accept`] for the usual request, whose `baggage` header is one line: read at once where
+/// it holds plain entries only ([`accept_plain`]), else as `accept` reads any header. Plain
+/// entries are visible ASCII, so the check of each byte that `HeaderValue::to_str` makes is
+/// left to the second way.
+pub(crate) fn accept_line(line: &HeaderValue, settings: &Accept) -> Result<(), BaggageError> {
+    if let Ok(text) = std::str::from_utf8(line.as_bytes()) {
+        if accept_plain(text, settings) {
+            return Ok(());
+        }
+    }
+    accept([line.to_str().map_err(|_| line.as_bytes())], settings)
+}
+
 /// The most entries of each kind (claimed, and kept as metadata) that [`accept_plain`]
 /// stages without allocating; a header with more is read in full.
 const STAGED: usize = 8;
@@ -467,15 +480,20 @@ fn accept_plain(header: &str, settings: &Accept) -> bool {
     if claimed_len > 0 {
         let _ = current::write(|frame| {
             for slot in &mut claimed[..claimed_len] {
-                // A variable the context holds was set by the application: it wins. The
-                // value not set stays in its slot, dropped with the thread's state released.
-                let Some(leaf) = slot.take_if(|leaf| frame.map.get(leaf.key).is_none()) else {
+                let Some(leaf) = slot.take() else {
                     continue;
                 };
                 let (key, var) = (leaf.key, leaf.var);
-                // Nothing to replace (the key was just looked up); whatever it is, it too is
-                // dropped after the write.
-                *slot = frame.map.insert(leaf).map(|value| Leaf { key, var, value });
+                // A variable the context holds was set by the application: it wins, and goes
+                // back in its place (the usual request holds none, and pays one write, not
+                // a look-up and a write). The value read from the header then stays in its
+                // slot, dropped with the thread's state released.
+                if let Some(value) = frame.map.insert(leaf) {
+                    *slot = frame
+                        .map
+                        .insert(Leaf { key, var, value })
+                        .map(|value| Leaf { key, var, value });
+                }
             }
         });
     }

@@ -162,10 +162,13 @@ inventory::collect!(Claim);
 
 /// The claims, by key, and the keys claimed by more than one variable.
 pub(crate) struct Registry {
-    /// The claimed keys with the index of their claim in `all`, sorted by length: built once
-    /// and searched on every received entry. A binary search on the length, then a look at
-    /// the few keys of that length, costs less than hashing the key.
-    keys: Vec<(&'static str, usize)>,
+    /// The claimed keys with their claims, sorted by length: built once and searched on
+    /// every received entry.
+    keys: Vec<(&'static str, &'static dyn Claims)>,
+    /// For each length up to the longest claimed key's, where the keys of that length start
+    /// in `keys` (they end where the next length's start). A lookup then compares the key
+    /// with the few claimed keys of its length, which costs less than hashing it.
+    by_length: Vec<u32>,
     /// The claims, in the order of their keys, for writing.
     pub(crate) all: Vec<&'static dyn Claims>,
     /// A key claimed twice, and two of its claimants (`module::NAME`).
@@ -174,22 +177,44 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// The claim on `key`, if a variable claims it.
+    #[inline]
     pub(crate) fn claim(&self, key: &str) -> Option<&'static dyn Claims> {
-        let from = self
-            .keys
-            .partition_point(|(claimed, _)| claimed.len() < key.len());
-        let (_, index) = self.keys[from..]
+        let (Some(&from), Some(&to)) = (
+            self.by_length.get(key.len()),
+            self.by_length.get(key.len() + 1),
+        ) else {
+            return None;
+        };
+        let of_length = self.keys.get(from as usize..to as usize)?;
+        let (_, claim) = of_length
             .iter()
-            .take_while(|(claimed, _)| claimed.len() == key.len())
             .find(|(claimed, _)| same_text(claimed, key))?;
-        Some(self.all[*index])
+        Some(*claim)
     }
 }
 
-/// Whether two keys of one length are the same, compared byte by byte here: keys are a few
-/// bytes, which a call to `memcmp` costs more than.
+/// Whether two keys are the same. Keys are a few bytes, which a call to `memcmp` costs more
+/// than: those of 4 to 8 bytes are compared as two 4-byte words (the first four bytes and the
+/// last four, which overlap below 8), the others byte by byte.
+#[inline]
 fn same_text(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(a, b)| a == b)
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 4)
+            .and_then(|word| <[u8; 4]>::try_from(word).ok())
+            .map(u32::from_ne_bytes)
+    };
+    match a.len() {
+        4..=8 => {
+            let last = a.len() - 4;
+            word(a, 0) == word(b, 0) && word(a, last) == word(b, last)
+        }
+        _ => a.iter().zip(b).all(|(a, b)| a == b),
+    }
 }
 
 pub(crate) fn registry() -> &'static Registry {
@@ -210,14 +235,19 @@ pub(crate) fn registry() -> &'static Registry {
         let mut all: Vec<&'static dyn Claims> =
             by_key.into_values().map(|(claim, _)| claim).collect();
         all.sort_by_key(|claim| claim.key());
-        let mut keys: Vec<_> = all
-            .iter()
-            .enumerate()
-            .map(|(index, claim)| (claim.key(), index))
-            .collect();
+        let mut keys: Vec<_> = all.iter().map(|claim| (claim.key(), *claim)).collect();
         keys.sort_by_key(|(key, _)| key.len());
+        let longest = keys.last().map_or(0, |(key, _)| key.len());
+        // `by_length[n]`: the number of keys shorter than `n`, for `n` up to `longest + 1`.
+        let by_length = (0..=longest + 1)
+            .map(|n| {
+                let shorter = keys.partition_point(|(key, _)| key.len() < n);
+                u32::try_from(shorter).expect("fewer than 4 billion claimed keys")
+            })
+            .collect();
         Registry {
             keys,
+            by_length,
             all,
             conflict,
         }
@@ -249,4 +279,26 @@ pub fn claimed_keys() -> Vec<(&'static str, &'static str)> {
         .iter()
         .map(|claim| (claim.key(), claim.name()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_text;
+
+    #[test]
+    fn keys_are_the_same_only_byte_for_byte() {
+        for len in 0..=12 {
+            let key: String = "abcdefghijkl"[..len].to_string();
+            assert!(same_text(&key, &key.clone()), "{key:?}");
+            // A key that differs in any one byte, or in its length, is another key.
+            for at in 0..len {
+                let mut other = key.clone().into_bytes();
+                other[at] = b'_';
+                let other = String::from_utf8(other).unwrap();
+                assert!(!same_text(&key, &other), "{key:?} {other:?}");
+            }
+            assert!(!same_text(&key, &format!("{key}x")), "{key:?}");
+            assert!(!same_text(&format!("x{key}"), &key), "{key:?}");
+        }
+    }
 }

@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::BaggageError;
-use super::{Accept, Policy, accept, registry};
+use super::{Accept, Policy, accept, accept_line, registry};
 use crate::tower::ContextLayer;
 
 impl<H, M, A> ContextLayer<H, M, A> {
@@ -251,7 +251,7 @@ impl<S, L: Layer<AcceptBaggage<S, R>>, R> Layer<S> for AcceptBaggageLayer<L, R> 
     fn layer(&self, inner: S) -> L::Service {
         self.layer.layer(AcceptBaggage {
             inner,
-            acceptor: self.acceptor.clone(),
+            acceptor: Arc::new(self.acceptor.clone()),
         })
     }
 }
@@ -321,11 +321,19 @@ impl<R> Acceptor<R> {
         R: Reject<B>,
     {
         // Straight from the map, not through `Carrier::get_all`, which collects the lines.
-        let lines = headers
-            .get_all(super::BAGGAGE)
-            .into_iter()
-            .map(|line| line.to_str().map_err(|_| line.as_bytes()));
-        accept(lines, &self.settings).map_err(|err| self.reject.reject(&err))
+        let lines = headers.get_all(super::BAGGAGE);
+        let mut iter = lines.iter();
+        let accepted = match (iter.next(), iter.next()) {
+            (None, _) => return Ok(()),
+            (Some(line), None) => accept_line(line, &self.settings),
+            (Some(_), Some(_)) => accept(
+                lines
+                    .iter()
+                    .map(|line| line.to_str().map_err(|_| line.as_bytes())),
+                &self.settings,
+            ),
+        };
+        accepted.map_err(|err| self.reject.reject(&err))
     }
 
     /// Adds the settings and the answer's type to the `Debug` of the layer or the service.
@@ -359,7 +367,9 @@ impl<R> Clone for Acceptor<R> {
 /// ```
 pub struct AcceptBaggage<S, R = JsonBadRequest> {
     inner: S,
-    acceptor: Acceptor<R>,
+    /// Shared by the service's clones (a server clones its service for each request): one
+    /// count to raise and lower.
+    acceptor: Arc<Acceptor<R>>,
 }
 
 impl<S, R> AcceptBaggage<S, R> {
@@ -382,7 +392,7 @@ impl<S: Clone, R> Clone for AcceptBaggage<S, R> {
     fn clone(&self) -> Self {
         AcceptBaggage {
             inner: self.inner.clone(),
-            acceptor: self.acceptor.clone(),
+            acceptor: Arc::clone(&self.acceptor),
         }
     }
 }
