@@ -1,7 +1,8 @@
 //! What the macros' expansions use. Not public API: no stability promise.
 
 pub use context_core::{
-    Context, ContextVar, CopyProof, FutureExt, Key, NoDefault, WithContext, WithDefault,
+    Context, ContextVar, CopyProof, FutureExt, Key, NoDefault, QuietDrop, QuietDropProof,
+    WithContext, WithDefault,
 };
 
 /// `#[context_var(baggage = "…")]`: the key's impl and its claim with the `baggage` feature
@@ -183,6 +184,38 @@ pub trait ViaMove<T> {
 impl<T> ViaMove<T> for CopyProbe<T> {
     #[inline]
     fn copy_proof(&self) -> Option<CopyProof<T>> {
+        None
+    }
+}
+
+/// Proves that a value type drops quietly (its drop runs no code that could see a context)
+/// where it does, else nothing, chosen at the macro's call site, where the type is concrete
+/// (auto-ref specialization): a context whose values all drop quietly is then let go of
+/// without being entered.
+pub struct QuietProbe<T>(pub ::core::marker::PhantomData<T>);
+
+/// Picked when `T: QuietDrop`: one more `&` than [`ViaLoud`] needs, so it is tried first.
+pub trait ViaQuiet<T> {
+    /// The proof.
+    fn quiet_drop_proof(&self) -> Option<QuietDropProof<T>>;
+}
+
+impl<T: QuietDrop> ViaQuiet<T> for &QuietProbe<T> {
+    #[inline]
+    fn quiet_drop_proof(&self) -> Option<QuietDropProof<T>> {
+        Some(QuietDropProof::new())
+    }
+}
+
+/// The fallback: no proof, each value is dropped inside its context.
+pub trait ViaLoud<T> {
+    /// No proof.
+    fn quiet_drop_proof(&self) -> Option<QuietDropProof<T>>;
+}
+
+impl<T> ViaLoud<T> for QuietProbe<T> {
+    #[inline]
+    fn quiet_drop_proof(&self) -> Option<QuietDropProof<T>> {
         None
     }
 }

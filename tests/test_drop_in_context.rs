@@ -309,3 +309,97 @@ fn a_temporary_context_drops_only_what_it_added_and_the_callers_values_stay() {
     drop(ctx);
     assert_eq!(*log.lock().unwrap(), seen("caller's", Some(3)));
 }
+
+#[context_var]
+static NAME: String;
+
+#[context_var]
+static NAMES: Vec<String>;
+
+#[context_var]
+static HOLDERS: Vec<Arc<SetsOnDrop>>;
+
+#[context_var]
+static MAYBE_HOLDER: Option<Arc<SetsOnDrop>>;
+
+#[context_var]
+static PAIR: (String, u64);
+
+/// A type of the user's own, without a `Drop`: its fields' drops only free memory, but the
+/// library cannot know that of a user's type, so it is dropped inside its context like any.
+#[derive(Clone)]
+struct Plain {
+    _name: String,
+}
+
+#[context_var]
+static PLAIN: Plain;
+
+#[test]
+fn only_types_whose_drop_frees_memory_and_nothing_else_may_be_dropped_outside_their_context() {
+    use contextvars::Key;
+    // Strings, vectors and tuples of them: a drop frees memory and runs no code of anyone's.
+    assert!(<NAME as Key>::quiet_drop_proof().is_some());
+    assert!(<NAMES as Key>::quiet_drop_proof().is_some());
+    assert!(<PAIR as Key>::quiet_drop_proof().is_some());
+    // A value whose `Drop` reads and sets variables, alone or inside a vector or an option,
+    // and any type of the user's own: dropped inside its context.
+    assert!(<HOLDER as Key>::quiet_drop_proof().is_none());
+    assert!(<HOLDERS as Key>::quiet_drop_proof().is_none());
+    assert!(<MAYBE_HOLDER as Key>::quiet_drop_proof().is_none());
+    assert!(<PLAIN as Key>::quiet_drop_proof().is_none());
+}
+
+/// Reads `NAME` when dropped.
+struct ReadsName {
+    log: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl Drop for ReadsName {
+    fn drop(&mut self) {
+        self.log.lock().unwrap().push(NAME.get());
+    }
+}
+
+#[context_var]
+static READS_NAME: Arc<ReadsName>;
+
+#[test]
+fn a_value_whose_drop_reads_a_string_still_finds_it_bound_when_its_context_goes() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let doomed = Context::new()
+        .with_value(&NAME, "ann".to_string())
+        .with_value(&NAMES, vec!["bob".to_string()])
+        .with_value(
+            &READS_NAME,
+            Arc::new(ReadsName {
+                log: Arc::clone(&log),
+            }),
+        );
+    let mut other = Context::new().with_value(&NAME, "eve".to_string());
+    other.run(|| drop(doomed));
+    assert_eq!(*log.lock().unwrap(), [Some("ann".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_holding_only_strings_end_without_their_values_reaching_another_task() {
+    // Many tasks whose contexts hold only values that drop quietly end while others run,
+    // and every task reads its own values to the end.
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            contextvars::spawn(async move {
+                let _token = NAME.set(format!("task {i}"));
+                let _names = NAMES.set(vec![format!("a{i}"), format!("b{i}")]);
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                    assert_eq!(NAME.get(), Some(format!("task {i}")));
+                }
+                NAMES.get().unwrap().len()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 2);
+    }
+    assert_eq!(NAME.get(), None);
+}

@@ -40,7 +40,7 @@ mod propagation;
 use api::carried;
 pub use api::metadata;
 use api::{context, error, guard, token, var};
-use engine::{current, map};
+use engine::{current, map, quiet};
 #[cfg(feature = "tokio")]
 use propagation::task;
 use propagation::{executor, future, gather, scope};
@@ -81,6 +81,11 @@ pub use var::{ContextVar, DefaultKind, Key, NoDefault, WithDefault};
 /// What `#[context_var]` writes in a variable's `Key` impl when the value type is `Copy`.
 #[doc(hidden)]
 pub use map::CopyProof;
+
+/// What `#[context_var]` writes in a variable's `Key` impl when dropping a value of its type
+/// runs no code that could see a context (a `String`, a `Vec<u8>`).
+#[doc(hidden)]
+pub use quiet::{QuietDrop, QuietDropProof};
 
 /// Without the `baggage` feature, `#[context_var(baggage = "…")]` is one clear error, on
 /// the attribute, that names the feature; the variable is still declared, without its claim.

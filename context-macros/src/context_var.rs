@@ -22,6 +22,7 @@
 //!     fn path() -> &'static str { concat!(module_path!(), "::TENANT") }
 //!     fn fmt_value(..) { /* the value's Debug, or its type name */ }
 //!     fn copy_proof() -> Option<CopyProof<Self::Value>> { /* `Some` where the type is `Copy` */ }
+//!     fn quiet_drop_proof() -> Option<QuietDropProof<Self::Value>> { /* `Some` for `String`, … */ }
 //! }
 //! ```
 //!
@@ -253,6 +254,14 @@ fn generate(item: &StaticItem, args: &Args) -> TokenStream {
                 #[allow(unused_imports)]
                 use #private::{ViaCopy as _, ViaMove as _};
                 (&&#private::CopyProbe::<Self::Value>(::core::marker::PhantomData)).copy_proof()
+            }
+
+            #[inline]
+            fn quiet_drop_proof() -> ::core::option::Option<#private::QuietDropProof<Self::Value>> {
+                #[allow(unused_imports)]
+                use #private::{ViaLoud as _, ViaQuiet as _};
+                (&&#private::QuietProbe::<Self::Value>(::core::marker::PhantomData))
+                    .quiet_drop_proof()
             }
         }
 

@@ -151,9 +151,16 @@ impl fmt::Debug for Metadata {
 /// The key type of [`METADATA`].
 pub(crate) struct MetadataVar {}
 
+// Keys and values of `Arc<str>`, in nodes behind `Arc`s: a drop only frees memory.
+crate::quiet::drops_quietly!(Metadata);
+
 impl Key for MetadataVar {
     type Value = Metadata;
     type Default = NoDefault;
+
+    fn quiet_drop_proof() -> Option<crate::quiet::QuietDropProof<Metadata>> {
+        Some(crate::quiet::QuietDropProof::new())
+    }
 
     fn fmt_value(value: &Metadata, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(value, f)

@@ -12,6 +12,7 @@ use crate::current::{self, NO_CONTEXT, Unwritable};
 use crate::error::{LookupError, ResetError, SetError};
 use crate::guard::ScopeGuard;
 use crate::map::{CopyProof, Leaf, Value, VarMeta};
+use crate::quiet::QuietDropProof;
 use crate::token::Token;
 
 /// The identity and value type of one context variable.
@@ -69,6 +70,17 @@ pub trait Key: 'static {
     #[inline]
     #[must_use]
     fn copy_proof() -> Option<CopyProof<Self::Value>> {
+        None
+    }
+
+    /// Proof that dropping a [`Value`](Self::Value) runs no code that could see a context,
+    /// where it does not (a `String`, a `Vec<u8>`): a context whose values all drop quietly
+    /// is then let go of without being entered. `#[context_var]` writes it for every type
+    /// that qualifies; the default, `None`, drops each value inside its context.
+    #[doc(hidden)]
+    #[inline]
+    #[must_use]
+    fn quiet_drop_proof() -> Option<QuietDropProof<Self::Value>> {
         None
     }
 
@@ -637,6 +649,11 @@ impl<K: Key> VarMeta for ContextVar<K> {
 
     fn hidden(&self) -> bool {
         K::HIDDEN
+    }
+
+    fn drops_quietly(&self) -> bool {
+        // A `Copy` type has no drop glue at all, stored in place or not.
+        K::copy_proof().is_some() || K::quiet_drop_proof().is_some()
     }
 
     fn fmt_value(

@@ -184,6 +184,9 @@ pub(crate) trait VarMeta: Sync {
     fn path(&self) -> &'static str;
     /// Whether the binding is the crate's own bookkeeping, left out of the mapping view.
     fn hidden(&self) -> bool;
+    /// Whether dropping the variable's values runs no code that could see a context (see
+    /// `engine::quiet`): they need not be dropped inside it.
+    fn drops_quietly(&self) -> bool;
     fn fmt_value(&self, value: &(dyn Any + Send + Sync), f: &mut fmt::Formatter<'_>)
     -> fmt::Result;
 }
@@ -637,15 +640,17 @@ impl Map {
         Some(value)
     }
 
-    /// Whether every value of this map is held in place: dropping the map runs no `Drop`.
+    /// Whether dropping this map runs no code that could see a context: every value is held
+    /// in place (it has no `Drop`), or of a type whose drop only frees memory (`String`: see
+    /// `engine::quiet`). Such a map need not be dropped inside its context.
     pub(crate) fn holds_no_drop(&self) -> bool {
         fn walk(branch: &Branch) -> bool {
             for slot in &branch.slots {
-                let inline = match slot {
-                    Slot::Leaf(leaf) => leaf.value.is_inline(),
+                let quiet = match slot {
+                    Slot::Leaf(leaf) => leaf.value.is_inline() || leaf.var.drops_quietly(),
                     Slot::Branch(child) => walk(child),
                 };
-                if !inline {
+                if !quiet {
                     return false;
                 }
             }
@@ -777,6 +782,9 @@ mod tests {
             "tests::META"
         }
         fn hidden(&self) -> bool {
+            false
+        }
+        fn drops_quietly(&self) -> bool {
             false
         }
         fn fmt_value(
@@ -1003,6 +1011,48 @@ mod tests {
         }
         assert!(map.holds_no_drop());
         // An odd value is shared, deep in the trie or not.
+        map.insert(leaf(64 + 32, 1));
+        assert!(!map.holds_no_drop());
+    }
+
+    #[test]
+    fn a_map_whose_shared_values_drop_quietly_has_no_drop_to_run() {
+        struct Quiet;
+        impl VarMeta for Quiet {
+            fn name(&self) -> &'static str {
+                "quiet"
+            }
+            fn log(&self) -> bool {
+                false
+            }
+            fn path(&self) -> &'static str {
+                "tests::QUIET"
+            }
+            fn hidden(&self) -> bool {
+                false
+            }
+            fn drops_quietly(&self) -> bool {
+                true
+            }
+            fn fmt_value(
+                &self,
+                _: &(dyn Any + Send + Sync),
+                f: &mut fmt::Formatter<'_>,
+            ) -> fmt::Result {
+                f.write_str("?")
+            }
+        }
+        static QUIET: Quiet = Quiet;
+        let mut map = Map::EMPTY;
+        for key in 0..70 {
+            map.insert(Leaf {
+                key,
+                var: &QUIET,
+                value: Value::new(String::from("shared"), None),
+            });
+        }
+        assert!(map.holds_no_drop());
+        // One shared value of a variable whose values may run a `Drop`, deep in the trie.
         map.insert(leaf(64 + 32, 1));
         assert!(!map.holds_no_drop());
     }

@@ -4,3 +4,4 @@
 
 pub(crate) mod current;
 pub(crate) mod map;
+pub(crate) mod quiet;
