@@ -555,3 +555,39 @@ async fn snapshots_that_carry_a_span_are_still_each_their_own_context() {
     assert!(first.run(|| TENANT.reset(token)).is_ok());
     assert_eq!(first.get(&TENANT), Some(&"bob"));
 }
+
+#[test]
+fn a_wrapped_future_runs_in_its_span_at_every_poll_on_one_thread() {
+    // Polled again and again on one thread, reading a variable each time: every poll enters
+    // the span, not only the first (a poll that found its read cache as it left it still
+    // enters the span its context carries).
+    carry();
+    let mut poll = 0;
+    let future = std::future::poll_fn(|_| {
+        poll += 1;
+        assert_eq!(TENANT.get(), "acme");
+        info!("every poll: {poll}");
+        std::task::Poll::<()>::Pending
+    });
+    let mut wrapped = std::pin::pin!(
+        info_span!("request", test = "every poll")
+            .in_scope(|| TENANT.scope("acme", future).in_current_context())
+    );
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..3 {
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        info!("every poll: between");
+    }
+    for poll in 1..=3 {
+        assert_eq!(
+            parent(&format!("every poll: {poll}")).as_deref(),
+            Some("request{test=\"every poll\"}"),
+            "poll {poll}"
+        );
+    }
+    assert!(
+        spans::events("every poll: between")
+            .iter()
+            .all(|event| event.parent.is_none())
+    );
+}
