@@ -533,6 +533,34 @@ async fn an_aborted_task_is_dropped_inside_its_span_which_then_closes() {
     assert!(spans::closed(shown), "still open once the task is gone");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_task_whose_context_carries_the_span_is_dropped_inside_it() {
+    struct LogOnDrop;
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            info!("aborted carried: dropped");
+        }
+    }
+    carry();
+    let shown = "request{test=\"aborted carried\"}";
+    // Spawned from a context that carries the span already (a snapshot taken in it).
+    let mut carrying = info_span!("request", test = "aborted carried").in_scope(Context::current);
+    let task = carrying.run(|| {
+        let guard = LogOnDrop;
+        contextvars::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        })
+    });
+    drop(carrying);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!spans::closed(shown), "closed while the task holds it");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(parent("aborted carried: dropped").as_deref(), Some(shown));
+    assert!(spans::closed(shown), "still open once the task is gone");
+}
+
 #[test]
 fn what_a_context_carries_makes_it_no_larger() {
     // Its bindings and its identity, as without the feature: a snapshot copies no more, and

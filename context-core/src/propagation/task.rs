@@ -89,6 +89,17 @@ where
         };
     }
     let context = Context::carrying(bindings);
+    if context.carries() {
+        // A task whose context carries something (its spawner's span, where the spawner's
+        // context carries that span already) keeps no read-cache stamp between polls: no
+        // `WithContext`, whose record of it would make the task larger for nothing.
+        return JoinHandle {
+            inner: tokio::spawn(Carrying {
+                context,
+                inner: Some(future),
+            }),
+        };
+    }
     JoinHandle {
         inner: tokio::spawn(finish_in_context(future.with_context(context))),
     }
@@ -228,6 +239,61 @@ pin_project! {
                 }
                 drop(std::mem::take(this.context));
             }
+        }
+    }
+}
+
+pin_project! {
+    /// A spawned task whose context carries a span or OpenTelemetry's context: [`Finishing`]
+    /// with the context entered the way `Context::run` enters it (what it carries first),
+    /// and without the read cache's record of the last poll, which such a context never
+    /// keeps. As [`InSpan`], the future and its context are held here.
+    struct Carrying<F> {
+        context: Context,
+        #[pin]
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Carrying<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                {
+                    let _entered = this.context.enter();
+                    this.inner.set(None);
+                }
+                drop(std::mem::take(this.context));
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Carrying<F> {
+    type Output = Finished<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let output = {
+            let _entered = this.context.enter();
+            let output = this
+                .inner
+                .as_mut()
+                .as_pin_mut()
+                .expect("a task is not polled after it completed")
+                .poll(cx);
+            if output.is_ready() {
+                // Dropped inside its context, as `WithContext` does.
+                this.inner.set(None);
+            }
+            output
+        };
+        match output {
+            Poll::Ready(output) => {
+                // As in `Finishing`: the context's values go inside the task (and the span).
+                drop(std::mem::take(this.context));
+                Poll::Ready(Finished::new(output))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
