@@ -625,11 +625,14 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   starts over. Every change to the thread's current frame (a swap in `Entered`,
         //   `Polled` and the hooks, a write through `write`, `drop_bindings`, the thread's
         //   teardown in `Teardown`'s `Drop`) first leaves the thread with `NO_STAMP`, under
-        //   which no entry is found, or, for a swap, with the stamp the incoming frame had
-        //   when it was last current on this thread, in this epoch (`Fast::take_back`), if it
-        //   has not changed since: a `Polled` guard takes back its future's stamp of its last
-        //   poll (its wrapper's `LastPoll`, forgotten wherever the context is replaced or taken
-        //   out; nothing else changes it between polls), and a guard takes back, when it
+        //   which no entry is found (nor under count 0 of the thread's epoch, which a `Polled`
+        //   guard may enter under: no entry has count 0, and `fill` takes a new stamp under
+        //   it), or, for a swap, with the stamp the incoming frame had when it was last
+        //   current on this thread, in this epoch (`Fast::take_back`, or for `Polled` the same
+        //   check made just before the swap, `LastPoll::start`), if it has not changed since:
+        //   a `Polled` guard takes back its future's stamp of its last poll (its wrapper's
+        //   `LastPoll`, forgotten wherever the context is replaced or taken out; nothing else
+        //   changes it between polls), and a guard takes back, when it
         //   leaves, the stamp the caller's frame had when it was entered (that frame waited,
         //   borrowed by the guard). A stamp kept on another thread, or in an earlier round of
         //   this one, carries another epoch; and no entry is made under `NO_EPOCH`, which two
