@@ -533,6 +533,34 @@ async fn an_aborted_task_is_dropped_inside_its_span_which_then_closes() {
     assert!(spans::closed(shown), "still open once the task is gone");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aborted_task_whose_context_carries_the_span_is_dropped_inside_it() {
+    struct LogOnDrop;
+    impl Drop for LogOnDrop {
+        fn drop(&mut self) {
+            info!("aborted carried: dropped");
+        }
+    }
+    carry();
+    let shown = "request{test=\"aborted carried\"}";
+    // Spawned from a context that carries the span already (a snapshot taken in it).
+    let mut carrying = info_span!("request", test = "aborted carried").in_scope(Context::current);
+    let task = carrying.run(|| {
+        let guard = LogOnDrop;
+        contextvars::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        })
+    });
+    drop(carrying);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!spans::closed(shown), "closed while the task holds it");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(parent("aborted carried: dropped").as_deref(), Some(shown));
+    assert!(spans::closed(shown), "still open once the task is gone");
+}
+
 #[test]
 fn what_a_context_carries_makes_it_no_larger() {
     // Its bindings and its identity, as without the feature: a snapshot copies no more, and
@@ -554,4 +582,40 @@ async fn snapshots_that_carry_a_span_are_still_each_their_own_context() {
     let token = first.run(|| TENANT.set("cid"));
     assert!(first.run(|| TENANT.reset(token)).is_ok());
     assert_eq!(first.get(&TENANT), Some(&"bob"));
+}
+
+#[test]
+fn a_wrapped_future_runs_in_its_span_at_every_poll_on_one_thread() {
+    // Polled again and again on one thread, reading a variable each time: every poll enters
+    // the span, not only the first (a poll that found its read cache as it left it still
+    // enters the span its context carries).
+    carry();
+    let mut poll = 0;
+    let future = std::future::poll_fn(|_| {
+        poll += 1;
+        assert_eq!(TENANT.get(), "acme");
+        info!("every poll: {poll}");
+        std::task::Poll::<()>::Pending
+    });
+    let mut wrapped = std::pin::pin!(
+        info_span!("request", test = "every poll")
+            .in_scope(|| TENANT.scope("acme", future).in_current_context())
+    );
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..3 {
+        assert!(wrapped.as_mut().poll(&mut cx).is_pending());
+        info!("every poll: between");
+    }
+    for poll in 1..=3 {
+        assert_eq!(
+            parent(&format!("every poll: {poll}")).as_deref(),
+            Some("request{test=\"every poll\"}"),
+            "poll {poll}"
+        );
+    }
+    assert!(
+        spans::events("every poll: between")
+            .iter()
+            .all(|event| event.parent.is_none())
+    );
 }

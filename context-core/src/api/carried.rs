@@ -14,8 +14,13 @@
 //! `contextvars::spawn` starts in a span its context does not carry holds the span itself
 //! ([`TaskSpan`]), so that such a spawn copies no root.
 //!
-//! While nothing was turned on, a snapshot pays one relaxed load, and entering a context a
-//! check of that bit; without the features, not even that. The switches only ever go on.
+//! While nothing was turned on, a snapshot (and so a spawn) pays one relaxed load and its
+//! test, and `Context::run` a check of that bit; without the features, not even that. A poll
+//! of a wrapped future checks the bit only when it has no good read-cache stamp (its first
+//! poll on a thread): a context that carries something keeps none (see `LastPoll`). A task
+//! that `contextvars::spawn` starts while nothing is carried is of a type whose polls check
+//! nothing (`Finishing<_, CarriesNothing>`); one whose context carries something is a
+//! `Carrying`. The switches only ever go on.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -7,7 +7,7 @@ use std::mem::ManuallyDrop;
 use crate::carried;
 #[cfg(feature = "hooks")]
 use crate::carried::Carried;
-use crate::current::{self, Entered, Frame, LastPoll, Polled};
+use crate::current::{self, Entered, Frame, LastPoll, PollStart, Polled, Poller};
 use crate::map;
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
 
@@ -221,11 +221,15 @@ impl Context {
     /// [`enter_bindings`](Self::enter_bindings) for one poll of a future that runs in this
     /// context: `last` is what the read cache knew of it when its last poll ended, kept by the
     /// future's wrapper, which must forget it wherever this context is replaced or changed
-    /// between polls.
+    /// between polls, and `start` what [`LastPoll::start`] found in it (see [`Polled::new`]).
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    pub(crate) fn enter_for_poll<'a>(&'a mut self, last: &'a mut LastPoll) -> Polled<'a> {
-        Polled::new(&mut self.frame, last)
+    pub(crate) fn enter_for_poll<'a>(
+        &'a mut self,
+        start: PollStart,
+        last: &'a mut LastPoll,
+    ) -> Polled<'a> {
+        Polled::new(&mut self.frame, start, last)
     }
 
     /// Makes this context current until the returned guard drops, with the span and
@@ -238,6 +242,17 @@ impl Context {
         Entering {
             carried: ManuallyDrop::new(carried),
             entered: Entered::new(&mut self.frame),
+        }
+    }
+
+    /// [`enter`](Self::enter) for one poll of a future that runs in this context, which found
+    /// the task polling it (see [`LastPoll::start`]): under no stamp, as [`enter`](Self::enter).
+    #[inline]
+    pub(crate) fn enter_for_poll_carrying(&mut self, poller: Poller) -> Entering<'_> {
+        let carried = self.carries().then(|| self.frame.map.carried().enter());
+        Entering {
+            carried: ManuallyDrop::new(carried),
+            entered: Entered::for_poll(&mut self.frame, poller),
         }
     }
 

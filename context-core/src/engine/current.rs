@@ -276,6 +276,12 @@ const NO_ENTRY: u64 = u64::MAX;
 /// a read under it finds no entry (even for key `0`: no entry has count `0`), and one that
 /// misses takes a new stamp first (`fill`). Its epoch, `0`, is no thread's: a wrapper or
 /// guard that kept it takes back nothing.
+///
+/// A stamp of count `0` in the thread's epoch ([`PollStart::without_stamp`]) is no stamp
+/// either (no entry has count `0`, and `fill` takes a new stamp under it), but one that a
+/// future's wrapper keeps as good: its next poll on this thread takes it back, as it would a
+/// stamp with a count, which is what lets that poll skip every other check (see
+/// [`LastPoll`]).
 const NO_STAMP: u64 = 0;
 
 /// One step of a stamp's count, which lives above the [`UNBOUND`] bit and the epoch and below
@@ -313,11 +319,77 @@ fn epoch_of(stamp: u64) -> u32 {
     stamp as u32
 }
 
+/// What the read cache knows of a frame that becomes current.
+#[derive(Clone, Copy)]
+enum Incoming {
+    /// Nothing: the thread is left without a stamp.
+    Unknown,
+    /// The stamp it had when it was last current on this thread, unchanged since, if that is
+    /// still good ([`Fast::take_back`] checks).
+    Kept(u64),
+    /// A stamp already checked ([`PollStart`]), or [`NO_STAMP`].
+    Good(u64),
+}
+
+/// The task polling a future, found by [`LastPoll::start`].
+#[derive(Clone, Copy)]
+pub(crate) struct Poller(Task);
+
+/// What a poll of a future's context finds before it enters it ([`LastPoll::start`]): the task
+/// polling, and the stamp the context kept from its last poll, if that is still good here.
+#[derive(Clone, Copy)]
+pub(crate) struct PollStart {
+    owner: Task,
+    /// The stamp, if `good`.
+    kept: u64,
+    good: bool,
+    /// The thread's epoch.
+    epoch: u32,
+}
+
+impl PollStart {
+    /// Whether the stamp kept is still good on this thread: made there, in the thread's
+    /// current round of stamps (see [`Fast::take_back`]). Not for a future never polled here,
+    /// or whose stamp was forgotten.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn is_good(&self) -> bool {
+        self.good
+    }
+
+    /// The task polling.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn poller(&self) -> Poller {
+        Poller(self.owner)
+    }
+
+    /// The same start without the stamp: the poll enters under none, that is under count `0`
+    /// of the thread's epoch (see [`NO_STAMP`]). Unless the poll changes its context (a write),
+    /// that is the stamp it leaves, which the next poll on this thread takes back as good.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn without_stamp(self) -> PollStart {
+        // Without the features nothing is checked: plain `NO_STAMP`, one instruction less.
+        let kept = if cfg!(any(feature = "tracing", feature = "opentelemetry")) {
+            u64::from(self.epoch)
+        } else {
+            NO_STAMP
+        };
+        PollStart { kept, ..self }
+    }
+}
+
 /// The stamp a future's context had on the thread that polled it last, when that poll ended
 /// (see "The read cache"): kept by the future's wrapper, beside the context, and handed back at
 /// the next poll, where it brings back the entries of the last poll if it is still good.
 /// Only the wrapper that owns the context may keep it, and must forget it wherever the
 /// context is replaced or changed between polls.
+///
+/// A context that carries a span or OpenTelemetry's context keeps none: its polls forget it.
+/// So a poll that finds its stamp good ([`PollStart::is_good`]), which every poll of a context
+/// that carries nothing does from its second on the same thread, needs no other check: the
+/// check of the stamp is the only one (see `WithContext`'s poll).
 #[derive(Debug, Default)]
 pub(crate) struct LastPoll(u64);
 
@@ -326,6 +398,22 @@ impl LastPoll {
     #[inline]
     pub(crate) fn forget(&mut self) {
         self.0 = NO_STAMP;
+    }
+
+    /// What a poll finds before it enters the context: see [`PollStart`]. (The task first:
+    /// asking tokio is a call, after which the thread's state is read again.)
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn start(&self) -> PollStart {
+        let owner = running_task();
+        let kept = self.0;
+        let epoch = fast(|fast| epoch_of(fast.fresh.get()));
+        PollStart {
+            owner,
+            kept,
+            good: epoch_of(kept) == epoch,
+            epoch,
+        }
     }
 }
 
@@ -462,13 +550,14 @@ impl Fast {
         self.stamp.set(NO_STAMP);
     }
 
-    /// [`Fast::take_back`] `kept`, if any, else [`Fast::forget_stamp`].
+    /// The thread's stamp for a frame that becomes current: see [`Incoming`].
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    fn take_back_or_forget(&self, kept: Option<u64>) {
-        match kept {
-            Some(kept) => self.take_back(kept),
-            None => self.forget_stamp(),
+    fn take_incoming(&self, incoming: Incoming) {
+        match incoming {
+            Incoming::Unknown => self.forget_stamp(),
+            Incoming::Kept(kept) => self.take_back(kept),
+            Incoming::Good(kept) => self.stamp.set(kept),
         }
     }
 
@@ -536,11 +625,14 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   starts over. Every change to the thread's current frame (a swap in `Entered`,
         //   `Polled` and the hooks, a write through `write`, `drop_bindings`, the thread's
         //   teardown in `Teardown`'s `Drop`) first leaves the thread with `NO_STAMP`, under
-        //   which no entry is found, or, for a swap, with the stamp the incoming frame had
-        //   when it was last current on this thread, in this epoch (`Fast::take_back`), if it
-        //   has not changed since: a `Polled` guard takes back its future's stamp of its last
-        //   poll (its wrapper's `LastPoll`, forgotten wherever the context is replaced or taken
-        //   out; nothing else changes it between polls), and a guard takes back, when it
+        //   which no entry is found (nor under count 0 of the thread's epoch, which a `Polled`
+        //   guard may enter under: no entry has count 0, and `fill` takes a new stamp under
+        //   it), or, for a swap, with the stamp the incoming frame had when it was last
+        //   current on this thread, in this epoch (`Fast::take_back`, or for `Polled` the same
+        //   check made just before the swap, `LastPoll::start`), if it has not changed since:
+        //   a `Polled` guard takes back its future's stamp of its last poll (its wrapper's
+        //   `LastPoll`, forgotten wherever the context is replaced or taken out; nothing else
+        //   changes it between polls), and a guard takes back, when it
         //   leaves, the stamp the caller's frame had when it was entered (that frame waited,
         //   borrowed by the guard). A stamp kept on another thread, or in an earlier round of
         //   this one, carries another epoch; and no entry is made under `NO_EPOCH`, which two
@@ -581,8 +673,9 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
         })
     });
     // Read after the lookup: a deferred enter carried out on the way (`current`) leaves the
-    // thread without a stamp.
-    if fast.stamp.get() == NO_STAMP {
+    // thread without a stamp. (Count `0` of the thread's epoch is none either: see
+    // `NO_STAMP`.)
+    if fast.stamp.get() < STAMP_STEP {
         // The first read since the frame became current or changed: a stamp for its state.
         fast.bump();
     }
@@ -661,7 +754,7 @@ fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
 }
 
 /// Swaps `frame` in, in place of the thread's current frame, for `owner`, under the stamp
-/// `kept` if it is still good (see [`Fast::take_back`]), else none. Returns the owner and the
+/// `incoming` says. Returns the owner and the
 /// stamp of the frame swapped out (into `frame`), for [`swap_out`].
 ///
 /// Unlike a write, a swap is allowed while `get` clones a value (a `Clone` impl may run code
@@ -669,25 +762,25 @@ fn change_entered<R>(f: impl FnOnce(&mut Frame, &Fast) -> R) -> R {
 /// storage of the entered context, which stays borrowed until the swap back.
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn swap_in(frame: &mut Frame, owner: Task, kept: Option<u64>) -> (Task, u64) {
+fn swap_in(frame: &mut Frame, owner: Task, incoming: Incoming) -> (Task, u64) {
     swap_frames(frame);
     fast(|fast| {
         let outer_owner = fast.owner.replace(owner);
         let outer_stamp = fast.stamp.get();
-        fast.take_back_or_forget(kept);
+        fast.take_incoming(incoming);
         (outer_owner, outer_stamp)
     })
 }
 
-/// Undoes [`swap_in`]: swaps the frame in `frame` back in, for `owner`, under the stamp `kept`
-/// if it is still good, else none. Returns the stamp of the frame swapped out.
+/// Undoes [`swap_in`]: swaps the frame in `frame` back in, for `owner`, under the stamp
+/// `incoming` says. Returns the stamp of the frame swapped out.
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn swap_out(frame: &mut Frame, owner: Task, kept: Option<u64>) -> u64 {
+fn swap_out(frame: &mut Frame, owner: Task, incoming: Incoming) -> u64 {
     swap_frames(frame);
     fast(|fast| {
         let left = fast.stamp.get();
-        fast.take_back_or_forget(kept);
+        fast.take_incoming(incoming);
         fast.owner.set(owner);
         left
     })
@@ -883,7 +976,19 @@ pub(crate) struct Entered<'a> {
 impl<'a> Entered<'a> {
     #[inline]
     pub(crate) fn new(frame: &'a mut Frame) -> Self {
-        let (outer_owner, outer_stamp) = swap_in(frame, running_task(), None);
+        Entered::for_task(frame, running_task())
+    }
+
+    /// [`Entered::new`] for a poll that found the task polling already ([`PollStart::poller`]).
+    #[inline]
+    pub(crate) fn for_poll(frame: &'a mut Frame, poller: Poller) -> Self {
+        Entered::for_task(frame, poller.0)
+    }
+
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn for_task(frame: &'a mut Frame, owner: Task) -> Self {
+        let (outer_owner, outer_stamp) = swap_in(frame, owner, Incoming::Unknown);
         Entered {
             frame,
             outer_owner,
@@ -895,7 +1000,11 @@ impl<'a> Entered<'a> {
 impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
-        swap_out(self.frame, self.outer_owner, Some(self.outer_stamp));
+        swap_out(
+            self.frame,
+            self.outer_owner,
+            Incoming::Kept(self.outer_stamp),
+        );
     }
 }
 
@@ -910,10 +1019,13 @@ pub(crate) struct Polled<'a> {
 }
 
 impl<'a> Polled<'a> {
-    /// `last` must be the record of `frame` (see [`LastPoll`]).
+    /// `last` must be the record of `frame` (see [`LastPoll`]), and `start` what
+    /// [`LastPoll::start`] found in it just now, [`without_stamp`](PollStart::without_stamp)
+    /// unless [`is_good`](PollStart::is_good).
     #[inline]
-    pub(crate) fn new(frame: &'a mut Frame, last: &'a mut LastPoll) -> Self {
-        let (outer_owner, outer_stamp) = swap_in(frame, running_task(), Some(last.0));
+    pub(crate) fn new(frame: &'a mut Frame, start: PollStart, last: &'a mut LastPoll) -> Self {
+        debug_assert!(start.good || start.kept < STAMP_STEP);
+        let (outer_owner, outer_stamp) = swap_in(frame, start.owner, Incoming::Good(start.kept));
         Polled {
             frame,
             last,
@@ -926,7 +1038,11 @@ impl<'a> Polled<'a> {
 impl Drop for Polled<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.last.0 = swap_out(self.frame, self.outer_owner, Some(self.outer_stamp));
+        self.last.0 = swap_out(
+            self.frame,
+            self.outer_owner,
+            Incoming::Kept(self.outer_stamp),
+        );
     }
 }
 
@@ -989,7 +1105,7 @@ pub(crate) fn enter_owned(frame: &mut Frame, task: tokio::task::Id) -> Option<Ta
     if !may_write() {
         return None;
     }
-    Some(swap_in(frame, Some(task), None).0)
+    Some(swap_in(frame, Some(task), Incoming::Unknown).0)
 }
 
 /// Marks `frame` as a context its task only inherited: it reads it, and every write to it is
@@ -1004,7 +1120,7 @@ pub(crate) fn make_read_only(frame: &mut Frame) {
 #[cfg(feature = "hooks")]
 #[inline]
 pub(crate) fn exit_owned(frame: &mut Frame, outer_owner: Task) {
-    swap_out(frame, outer_owner, None);
+    swap_out(frame, outer_owner, Incoming::Unknown);
 }
 
 #[cfg(test)]
@@ -1129,17 +1245,47 @@ mod tests {
             assert_eq!(NAME.get().as_deref(), Some("own"));
         }
         let seen = seen.take();
-        // The first poll took a stamp for its read; the others read under it, with no new one.
+        // The first poll, under no stamp (count 0), took a stamp for its read; the others
+        // read under it, with no new one.
         let first = seen[0].2;
-        assert_ne!(first, NO_STAMP);
+        assert_eq!(count_of(seen[0].0), 0);
+        assert_ne!(count_of(first), 0);
         assert_eq!(
             seen,
             [
-                (NO_STAMP, Some("a".to_string()), first),
+                (seen[0].0, Some("a".to_string()), first),
                 (first, Some("a".to_string()), first),
                 (first, Some("a".to_string()), first),
             ]
         );
+    }
+
+    #[test]
+    fn futures_that_read_nothing_at_their_last_poll_read_their_own_values_at_the_next() {
+        // Their first polls read nothing: they keep no stamp with a count (with the features,
+        // count 0 of the thread's epoch, which their next polls take back). At the next polls
+        // each reads the same variable: neither may find the entry the other made.
+        fn reading_from_the_second_poll(
+            expected: &'static str,
+        ) -> WithContext<impl Future<Output = ()>> {
+            let mut poll = 0;
+            let future = std::future::poll_fn(move |_| {
+                poll += 1;
+                if poll > 1 {
+                    assert_eq!(NAME.get().as_deref(), Some(expected), "poll {poll}");
+                    assert_ne!(count_of(stamp()), 0, "read under a stamp with a count");
+                }
+                Poll::<()>::Pending
+            });
+            future.with_context(Context::new().with_value(&NAME, expected.to_string()))
+        }
+        let mut a = pin!(reading_from_the_second_poll("a's"));
+        let mut b = pin!(reading_from_the_second_poll("b's"));
+        for _ in 0..3 {
+            assert!(poll_once(a.as_mut()).is_pending());
+            assert!(poll_once(b.as_mut()).is_pending());
+            assert_eq!(NAME.get(), None);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::task::{Context as TaskContext, Poll};
 use pin_project_lite::pin_project;
 
 use crate::context::Context;
-use crate::current::LastPoll;
+use crate::current::{LastPoll, Poller};
 
 pin_project! {
     /// A future (or stream) that runs in its own [`Context`] on every poll.
@@ -44,24 +44,21 @@ pin_project! {
     impl<F> PinnedDrop for WithContext<F> {
         #[inline]
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
+            let this = this.project();
             if this.inner.is_some() {
-                if this.context.carries() {
-                    drop_carrying(this.context, this.inner);
-                } else {
-                    let _entered = this.context.enter_bindings();
-                    this.inner.set(None);
-                }
+                drop_unfinished(this.context, this.inner);
             }
         }
     }
 }
 
-/// [`WithContext`]'s drop, where its context carries a span or OpenTelemetry's context: out
-/// of line, as [`poll_carrying`] is.
+/// [`WithContext`]'s drop, where the inner future never finished (a future dropped while
+/// pending, an aborted task): it is dropped inside the context, with the span and
+/// OpenTelemetry's context the context carries. Out of line: a finished future, the usual
+/// case, is gone already, and the drop of every task's future stays one test.
 #[cold]
 #[inline(never)]
-fn drop_carrying<F>(context: &mut Context, mut inner: Pin<&mut Option<F>>) {
+fn drop_unfinished<F>(context: &mut Context, mut inner: Pin<&mut Option<F>>) {
     let _entered = context.enter();
     inner.set(None);
 }
@@ -99,40 +96,66 @@ impl<F> WithContext<F> {
 
     /// Polls the inner future (or stream) with the context entered, and drops it there as
     /// soon as `finished` says it is done, so that `Drop` has nothing left to do and need not
-    /// enter the context a second time. `None` once the inner one is gone.
+    /// enter the context a second time. What `gone` returns once the inner one is gone.
+    ///
+    /// `MAY_CARRY`: whether the context may carry a span or OpenTelemetry's context. Where it
+    /// cannot (a task `spawn` started while nothing was carried anywhere), nothing is checked.
     // Always: with the branch for a context that carries a span, LLVM stopped inlining it
     // into the spawned task's poll (12 instructions a spawn).
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    fn poll_in_context<R>(
+    fn poll_in_context<R, const MAY_CARRY: bool>(
         self: Pin<&mut Self>,
         poll: impl FnOnce(Pin<&mut F>) -> R,
         finished: impl FnOnce(&R) -> bool,
-    ) -> Option<R> {
-        let this = self.project();
-        // One branch, so that a context that carries no span is entered as it always was.
-        if this.context.carries() {
-            // Entered the usual way, under no stamp: what the last poll left is forgotten.
-            this.last_poll.forget();
-            return poll_carrying(this.context, this.inner, poll, finished);
+        gone: impl FnOnce() -> R,
+    ) -> R {
+        // A context that carries something never keeps a stamp from its last poll (see
+        // `poll_carrying`), so the test of whether the stamp kept is still good, which every
+        // poll makes anyway, is the only one a poll of a context that carries nothing pays:
+        // only a poll without a good stamp (the first one, one on another thread) asks whether
+        // the context carries anything.
+        let mut start = self.last_poll.start();
+        if !start.is_good() {
+            if MAY_CARRY && self.context.carries() {
+                return self.poll_carrying(start.poller(), poll, finished, gone);
+            }
+            start = start.without_stamp();
         }
-        let _entered = this.context.enter_for_poll(this.last_poll);
-        poll_inner(this.inner, poll, finished)
+        let this = self.project();
+        debug_assert!(
+            !this.context.carries(),
+            "a context that carries kept a stamp"
+        );
+        let output = {
+            let _entered = this.context.enter_for_poll(start, this.last_poll);
+            poll_inner(this.inner, poll, finished)
+        };
+        // Out of the context: `gone` may panic.
+        output.unwrap_or_else(gone)
     }
-}
 
-/// [`poll_inner`] in `context`, which carries a span or OpenTelemetry's context: out of line,
-/// so that the poll of a context that carries neither stays as small as it was.
-#[cold]
-#[inline(never)]
-fn poll_carrying<F, R>(
-    context: &mut Context,
-    inner: Pin<&mut Option<F>>,
-    poll: impl FnOnce(Pin<&mut F>) -> R,
-    finished: impl FnOnce(&R) -> bool,
-) -> Option<R> {
-    let _entered = context.enter();
-    poll_inner(inner, poll, finished)
+    /// [`poll_in_context`](Self::poll_in_context) where the context carries a span or
+    /// OpenTelemetry's context: out of line, so that the poll of a context that carries
+    /// neither stays as small as it was. Entered the usual way, under no stamp, and none is
+    /// kept for the next poll, which then comes here again.
+    #[cold]
+    #[inline(never)]
+    fn poll_carrying<R>(
+        self: Pin<&mut Self>,
+        poller: Poller,
+        poll: impl FnOnce(Pin<&mut F>) -> R,
+        finished: impl FnOnce(&R) -> bool,
+        gone: impl FnOnce() -> R,
+    ) -> R {
+        let this = self.project();
+        this.last_poll.forget();
+        let output = {
+            let _entered = this.context.enter_for_poll_carrying(poller);
+            poll_inner(this.inner, poll, finished)
+        };
+        output.unwrap_or_else(gone)
+    }
 }
 
 /// Polls `inner` (the context is entered) and drops it as soon as `finished` says it is done.
@@ -149,13 +172,41 @@ fn poll_inner<F, R>(
     Some(output)
 }
 
+/// What polling a `WithContext` whose future is gone does.
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> ! {
+    panic!("`WithContext` polled after it completed")
+}
+
 impl<F: Future> Future for WithContext<F> {
     type Output = F::Output;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        self.poll_in_context(|inner| inner.poll(cx), Poll::is_ready)
-            .expect("`WithContext` polled after it completed")
+        self.poll_in_context::<_, true>(
+            |inner| inner.poll(cx),
+            Poll::is_ready,
+            || polled_after_completion(),
+        )
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<F: Future> WithContext<F> {
+    /// [`poll`](Future::poll), for a wrapper whose context carries nothing and never will: a
+    /// task that `contextvars::spawn` started while nothing was carried anywhere (nothing can
+    /// make a context carry something later). Asks nothing about what the context carries.
+    #[inline]
+    pub(crate) fn poll_uncarried(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<F::Output> {
+        self.poll_in_context::<_, false>(
+            |inner| inner.poll(cx),
+            Poll::is_ready,
+            || polled_after_completion(),
+        )
     }
 }
 
@@ -165,11 +216,11 @@ impl<S: futures_core::Stream> futures_core::Stream for WithContext<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
         // An ended stream is dropped; polling on keeps saying it has ended.
-        self.poll_in_context(
+        self.poll_in_context::<_, true>(
             |inner| inner.poll_next(cx),
             |item| matches!(item, Poll::Ready(None)),
+            || Poll::Ready(None),
         )
-        .unwrap_or(Poll::Ready(None))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -6,18 +6,19 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::task::{AbortHandle, Id, JoinError};
 
+use crate::carried;
 #[cfg(feature = "tracing")]
-use crate::carried::{self, TaskSpan};
+use crate::carried::TaskSpan;
 use crate::context::Context;
 use crate::current;
 use crate::future::{FutureExt, WithContext};
-#[cfg(feature = "tracing")]
 use crate::map::Map;
 
 /// [`tokio::spawn`] in a snapshot of the caller's context, taken at the call.
@@ -51,26 +52,33 @@ where
     F::Output: Send + 'static,
 {
     let bindings = current::snapshot();
-    #[cfg(feature = "tracing")]
     if carried::any() {
         return spawn_carrying(future, bindings);
     }
+    // Nothing was ever carried: the task's context carries nothing, and never will. Its
+    // future is a type of its own (`Finishing<_, CarriesNothing>`), which the carrying spawn never
+    // makes: this stays the one call of its `tokio::spawn`, which LLVM then inlines here.
     let context = Context::from_map(bindings);
     JoinHandle {
-        inner: tokio::spawn(finish_in_context(future.with_context(context))),
+        inner: tokio::spawn(Finishing::<F, CarriesNothing> {
+            inner: future.with_context(context),
+            carries: PhantomData,
+        }),
     }
 }
 
 /// [`spawn`] where something is carried: `bindings`, the snapshot, carry what is current here,
-/// or the task carries the span itself ([`TaskSpan`]).
-#[cfg(feature = "tracing")]
+/// or the task carries the span itself ([`TaskSpan`]). Its tasks' futures are other types than
+/// [`spawn`]'s own, so that its `tokio::spawn` calls are other functions.
 #[cold]
+#[inline(never)]
 #[track_caller]
 fn spawn_carrying<F>(future: F, bindings: Map) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    #[cfg(feature = "tracing")]
     if let Some(span) = TaskSpan::for_spawn(&bindings) {
         return JoinHandle {
             inner: tokio::spawn(InSpan {
@@ -81,6 +89,17 @@ where
         };
     }
     let context = Context::carrying(bindings);
+    if context.carries() {
+        // A task whose context carries something (its spawner's span, where the spawner's
+        // context carries that span already) keeps no read-cache stamp between polls: no
+        // `WithContext`, whose record of it would make the task larger for nothing.
+        return JoinHandle {
+            inner: tokio::spawn(Carrying {
+                context,
+                inner: Some(future),
+            }),
+        };
+    }
     JoinHandle {
         inner: tokio::spawn(finish_in_context(future.with_context(context))),
     }
@@ -157,16 +176,40 @@ where
 /// Runs `future` in its context, and drops that context's values inside the task when it
 /// finishes, before its output is handed over: a panic of a value's `Drop` is then a panic
 /// of the task, which its `JoinHandle` reports as it does a panic of its body.
-fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F> {
-    Finishing { inner: future }
+fn finish_in_context<F: Future>(future: WithContext<F>) -> Finishing<F, MayCarry> {
+    Finishing {
+        inner: future,
+        carries: PhantomData,
+    }
+}
+
+/// Whether the context of a [`Finishing`] task may carry a span or OpenTelemetry's context.
+trait Carries {
+    const MAY_CARRY: bool;
+}
+
+/// It may: the task's polls check.
+struct MayCarry;
+
+/// It carries nothing, and never will: [`spawn`]'s tasks started while nothing was carried
+/// anywhere (nothing makes a context carry something later). Their polls check nothing.
+struct CarriesNothing;
+
+impl Carries for MayCarry {
+    const MAY_CARRY: bool = true;
+}
+
+impl Carries for CarriesNothing {
+    const MAY_CARRY: bool = false;
 }
 
 pin_project! {
     /// A spawned task's future: [`finish_in_context`], written out by hand (one poll layer
-    /// less than an `async fn`).
-    struct Finishing<F> {
+    /// less than an `async fn`). `C` says whether its context may carry anything.
+    struct Finishing<F, C> {
         #[pin]
         inner: WithContext<F>,
+        carries: PhantomData<C>,
     }
 }
 
@@ -196,6 +239,61 @@ pin_project! {
                 }
                 drop(std::mem::take(this.context));
             }
+        }
+    }
+}
+
+pin_project! {
+    /// A spawned task whose context carries a span or OpenTelemetry's context: [`Finishing`]
+    /// with the context entered the way `Context::run` enters it (what it carries first),
+    /// and without the read cache's record of the last poll, which such a context never
+    /// keeps. As [`InSpan`], the future and its context are held here.
+    struct Carrying<F> {
+        context: Context,
+        #[pin]
+        inner: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Carrying<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.inner.is_some() {
+                {
+                    let _entered = this.context.enter();
+                    this.inner.set(None);
+                }
+                drop(std::mem::take(this.context));
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Carrying<F> {
+    type Output = Finished<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let output = {
+            let _entered = this.context.enter();
+            let output = this
+                .inner
+                .as_mut()
+                .as_pin_mut()
+                .expect("a task is not polled after it completed")
+                .poll(cx);
+            if output.is_ready() {
+                // Dropped inside its context, as `WithContext` does.
+                this.inner.set(None);
+            }
+            output
+        };
+        match output {
+            Poll::Ready(output) => {
+                // As in `Finishing`: the context's values go inside the task (and the span).
+                drop(std::mem::take(this.context));
+                Poll::Ready(Finished::new(output))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -233,13 +331,18 @@ impl<F: Future> Future for InSpan<F> {
     }
 }
 
-impl<F: Future> Future for Finishing<F> {
+impl<F: Future, C: Carries> Future for Finishing<F, C> {
     type Output = Finished<F::Output>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut inner = self.project().inner;
-        match inner.as_mut().poll(cx) {
+        let output = if C::MAY_CARRY {
+            inner.as_mut().poll(cx)
+        } else {
+            inner.as_mut().poll_uncarried(cx)
+        };
+        match output {
             Poll::Ready(output) => {
                 // Should a value's `Drop` panic, the output goes with the task's future.
                 drop(inner.take_context());
