@@ -790,11 +790,19 @@ pub(crate) fn write_with<A, R>(
 /// Drops the bindings of `frame`, a context's own (its root no other context shares), inside
 /// that context ([`drop_bindings`]). Where every value is held in place, no `Drop` can run:
 /// the bindings are released at once, without entering the context.
+#[inline]
 pub(crate) fn drop_values(frame: &mut Frame) {
     if !frame.map.release_if_no_drop() {
-        let _entered = Entered::new(frame);
-        drop_bindings();
+        drop_values_inside(frame);
     }
+}
+
+/// [`drop_values`] where a value may have a `Drop` to run: inside the context.
+#[cold]
+#[inline(never)]
+fn drop_values_inside(frame: &mut Frame) {
+    let _entered = Entered::new(frame);
+    drop_bindings();
 }
 
 /// Drops every binding of the current context, inside it. The values it alone holds go one

@@ -226,7 +226,7 @@ struct Branch {
 }
 
 /// Keeps `root`, emptied, as the thread's spare root.
-#[inline(never)]
+#[inline]
 fn put_aside(root: Arc<Branch>) {
     let _ = SPARE.try_with(move |spare| spare.set(Some(root)));
 }
@@ -683,6 +683,14 @@ impl Map {
                 return true;
             }
         }
+        self.release_if_no_drop_below()
+    }
+
+    /// [`release_if_no_drop`](Self::release_if_no_drop) for a root another map shares, or
+    /// with nodes or values below it that may have a `Drop`.
+    #[cold]
+    #[inline(never)]
+    fn release_if_no_drop_below(&mut self) -> bool {
         if !self.holds_no_drop() {
             return false;
         }
