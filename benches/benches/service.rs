@@ -7,6 +7,10 @@
 //! server does with them differs.
 //!
 //! - `request/plain`: the app alone, its handler reading nothing.
+//! - `request/identity_layer`: the same app behind a layer that does nothing
+//!   (`tower_layer::Identity`) given to `Router::layer`: what axum adds for any layer there (it
+//!   boxes the wrapped route again, and clones it for every request), which `request/layer`
+//!   pays too.
 //! - `request/layer`: behind `ContextLayer`, whose `on_request` sets 3 variables that the
 //!   handler reads.
 //! - `request/accept_baggage`: the same, plus `.accept_baggage()`, which sets the 3 variables
@@ -59,6 +63,7 @@ const WARM_UP: u64 = 16;
 #[derive(Clone, Copy)]
 enum Variant {
     Plain,
+    IdentityLayer,
     Layer,
     AcceptBaggage,
     #[cfg(feature = "hooks")]
@@ -67,6 +72,7 @@ enum Variant {
 
 const OPS: &[(&str, Variant)] = &[
     ("request/plain", Variant::Plain),
+    ("request/identity_layer", Variant::IdentityLayer),
     ("request/layer", Variant::Layer),
     ("request/accept_baggage", Variant::AcceptBaggage),
     #[cfg(feature = "hooks")]
@@ -94,6 +100,9 @@ fn answer(ok: bool) -> (StatusCode, &'static str) {
 fn app(variant: Variant) -> Router {
     match variant {
         Variant::Plain => Router::new().route("/", get(|| async { answer(true) })),
+        Variant::IdentityLayer => Router::new()
+            .route("/", get(|| async { answer(true) }))
+            .layer(tower_layer::Identity::new()),
         #[cfg(feature = "hooks")]
         Variant::LayerHooks => app(Variant::Layer),
         Variant::Layer => Router::new()

@@ -504,6 +504,14 @@ impl Fast {
         }
     }
 
+    /// Whether the thread has a stamp that entries may be made under: one with a count, not
+    /// [`NO_STAMP`] nor count `0` of an epoch, which a poll may enter under and which any
+    /// other poll on this thread may enter under too. No entry is ever made without one.
+    #[inline]
+    fn has_stamp(&self) -> bool {
+        self.stamp.get() >= STAMP_STEP
+    }
+
     /// Invalidates every entry of the read cache: the thread takes a stamp never used before,
     /// for the current frame as it is about to be.
     #[inline]
@@ -614,10 +622,13 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         }
         let _reading = Reading::begin(fast);
         // SAFETY: `value` points to a live `T`, and stays valid while `clone` runs:
-        // - It was taken, with the stamp the entry's tag carries (`fill`), from the value of a leaf
-        //   of the thread's current frame, after checking that the value is a `T`. Every key
-        //   belongs to one variable, whose values all have one type, so any reader of this
-        //   key reads it as that same `T`.
+        // - It was taken, with the stamp the entry's tag carries, from the value of a leaf of
+        //   the thread's current frame: by `fill`, after checking that the value is a `T`, or
+        //   by `prime_reads`, for every leaf of the frame's root. Every key belongs to one
+        //   variable (`ContextVar::key` never hands one out twice), and every leaf of a key is
+        //   made by that variable from a value of its type (`ContextVar::leaf`, the token of
+        //   `ContextVar::set`, the metadata's own variable), so the leaf of this key holds a
+        //   `T`, the type of every reader of the key.
         // - The thread's stamp is the entry's, so the frame current now is the one current
         //   when the entry was made, unchanged (see "The read cache"). Entries are made only
         //   under a stamp with a count (`fill`), which `Fast::bump` gives out once: the count
@@ -675,7 +686,7 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
     // Read after the lookup: a deferred enter carried out on the way (`current`) leaves the
     // thread without a stamp. (Count `0` of the thread's epoch is none either: see
     // `NO_STAMP`.)
-    if fast.stamp.get() < STAMP_STEP {
+    if !fast.has_stamp() {
         // The first read since the frame became current or changed: a stamp for its state.
         fast.bump();
     }
@@ -689,6 +700,41 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
         });
     }
     (!value.is_null()).then_some(value)
+}
+
+/// Records in the read cache where the value of every binding in the root of the current frame
+/// is, under the thread's stamp (a new one if it has none), as `fill` does for one: reads of
+/// them that follow, with the frame unchanged, hit at once instead of each looking its binding
+/// up first. For a small frame that has just been written to and is about to be read: a
+/// request's context, once the layer's hook has set its values and before the handler reads
+/// them. A frame whose root holds more than a few slots is left as it is.
+pub(crate) fn prime_reads() {
+    /// The most slots a root may have for its leaves to be recorded.
+    const MOST: usize = 8;
+    fast(|fast| {
+        current(|current| {
+            let Ok(current) = current.try_borrow() else {
+                return;
+            };
+            let Some(leaves) = current.frame.map.root_leaves(MOST) else {
+                return;
+            };
+            if !fast.has_stamp() {
+                fast.bump();
+            }
+            // Under `NO_EPOCH` (every epoch given out) no entry is made.
+            let stamp = fast.stamp.get();
+            if epoch_of(stamp) == NO_EPOCH {
+                return;
+            }
+            for leaf in leaves {
+                fast.entry(leaf.key).set(Entry {
+                    tag: stamp ^ u64::from(leaf.key),
+                    value: leaf.value.as_ptr(),
+                });
+            }
+        });
+    });
 }
 
 /// Sets `reading` for as long as it lives, then puts back what it was (a `Clone` impl may
@@ -845,13 +891,19 @@ pub(crate) fn write_with<A, R>(
 /// Drops the bindings of `frame`, a context's own (its root no other context shares), inside
 /// that context ([`drop_bindings`]). Where every value is held in place, no `Drop` can run:
 /// the bindings are released at once, without entering the context.
+#[inline]
 pub(crate) fn drop_values(frame: &mut Frame) {
-    if frame.map.holds_no_drop() {
-        std::mem::take(&mut frame.map).release();
-    } else {
-        let _entered = Entered::new(frame);
-        drop_bindings();
+    if !frame.map.release_if_no_drop() {
+        drop_values_inside(frame);
     }
+}
+
+/// [`drop_values`] where a value may have a `Drop` to run: inside the context.
+#[cold]
+#[inline(never)]
+fn drop_values_inside(frame: &mut Frame) {
+    let _entered = Entered::new(frame);
+    drop_bindings();
 }
 
 /// Drops every binding of the current context, inside it. The values it alone holds go one
@@ -1391,6 +1443,47 @@ mod tests {
             assert!(poll_once(future.as_mut()).is_pending());
             assert_eq!(NAME.get().as_deref(), Some("caller's, changed"));
         });
+    }
+
+    #[test]
+    fn primed_bindings_read_under_the_primed_stamp_until_a_write() {
+        static OTHER: ContextVar<Name> = ContextVar::new("other");
+        let mut ctx = Context::new()
+            .with_value(&NAME, "a".to_string())
+            .with_value(&OTHER, "b".to_string());
+        ctx.run(|| {
+            prime_reads();
+            let primed = stamp();
+            assert_ne!(primed, NO_STAMP);
+            // Both read what they are bound to, with no lookup: the stamp stays.
+            assert_eq!(NAME.get().as_deref(), Some("a"));
+            assert_eq!(OTHER.get().as_deref(), Some("b"));
+            assert_eq!(stamp(), primed);
+            // A write leaves the entries behind: the next read sees the new value.
+            let _token = NAME.set("c".to_string());
+            assert_eq!(NAME.get().as_deref(), Some("c"));
+            assert_eq!(OTHER.get().as_deref(), Some("b"));
+            assert_ne!(stamp(), primed);
+        });
+        assert_eq!(NAME.get(), None);
+    }
+
+    #[test]
+    fn a_frame_with_many_bindings_in_its_root_is_not_primed() {
+        let mut ctx = SHARERS[..40].iter().fold(Context::new(), |ctx, var| {
+            ctx.with_value(var, "x".to_string())
+        });
+        ctx.run(|| {
+            forget();
+            prime_reads();
+            assert_eq!(stamp(), NO_STAMP, "no entry made");
+            assert_eq!(SHARERS[3].get().as_deref(), Some("x"));
+        });
+    }
+
+    /// Leaves the thread without a stamp, as a write does.
+    fn forget() {
+        fast(Fast::forget_stamp);
     }
 
     #[test]

@@ -209,13 +209,16 @@ enum Slot {
 }
 
 /// An inner node: `bitmap` says which of the 32 positions are occupied, `slots` holds the
-/// occupied ones in position order.
+/// occupied ones, and `rank` which slot is whose. A node built whole ([`Branch::new`]) has
+/// its slots in position order; a slot added later goes at the end (no slot moves, no rank
+/// but its own changes), so that the order of the slots is no order the map promises.
 struct Branch {
     bitmap: u32,
     /// The number of bindings below, kept up to date in the root only.
     len: u32,
     /// For each position, 1 + the index of its slot, or 0 where empty: a lookup then needs
-    /// no population count, which x86-64's baseline has no instruction for.
+    /// no population count, which x86-64's baseline has no instruction for, nor the slots any
+    /// order.
     rank: [u8; 32],
     slots: Vec<Slot>,
     /// In the root only: what the context carries beside its bindings (the `tracing` span,
@@ -223,6 +226,12 @@ struct Branch {
     /// so that a snapshot stays one pointer copy: snapshots taken where the same span is
     /// current share the root, and only a snapshot that must carry something else copies it.
     carried: Carried,
+}
+
+/// Keeps `root`, emptied, as the thread's spare root.
+#[inline]
+fn put_aside(root: Arc<Branch>) {
+    let _ = SPARE.try_with(move |spare| spare.set(Some(root)));
 }
 
 /// Nothing carried: what a map without a root carries.
@@ -291,38 +300,18 @@ thread_local! {
 }
 
 impl Branch {
-    /// A copy of this node (a root another map shares) with `leaf` inserted, and the value it
-    /// replaces: the thread's spare root filled with its slots where there is one, else a new
-    /// node.
-    #[inline(never)]
-    fn copy_with(&self, leaf: Leaf) -> (Arc<Branch>, Option<Value>) {
-        fn insert_into_root(root: &mut Branch, leaf: Leaf) -> Option<Value> {
-            let old = root.insert(leaf, 0);
-            if old.is_none() {
-                root.len += 1;
-            }
-            old
+    /// Makes `node` (a root nobody else holds: a spare) a copy of this node, ready to take one
+    /// more slot without reallocating them.
+    fn copy_into(&self, node: &mut Branch) {
+        node.bitmap = self.bitmap;
+        node.len = self.len;
+        node.rank = self.rank;
+        node.slots.clear();
+        node.slots.reserve(self.slots.len() + 1);
+        for slot in &self.slots {
+            node.slots.push(slot.clone());
         }
-        if let Some(mut spare) = SPARE.try_with(Cell::take).ok().flatten() {
-            if let Some(node) = Arc::get_mut(&mut spare) {
-                node.bitmap = self.bitmap;
-                node.len = self.len;
-                node.rank = self.rank;
-                node.slots.reserve(self.slots.len() + 1);
-                node.slots.extend(self.slots.iter().cloned());
-                node.carried = self.carried.clone();
-                let old = insert_into_root(node, leaf);
-                return (spare, old);
-            }
-        }
-        let mut copy = self.clone();
-        let old = insert_into_root(&mut copy, leaf);
-        (Arc::new(copy), old)
-    }
-
-    #[inline]
-    fn index(&self, bit: u32) -> usize {
-        (self.bitmap & (bit - 1)).count_ones() as usize
+        node.carried = self.carried.clone();
     }
 
     #[inline]
@@ -342,33 +331,18 @@ impl Branch {
         }
     }
 
-    /// Updates `rank` after position `at` was filled, its slot now at `index`, or emptied
-    /// (`index` `None`): the slots after it move one up or down. Ranks grow with positions,
-    /// so the slots that move are those whose rank is above the slot filled or emptied: one
-    /// compare of each rank with one number, no state carried from one to the next, which the
-    /// compiler turns into a few vector operations (two 16-byte compares), where [`reindex`]
-    /// counts from the start.
-    ///
-    /// [`reindex`]: Self::reindex
+    /// Updates `rank` after the slot of position `at` was removed: the slots after it have
+    /// moved one down, and so their ranks are those above the removed slot's: one compare of
+    /// each rank with one number, no state carried from one to the next, which the compiler
+    /// turns into a few vector operations (two 16-byte compares).
     #[inline]
-    fn shift_ranks(&mut self, at: u32, index: Option<usize>) {
+    fn unrank(&mut self, at: u32) {
         let at = at as usize;
-        if let Some(index) = index {
-            // At most 32 slots: the rank fits.
-            #[allow(clippy::cast_possible_truncation)]
-            let rank = index as u8 + 1;
-            // The slot that was at `index` (rank `index + 1`) and those after it move up.
-            for r in &mut self.rank {
-                *r += u8::from(*r >= rank);
-            }
-            self.rank[at] = rank;
-        } else {
-            let rank = self.rank[at];
-            for r in &mut self.rank {
-                *r -= u8::from(*r > rank);
-            }
-            self.rank[at] = 0;
+        let rank = self.rank[at];
+        for r in &mut self.rank {
+            *r -= u8::from(*r > rank);
         }
+        self.rank[at] = 0;
     }
 
     /// Recomputes `rank` from `bitmap`, for a node built from scratch.
@@ -409,21 +383,33 @@ impl Branch {
         }
     }
 
-    /// Puts `leaf` at position `at`, which is empty.
+    /// Puts `leaf` at position `at`, which is empty: in a slot after the others.
     #[inline]
     fn add(&mut self, at: u32, leaf: Leaf) {
-        let bit = 1 << at;
-        let index = self.index(bit);
-        self.bitmap |= bit;
-        self.slots.insert(index, Slot::Leaf(leaf));
-        self.shift_ranks(at, Some(index));
+        self.bitmap |= 1 << at;
+        self.slots.push(Slot::Leaf(leaf));
+        // At most 32 slots: the rank fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let rank = self.slots.len() as u8;
+        self.rank[at as usize] = rank;
     }
 
     /// Adds `leaf` to this node, the root, where its position is empty.
-    #[inline(never)]
+    #[inline]
     fn add_to_root(&mut self, leaf: Leaf) {
         self.add(leaf.key & MASK, leaf);
         self.len += 1;
+    }
+
+    /// Inserts `leaf` into this node, the root, below its position; returns the value it
+    /// replaces.
+    #[inline(never)]
+    fn insert_below(&mut self, leaf: Leaf) -> Option<Value> {
+        let old = self.insert(leaf, 0);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
     }
 
     /// Inserts or replaces; returns the replaced value.
@@ -472,7 +458,7 @@ impl Branch {
             return value;
         }
         self.bitmap &= !(1 << at);
-        self.shift_ranks(at, None);
+        self.unrank(at);
         match self.slots.remove(index) {
             Slot::Leaf(leaf) => leaf.value,
             Slot::Branch(_) => unreachable!("matched as a leaf just above"),
@@ -535,24 +521,20 @@ impl Map {
         var: &'static dyn VarMeta,
         value: Value,
     ) -> Option<Value> {
-        // The common writes, in a map nobody shares: a variable bound again, its leaf right in
-        // the root, whose value is replaced in place; a variable bound for the first time
-        // where the root has room at its position, whose leaf is added there. Neither needs
-        // `make_mut`'s call or the descent. (No let chains: the declared minimum Rust, 1.85,
-        // has none.)
-        if let Some(root) = self.root.as_mut().and_then(unique_mut) {
-            match root.slot_mut(key) {
-                Some(Slot::Leaf(old)) if old.key == key => {
-                    return Some(std::mem::replace(&mut old.value, value));
-                }
-                None => {
-                    root.add_to_root(Leaf { key, var, value });
-                    return None;
-                }
-                Some(_) => {}
+        let root = self.root_mut();
+        // The common writes: a variable bound again, its leaf right in the root, whose value
+        // is replaced in place; a variable bound for the first time where the root has room at
+        // its position, whose leaf is added there. Neither needs the descent.
+        match root.slot_mut(key) {
+            Some(Slot::Leaf(old)) if old.key == key => {
+                Some(std::mem::replace(&mut old.value, value))
             }
+            None => {
+                root.add_to_root(Leaf { key, var, value });
+                None
+            }
+            Some(_) => root.insert_below(Leaf { key, var, value }),
         }
-        self.insert_slow(Leaf { key, var, value })
     }
 
     /// Swaps `key`'s binding with `slot`: afterwards `key` is bound to what `slot` held
@@ -587,40 +569,81 @@ impl Map {
         };
     }
 
+    /// [`insert`](Self::insert) where it does not replace a value in a root this map alone
+    /// holds: it adds a binding, or writes to a root another map shares (or to none).
+    #[inline(never)]
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
-        let root = self.root.get_or_insert_with(|| Arc::new(Branch::EMPTY));
-        // A root another map shares is copied, with the leaf in it. (A count of 1 cannot change
-        // under us: this map holds the only reference. Any other count may fall to 1 meanwhile,
-        // which only makes the copy unneeded.)
-        if Arc::strong_count(root) != 1 {
-            let (copy, old) = root.copy_with(leaf);
-            *root = copy;
-            return old;
+        let root = self.root_mut();
+        if root.rank[(leaf.key & MASK) as usize] == 0 {
+            root.add_to_root(leaf);
+            return None;
         }
-        let root = unique_mut(root).expect("a count of 1 stays 1 while this map holds the root");
-        let old = root.insert(leaf, 0);
-        if old.is_none() {
-            root.len += 1;
+        root.insert_below(leaf)
+    }
+
+    /// The root, to write to in place: this map's own, or, where another map shares it, a
+    /// copy of it made first; a new one where this map has none.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn root_mut(&mut self) -> &mut Branch {
+        // (A count of 1 cannot change under us: this map holds the only reference. Any other
+        // count may fall to 1 meanwhile, which only makes the copy unneeded.)
+        if self
+            .root
+            .as_ref()
+            .is_none_or(|root| Arc::strong_count(root) != 1)
+        {
+            self.own_root();
         }
-        old
+        self.root
+            .as_mut()
+            .and_then(unique_mut)
+            .expect("`own_root` leaves this map the only owner of its root")
+    }
+
+    /// Gives this map a root of its own: a copy of the shared one (only the root: the nodes
+    /// below and the values stay shared), or an empty one where it has none. The thread's
+    /// spare root ([`Map::release`]) is filled where there is one, instead of allocating a
+    /// node and its slots: a request's context, copied from its layer's base and written to,
+    /// then allocates nothing.
+    #[inline(never)]
+    fn own_root(&mut self) {
+        let mut spare = SPARE.try_with(Cell::take).ok().flatten();
+        let root = match (&self.root, spare.as_mut().and_then(unique_mut)) {
+            (Some(shared), Some(node)) => {
+                shared.copy_into(node);
+                spare.take()
+            }
+            (Some(shared), None) => Some(Arc::new(Branch::clone(shared))),
+            (None, Some(node)) => {
+                node.bitmap = 0;
+                node.len = 0;
+                node.rank = [0; 32];
+                spare.take()
+            }
+            (None, None) => Some(Arc::new(Branch::EMPTY)),
+        };
+        // The shared root loses a reference; the copy holds whatever it holds.
+        self.root = root;
     }
 
     /// Drops this map's bindings and what it carries. A root no other map shares is kept,
-    /// emptied, for the next copy of a shared root on this thread to reuse
-    /// ([`Branch::copy_with`]): a request's context, copied from its layer's base and dropped
-    /// when the request ends, then costs no allocation. The values are dropped here, by the caller's thread.
+    /// emptied, for the next root this thread needs ([`Map::own_root`]): a request's context,
+    /// copied from its layer's base and dropped when the request ends, then costs no
+    /// allocation. The values are dropped here, by the caller's thread.
+    #[inline]
     pub(crate) fn release(mut self) {
         let Some(mut root) = self.root.take() else {
             return;
         };
-        let Some(node) = Arc::get_mut(&mut root) else {
+        let Some(node) = unique_mut(&mut root) else {
             return;
         };
         node.slots.clear();
         // What the context carried goes too, once the root is put aside: a spare root never
         // keeps a span open.
         let carried = std::mem::take(&mut node.carried);
-        let _ = SPARE.try_with(move |spare| spare.set(Some(root)));
+        put_aside(root);
         // (Without the `tracing` and `opentelemetry` features there is nothing to drop.)
         #[allow(clippy::drop_non_drop)]
         drop(carried);
@@ -638,6 +661,60 @@ impl Map {
             self.root = None;
         }
         Some(value)
+    }
+
+    /// Releases this map ([`Map::release`]) where dropping it runs no code that could see a
+    /// context ([`holds_no_drop`](Self::holds_no_drop)), and says whether it did; otherwise
+    /// leaves it as it was. A root of leaves that no other map shares (a request's context) is checked and
+    /// emptied in one go.
+    #[inline]
+    pub(crate) fn release_if_no_drop(&mut self) -> bool {
+        let Some(root) = self.root.as_mut() else {
+            return true;
+        };
+        if let Some(node) = unique_mut(root) {
+            let quiet = |slot: &Slot| {
+                matches!(slot, Slot::Leaf(leaf)
+                    if leaf.value.is_inline() || leaf.var.drops_quietly())
+            };
+            if node.slots.iter().all(quiet) {
+                node.slots.clear();
+                // As in `release`: what the context carried goes once the root is put aside.
+                let carried = std::mem::take(&mut node.carried);
+                if let Some(root) = self.root.take() {
+                    put_aside(root);
+                }
+                #[allow(clippy::drop_non_drop)]
+                drop(carried);
+                return true;
+            }
+        }
+        self.release_if_no_drop_below()
+    }
+
+    /// [`release_if_no_drop`](Self::release_if_no_drop) for a root another map shares, or
+    /// with nodes below it, or values that may not drop quietly.
+    #[cold]
+    #[inline(never)]
+    fn release_if_no_drop_below(&mut self) -> bool {
+        if !self.holds_no_drop() {
+            return false;
+        }
+        std::mem::take(self).release();
+        true
+    }
+
+    /// The bindings in the root, if it holds no more than `most` slots; `None` otherwise
+    /// (and for a map without bindings).
+    #[inline]
+    pub(crate) fn root_leaves(&self, most: usize) -> Option<impl Iterator<Item = &Leaf>> {
+        let root = self.root.as_deref()?;
+        (root.slots.len() <= most).then(|| {
+            root.slots.iter().filter_map(|slot| match slot {
+                Slot::Leaf(leaf) => Some(leaf),
+                Slot::Branch(_) => None,
+            })
+        })
     }
 
     /// Whether dropping this map runs no code that could see a context: every value is held

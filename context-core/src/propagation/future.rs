@@ -72,6 +72,16 @@ impl<F> WithContext<F> {
         }
     }
 
+    /// [`new`](Self::new), for a future made inside `context`, entered with
+    /// [`Context::enter_for_poll`] as if for a poll: `last` is what that left of it.
+    pub(crate) fn polled_before(inner: F, context: Context, last: LastPoll) -> Self {
+        WithContext {
+            inner: Some(inner),
+            context,
+            last_poll: last,
+        }
+    }
+
     /// The context the inner future runs in, with what it has set so far.
     #[must_use]
     pub fn context(&self) -> &Context {

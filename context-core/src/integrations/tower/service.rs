@@ -15,6 +15,7 @@ use super::body::{KeepResponse, WrapResponse};
 use super::hooks::{NoHook, OnRequest};
 use super::nested::{marked, request_context};
 use crate::context::Context;
+use crate::current::{self, LastPoll};
 use crate::future::{FutureExt, WithContext};
 
 /// The service made by [`ContextLayer`](super::ContextLayer): runs each request in a fresh copy of
@@ -66,9 +67,17 @@ use crate::future::{FutureExt, WithContext};
 /// ```
 pub struct ContextService<S, H = NoHook, M = KeepResponse> {
     inner: S,
+    /// Shared by every clone of the service: a router that clones it for each request (axum's
+    /// does) then takes one reference, not one for the base and another for the hook.
+    shared: Arc<Shared<H>>,
+    response: M,
+}
+
+/// What the clones of a [`ContextService`] share.
+struct Shared<H> {
+    /// The context each request starts from, marked as a request's.
     base: Context,
     hook: Arc<H>,
-    response: M,
 }
 
 impl<S, H, M> ContextService<S, H, M> {
@@ -76,8 +85,10 @@ impl<S, H, M> ContextService<S, H, M> {
     pub(super) fn new(inner: S, base: &Context, hook: Arc<H>, response: M) -> Self {
         ContextService {
             inner,
-            base: marked(base.clone()),
-            hook,
+            shared: Arc::new(Shared {
+                base: marked(base.clone()),
+                hook,
+            }),
             response,
         }
     }
@@ -131,8 +142,7 @@ impl<S: Clone, H, M: Clone> Clone for ContextService<S, H, M> {
     fn clone(&self) -> Self {
         ContextService {
             inner: self.inner.clone(),
-            base: self.base.clone(),
-            hook: Arc::clone(&self.hook),
+            shared: Arc::clone(&self.shared),
             response: self.response.clone(),
         }
     }
@@ -142,7 +152,7 @@ impl<S: fmt::Debug, H, M: fmt::Debug> fmt::Debug for ContextService<S, H, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContextService")
             .field("inner", &self.inner)
-            .field("base", &self.base)
+            .field("base", &self.shared.base)
             .field("hook", &std::any::type_name::<H>())
             .field("response", &self.response)
             .finish()
@@ -161,20 +171,32 @@ where
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         let inner = &mut self.inner;
-        self.base.clone().run(|| inner.poll_ready(cx))
+        self.shared.base.clone().run(|| inner.poll_ready(cx))
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let mut context = request_context(&self.base);
+        let mut context = request_context(&self.shared.base);
+        if context.carries() {
+            return self.call_carrying(context, request);
+        }
         // Entered by hand rather than with `Context::run`: the request is not moved into a
-        // closure on its way to the inner service (a request is a few hundred bytes).
+        // closure on its way to the inner service (a request is a few hundred bytes). Entered
+        // as for a poll, whose record the response future keeps: its first poll reads on from
+        // what the read cache knew when the call left the context, every binding of a small
+        // context included, so that the handler's first reads of what the hook set hit.
+        let mut last = LastPoll::default();
         let future = {
-            let _entered = context.enter();
-            self.hook.on_request(&mut request);
+            // A fresh record: no stamp kept, so the call enters under none.
+            let start = last.start().without_stamp();
+            let _entered = context.enter_for_poll(start, &mut last);
+            self.shared.hook.on_request(&mut request);
+            // Before the call, whose future is then moved out of the context as it is: the
+            // call's own writes, if any, make the reads look their bindings up again.
+            current::prime_reads();
             self.inner.call(request)
         };
         ResponseFuture {
-            inner: future.with_context(context),
+            inner: WithContext::polled_before(future, context, last),
             response: self.response.clone(),
         }
     }
@@ -221,6 +243,32 @@ pin_project! {
         #[pin]
         inner: WithContext<F>,
         response: M,
+    }
+}
+
+impl<S, H, M: Clone> ContextService<S, H, M> {
+    /// [`call`](Service::call) in a request context that carries a span or OpenTelemetry's
+    /// context, entered with them: out of line, as the future's polls of such a context are.
+    #[cold]
+    #[inline(never)]
+    fn call_carrying<Request>(
+        &mut self,
+        mut context: Context,
+        mut request: Request,
+    ) -> ResponseFuture<S::Future, M>
+    where
+        S: Service<Request>,
+        H: OnRequest<Request>,
+    {
+        let future = {
+            let _entered = context.enter();
+            self.shared.hook.on_request(&mut request);
+            self.inner.call(request)
+        };
+        ResponseFuture {
+            inner: future.with_context(context),
+            response: self.response.clone(),
+        }
     }
 }
 
