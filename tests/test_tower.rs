@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::routing::get;
 use contextvars::tower::ContextLayer;
-use contextvars::{Context, context_var};
+use contextvars::{Context, FutureExt, context_var};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -366,4 +366,44 @@ async fn poll_ready_runs_in_a_fresh_copy_of_the_base_context() {
         *seen.lock().unwrap(),
         [(Some("eu-west"), 0), (Some("eu-west"), 0)]
     );
+}
+
+/// Calls `service` and, before polling the call's future, polls other futures on this thread,
+/// each in a context of its own for the first time: none of them may read the request's
+/// values, which the handler then reads (`REGION`, and `tenant` in `TENANT`).
+async fn others_read_nothing_of_a_call_made<S>(mut service: S, tenant: &str)
+where
+    S: Service<Request, Response = (Option<&'static str>, Option<String>), Error = Infallible>,
+{
+    // Called, not polled yet: the call left the read cache ready for the handler's reads of
+    // the request's values.
+    let pending = service.ready().await.unwrap().call(request("ignored"));
+    let other = async { (REGION.get(), TENANT.get()) }.with_context(Context::new());
+    assert_eq!(other.await, (None, None));
+    let task = contextvars::spawn(async { (REGION.get(), TENANT.get()) });
+    assert_eq!(task.await.unwrap(), (None, None));
+    let own = Context::new().with_value(&TENANT, "own".into());
+    let with_own = async { (REGION.get(), TENANT.get()) }.with_context(own);
+    assert_eq!(with_own.await, (None, Some("own".into())));
+    let seen = pending.await.unwrap();
+    assert_eq!(seen, (Some("eu-west"), Some(tenant.to_string())));
+}
+
+#[tokio::test]
+async fn what_a_call_leaves_for_its_handlers_reads_is_never_read_by_another_future() {
+    let handler =
+        service_fn(|_: Request| async { Ok::<_, Infallible>((REGION.get(), TENANT.get())) });
+    // With a hook that sets a value.
+    let with_hook = ContextLayer::with_base(Context::new().with_value(&REGION, "eu-west"))
+        .on_request(|_: &mut Request| {
+            let _ = TENANT.set("the request's".into());
+        });
+    others_read_nothing_of_a_call_made(with_hook.layer(handler), "the request's").await;
+    // Without one: the base's values only.
+    let without_hook = ContextLayer::with_base(
+        Context::new()
+            .with_value(&REGION, "eu-west")
+            .with_value(&TENANT, "the base's".into()),
+    );
+    others_read_nothing_of_a_call_made(without_hook.layer(handler), "the base's").await;
 }
