@@ -291,6 +291,30 @@ async fn a_dropped_context_whose_values_have_no_drop_closes_its_span_at_once() {
     assert_eq!(parent("released: next context"), None);
 }
 
+#[context_var]
+static NAME: String;
+
+/// What `NAME` read in the `on_close` of the span of the test below.
+static NAME_AT_CLOSE: std::sync::Mutex<Vec<Option<String>>> = std::sync::Mutex::new(Vec::new());
+
+#[test]
+fn a_span_carried_by_a_dropped_context_closes_inside_it_not_in_the_callers() {
+    carry();
+    let shown = "request{test=\"closes inside\"}";
+    spans::on_close_of(shown, || {
+        NAME_AT_CLOSE.lock().unwrap().push(NAME.get());
+    });
+    // A context whose only value drops quietly (a `String`), carrying the span.
+    let mut ctx = info_span!("request", test = "closes inside").in_scope(Context::current);
+    ctx.run(|| drop(NAME.set("the context's".to_string())));
+    // Dropped inside another context: the span's subscriber sees the dropped context (by
+    // then emptied), not the caller's.
+    let mut caller = Context::new().with_value(&NAME, "the caller's".to_string());
+    caller.run(|| drop(ctx));
+    assert!(spans::closed(shown));
+    assert_eq!(*NAME_AT_CLOSE.lock().unwrap(), [None]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_layer_built_in_a_span_does_not_keep_it_open() {
     carry();

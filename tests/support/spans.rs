@@ -27,6 +27,8 @@ struct Records {
     events: Vec<Logged>,
     /// Spans closed, as `name{fields}`.
     closed: Vec<String>,
+    /// What to run when a span closes, by `name{fields}`.
+    on_close: Vec<(String, fn())>,
 }
 
 fn records() -> &'static Mutex<Records> {
@@ -36,6 +38,16 @@ fn records() -> &'static Mutex<Records> {
         tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
         Mutex::new(Records::default())
     })
+}
+
+/// Runs `f` inside the layer's `on_close` of the span shown as `span` (`name{fields}`), in
+/// whatever context the code that closes it runs.
+pub(crate) fn on_close_of(span: &str, f: fn()) {
+    records()
+        .lock()
+        .unwrap()
+        .on_close
+        .push((span.to_string(), f));
 }
 
 /// Installs the subscriber (once per process).
@@ -131,6 +143,20 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Re
             .expect("fields recorded")
             .0
             .clone();
-        records().lock().unwrap().closed.push(shown);
+        let run = {
+            let mut records = records().lock().unwrap();
+            let run: Vec<fn()> = records
+                .on_close
+                .iter()
+                .filter(|(span, _)| *span == shown)
+                .map(|(_, f)| *f)
+                .collect();
+            records.closed.push(shown);
+            run
+        };
+        // Outside the lock: `f` may log.
+        for f in run {
+            f();
+        }
     }
 }

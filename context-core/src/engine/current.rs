@@ -405,6 +405,10 @@ impl LastPoll {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub(crate) fn start(&self) -> PollStart {
+        // A deferred enter of the runtime hooks first: it may run code that reads (a
+        // subscriber's `on_enter` for the task's span), which may start a new round of stamps,
+        // and the epoch checked here must be the one the poll enters under.
+        fast(Fast::resolve);
         let owner = running_task();
         let kept = self.0;
         let epoch = fast(|fast| epoch_of(fast.fresh.get()));
@@ -1495,5 +1499,43 @@ mod tests {
             let _token = NAME.set("now".to_string());
             assert_eq!(NAME.get().as_deref(), Some("now"));
         });
+    }
+
+    /// The hooks' deferred enter runs inside a poll's swap, and may run code that reads (a
+    /// subscriber's `on_enter`): here it starts a new round of stamps, and another frame reads
+    /// at the count the future's kept stamp has, for a key that shares its entry. The poll must
+    /// not take its kept stamp, checked before that enter, back after it.
+    #[cfg(feature = "hooks")]
+    #[test]
+    fn a_stamp_found_good_before_a_deferred_enter_is_checked_again_after_it() {
+        thread_local! {
+            static OTHER: Cell<Option<(&'static ContextVar<Name>, u32)>> =
+                const { Cell::new(None) };
+            static KEEP: RefCell<Option<Context>> = const { RefCell::new(None) };
+        }
+        fn enter(_: tokio::task::Id) {
+            let (other, epoch) = OTHER.get().expect("set before the poll");
+            pretend_round(epoch, 100);
+            let mut ctx = Context::new().with_value(other, "other's".to_string());
+            ctx.run(|| assert_eq!(other.get().as_deref(), Some("other's")));
+            // Kept alive: the entry it left points into it.
+            KEEP.with(|keep| *keep.borrow_mut() = Some(ctx));
+        }
+        let (mine, other, keys_differ_by) = two_sharing_an_entry();
+        let epoch = 1 << 23;
+        OTHER.set(Some((other, epoch ^ keys_differ_by)));
+        let id = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::spawn(async {}).id() });
+        let seen = RefCell::new(Vec::new());
+        let ctx = Context::new().with_value(mine, "mine".to_string());
+        let mut future = pin!(reader(mine, &seen).with_context(ctx));
+        pretend_round(epoch, 100);
+        assert!(poll_once(future.as_mut()).is_pending());
+        enter_later(id, enter);
+        assert!(poll_once(future.as_mut()).is_pending());
+        assert_eq!(seen.take()[1].1.as_deref(), Some("mine"));
+        KEEP.with(|keep| keep.borrow_mut().take());
     }
 }

@@ -677,7 +677,8 @@ impl Map {
                 matches!(slot, Slot::Leaf(leaf)
                     if leaf.value.is_inline() || leaf.var.drops_quietly())
             };
-            if node.slots.iter().all(quiet) {
+            // A span carried is closed inside the context, with its subscriber's `on_close`.
+            if !node.carried.is_some() && node.slots.iter().all(quiet) {
                 node.slots.clear();
                 // As in `release`: what the context carried goes once the root is put aside.
                 let carried = std::mem::take(&mut node.carried);
@@ -717,9 +718,10 @@ impl Map {
         })
     }
 
-    /// Whether dropping this map runs no code that could see a context: every value is held
-    /// in place (it has no `Drop`), or of a type whose drop only frees memory (`String`: see
-    /// `engine::quiet`). Such a map need not be dropped inside its context.
+    /// Whether dropping this map runs no code that could see a context: it carries nothing (a
+    /// span's close runs its subscriber's code), and every value is held in place (it has no
+    /// `Drop`), or of a type whose drop only frees memory (`String`: see `engine::quiet`).
+    /// Such a map need not be dropped inside its context.
     pub(crate) fn holds_no_drop(&self) -> bool {
         fn walk(branch: &Branch) -> bool {
             for slot in &branch.slots {
@@ -733,7 +735,11 @@ impl Map {
             }
             true
         }
-        self.root.as_deref().is_none_or(walk)
+        // What the context carries (a span, whose subscriber's `on_close` may read variables)
+        // goes inside it too.
+        self.root
+            .as_deref()
+            .is_none_or(|root| !root.carried.is_some() && walk(root))
     }
 
     /// What the context of these bindings carries besides them.
