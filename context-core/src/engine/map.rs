@@ -308,9 +308,7 @@ impl Branch {
         node.rank = self.rank;
         node.slots.clear();
         node.slots.reserve(self.slots.len() + 1);
-        for slot in &self.slots {
-            node.slots.push(slot.clone());
-        }
+        node.slots.extend(self.slots.iter().cloned());
         node.carried = self.carried.clone();
     }
 
@@ -574,11 +572,18 @@ impl Map {
     #[inline(never)]
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
         let root = self.root_mut();
-        if root.rank[(leaf.key & MASK) as usize] == 0 {
-            root.add_to_root(leaf);
-            return None;
+        // As in `bind`, now that the root is this map's own: a leaf right in the root (a
+        // variable set again in a copy of a snapshot's root) has its value replaced in place.
+        match root.slot_mut(leaf.key) {
+            Some(Slot::Leaf(old)) if old.key == leaf.key => {
+                Some(std::mem::replace(&mut old.value, leaf.value))
+            }
+            None => {
+                root.add_to_root(leaf);
+                None
+            }
+            Some(_) => root.insert_below(leaf),
         }
-        root.insert_below(leaf)
     }
 
     /// The root, to write to in place: this map's own, or, where another map shares it, a
@@ -665,36 +670,44 @@ impl Map {
 
     /// Releases this map ([`Map::release`]) where dropping it runs no code that could see a
     /// context ([`holds_no_drop`](Self::holds_no_drop)), and says whether it did; otherwise
-    /// leaves it as it was. A root of leaves that no other map shares (a request's context) is checked and
-    /// emptied in one go.
+    /// leaves it as it was. A root that no other map shares (a request's context) is checked
+    /// in one pass over its slots, and emptied at once where they are all leaves.
     #[inline]
     pub(crate) fn release_if_no_drop(&mut self) -> bool {
         let Some(root) = self.root.as_mut() else {
             return true;
         };
-        if let Some(node) = unique_mut(root) {
-            let quiet = |slot: &Slot| {
-                matches!(slot, Slot::Leaf(leaf)
-                    if leaf.value.is_inline() || leaf.var.drops_quietly())
-            };
-            // A span carried is closed inside the context, with its subscriber's `on_close`.
-            if !node.carried.is_some() && node.slots.iter().all(quiet) {
-                node.slots.clear();
-                // As in `release`: what the context carried goes once the root is put aside.
-                let carried = std::mem::take(&mut node.carried);
-                if let Some(root) = self.root.take() {
-                    put_aside(root);
+        let Some(node) = unique_mut(root) else {
+            return self.release_if_no_drop_below();
+        };
+        // A span carried is closed inside the context, with its subscriber's `on_close`.
+        if node.carried.is_some() {
+            return false;
+        }
+        let mut below = false;
+        for slot in &node.slots {
+            match slot {
+                Slot::Leaf(leaf) => {
+                    if !leaf.value.is_inline() && !leaf.var.drops_quietly() {
+                        // A value that may run a `Drop`: the answer, without a second walk.
+                        return false;
+                    }
                 }
-                #[allow(clippy::drop_non_drop)]
-                drop(carried);
-                return true;
+                Slot::Branch(_) => below = true,
             }
         }
-        self.release_if_no_drop_below()
+        if below {
+            return self.release_if_no_drop_below();
+        }
+        node.slots.clear();
+        if let Some(root) = self.root.take() {
+            put_aside(root);
+        }
+        true
     }
 
     /// [`release_if_no_drop`](Self::release_if_no_drop) for a root another map shares, or
-    /// with nodes below it, or values that may not drop quietly.
+    /// with nodes below it.
     #[cold]
     #[inline(never)]
     fn release_if_no_drop_below(&mut self) -> bool {
