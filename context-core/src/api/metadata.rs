@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use crate::current;
 use crate::error::SetError;
-use crate::map::{Leaf, Value};
+use crate::map::Value;
 use crate::var::{ContextVar, Key, NoDefault};
 
 use self::tree::Tree;
@@ -327,28 +327,30 @@ pub fn get_all_metadata() -> BTreeMap<String, String> {
 /// the rest shared, so the snapshot keeps what it had. `f` only inserts and removes strings:
 /// it neither reads nor sets a variable, and does not panic.
 pub(crate) fn update(f: impl FnOnce(&mut Metadata)) -> Result<(), SetError> {
-    let placeholder = METADATA.leaf(Metadata::default());
+    let key = METADATA.key();
     let replaced = current::write(|frame| {
-        let mut value = frame.map.insert(placeholder);
-        if let Some(map) = value.as_mut().and_then(Value::get_mut::<Metadata>) {
-            f(map);
-        } else {
-            let mut map = value
-                .as_ref()
-                .and_then(|map| map.as_any().downcast_ref::<Metadata>())
-                .cloned()
-                .unwrap_or_default();
+        let Some(value) = frame.map.value_mut(key) else {
+            // The first entry of this context.
+            let mut map = Metadata::default();
             f(&mut map);
-            value = Some(Value::new(map, None));
+            return frame.map.insert(METADATA.leaf(map));
+        };
+        // Changed in place where this context alone holds the map, else in a copy of it.
+        if let Some(map) = value.get_mut::<Metadata>() {
+            f(map);
+            return None;
         }
-        frame.map.insert(Leaf {
-            key: METADATA.key(),
-            var: &METADATA,
-            value: value.expect("set just above"),
-        })
+        let mut map = value
+            .as_any()
+            .downcast_ref::<Metadata>()
+            .cloned()
+            .unwrap_or_default();
+        f(&mut map);
+        Some(std::mem::replace(value, Value::new(map, None)))
     })
     .map_err(|why| SetError::new(why, METADATA.name()))?;
-    // The empty placeholder, dropped with the thread's state released.
+    // What was replaced (another context's map, shared), dropped with the thread's state
+    // released.
     drop(replaced);
     Ok(())
 }

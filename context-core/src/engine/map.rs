@@ -434,6 +434,16 @@ impl Branch {
         }
     }
 
+    /// The value bound to `key` below this node, to change in place: the nodes on the way are
+    /// made this map's own (copied where shared). The caller has checked that `key` is bound.
+    fn value_mut(&mut self, key: u32, shift: u32) -> Option<&mut Value> {
+        let rank = self.rank[((key >> shift) & MASK) as usize];
+        match self.slots.get_mut(usize::from(rank).checked_sub(1)?)? {
+            Slot::Branch(child) => Arc::make_mut(child).value_mut(key, shift + BITS),
+            Slot::Leaf(leaf) => (leaf.key == key).then_some(&mut leaf.value),
+        }
+    }
+
     /// Removes `key`, which the caller has checked is present; returns its value.
     /// Branches left with a single leaf fold into their parent, so the trie stays as shallow
     /// as its keys allow.
@@ -533,6 +543,14 @@ impl Map {
             }
             Some(_) => root.insert_below(Leaf { key, var, value }),
         }
+    }
+
+    /// The value bound to `key`, to change or replace in place, if it is bound: the nodes on
+    /// the way to it, the root included, are made this map's own first (copied where another
+    /// map shares them). A map that does not hold `key` is left untouched.
+    pub(crate) fn value_mut(&mut self, key: u32) -> Option<&mut Value> {
+        self.get(key)?;
+        self.root_mut().value_mut(key, 0)
     }
 
     /// Swaps `key`'s binding with `slot`: afterwards `key` is bound to what `slot` held
