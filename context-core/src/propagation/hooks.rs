@@ -138,8 +138,8 @@
 //! spawn): a poll that uses none costs two thread-local writes, one that does takes a lock on
 //! the way in and on the way out. On a current-thread runtime whose tasks hold 8 variables,
 //! that is 65 instructions more per poll than without the hooks for a poll that uses no
-//! variable, 292 more than a task spawned by [`contextvars::spawn`](crate::spawn) for a poll
-//! that reads one (whose read cache outlives the poll; a hooked task's does not), and 1.20
+//! variable, 295 more than a task spawned by [`contextvars::spawn`](crate::spawn) for a poll
+//! that reads one (whose read cache outlives the poll; a hooked task's does not), and 1.19
 //! times the instructions of a bare `tokio::spawn` + await
 //! (`benches/RESULTS.md` in the repository, measured by `scripts/bench-hooks`).
 //! [`stored_contexts`] tells how many entries there are.
