@@ -356,3 +356,33 @@ fn run_does_not_run_the_future_its_closure_returns() {
         assert_eq!(spawned.await.unwrap(), Some(1));
     });
 }
+
+#[test]
+fn two_contexts_with_the_same_variables_list_them_in_the_same_order() {
+    // Whatever the order of the `set`s, in `with_value` or inside the context.
+    let forward = Context::new()
+        .with_value(&A, 1)
+        .with_value(&B, "b".to_string())
+        .with_value(&RETRIES, 4)
+        .with_value(&DUP_FIRST, 5);
+    let backward = Context::new()
+        .with_value(&DUP_FIRST, 5)
+        .with_value(&RETRIES, 4)
+        .with_value(&B, "b".to_string())
+        .with_value(&A, 1);
+    let mut set_inside = Context::new().with_value(&RETRIES, 4);
+    set_inside.run(|| {
+        drop(DUP_FIRST.set(5));
+        drop(B.set("b".to_string()));
+        drop(A.set(1));
+    });
+    let listing = |ctx: &Context| {
+        ctx.iter()
+            .map(|(name, value)| format!("{name}={value:?}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listing(&forward).len(), 4);
+    assert_eq!(listing(&forward), listing(&backward));
+    assert_eq!(listing(&forward), listing(&set_inside));
+    assert_eq!(format!("{forward:?}"), format!("{backward:?}"));
+}

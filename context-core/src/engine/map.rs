@@ -830,11 +830,11 @@ impl Map {
 
     pub(crate) fn iter(&self) -> Iter<'_> {
         let mut iter = Iter {
-            stack: Default::default(),
+            stack: [(&EMPTY_BRANCH, 0); LEVELS],
             depth: 0,
         };
         if let Some(root) = &self.root {
-            iter.stack[0] = root.slots.iter();
+            iter.stack[0] = (root, 0);
             iter.depth = 1;
         }
         iter
@@ -856,20 +856,38 @@ const LEVELS: usize = 32_usize.div_ceil(BITS as usize);
 
 /// Depth-first walk over the leaves, without allocating (log lines iterate on every event).
 pub(crate) struct Iter<'a> {
-    stack: [std::slice::Iter<'a, Slot>; LEVELS],
+    /// The nodes on the way down, each with the next position to look at in it.
+    stack: [(&'a Branch, u32); LEVELS],
     depth: usize,
 }
+
+/// What an [`Iter`]'s unused levels hold.
+static EMPTY_BRANCH: Branch = Branch::EMPTY;
 
 impl<'a> Iterator for Iter<'a> {
     type Item = &'a Leaf;
 
+    /// In the order of positions, not of slots (a slot added later goes at the end of its
+    /// node): the order then depends only on which keys are bound, not on the order they were
+    /// bound in.
     fn next(&mut self) -> Option<&'a Leaf> {
         while self.depth > 0 {
-            match self.stack[self.depth - 1].next() {
-                None => self.depth -= 1,
-                Some(Slot::Leaf(leaf)) => return Some(leaf),
-                Some(Slot::Branch(child)) => {
-                    self.stack[self.depth] = child.slots.iter();
+            let (node, at) = &mut self.stack[self.depth - 1];
+            let left = if *at < 32 {
+                node.bitmap & (u32::MAX << *at)
+            } else {
+                0
+            };
+            if left == 0 {
+                self.depth -= 1;
+                continue;
+            }
+            let position = left.trailing_zeros();
+            *at = position + 1;
+            match &node.slots[usize::from(node.rank[position as usize]) - 1] {
+                Slot::Leaf(leaf) => return Some(leaf),
+                Slot::Branch(child) => {
+                    self.stack[self.depth] = (child, 0);
                     self.depth += 1;
                 }
             }
@@ -1169,6 +1187,49 @@ mod tests {
         // One shared value of a variable whose values may run a `Drop`, deep in the trie.
         map.insert(leaf(64 + 32, 1));
         assert!(!map.holds_no_drop());
+    }
+
+    #[test]
+    fn the_order_of_iteration_depends_only_on_the_keys_bound() {
+        // Enough keys for branches below the root, bound in three orders.
+        let keys: Vec<u32> = (1..=300).map(|k| k * 7 % 1_024 + 1).collect();
+        let orders = [
+            keys.clone(),
+            keys.iter().rev().copied().collect::<Vec<_>>(),
+            keys.iter()
+                .copied()
+                .filter(|k| k % 2 == 0)
+                .chain(keys.iter().copied().filter(|k| k % 2 == 1))
+                .collect(),
+        ];
+        let listed: Vec<Vec<u32>> = orders
+            .iter()
+            .map(|order| {
+                let mut map = Map::EMPTY;
+                for &key in order {
+                    map.insert(leaf(key, u64::from(key)));
+                }
+                map.iter().map(|leaf| leaf.key).collect()
+            })
+            .collect();
+        assert_eq!(listed[0].len(), keys.len());
+        assert_eq!(listed[0], listed[1]);
+        assert_eq!(listed[0], listed[2]);
+        // And after removals, as a map built without the removed keys.
+        let mut map = Map::EMPTY;
+        for &key in &orders[1] {
+            map.insert(leaf(key, 0));
+        }
+        let mut fresh = Map::EMPTY;
+        for &key in &keys {
+            if key % 3 == 0 {
+                map.remove(key);
+            } else {
+                fresh.insert(leaf(key, 0));
+            }
+        }
+        let order = |map: &Map| map.iter().map(|leaf| leaf.key).collect::<Vec<_>>();
+        assert_eq!(order(&map), order(&fresh));
     }
 
     #[test]
