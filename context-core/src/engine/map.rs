@@ -902,7 +902,10 @@ mod tests {
     use std::collections::BTreeMap;
     use std::fmt;
 
-    struct Meta;
+    /// A variable's description for the tests: `quiet` says whether its values drop quietly.
+    struct Meta {
+        quiet: bool,
+    }
     impl VarMeta for Meta {
         fn name(&self) -> &'static str {
             "test"
@@ -917,7 +920,7 @@ mod tests {
             false
         }
         fn drops_quietly(&self) -> bool {
-            false
+            self.quiet
         }
         fn fmt_value(
             &self,
@@ -927,7 +930,9 @@ mod tests {
             f.write_str("?")
         }
     }
-    static META: Meta = Meta;
+    static META: Meta = Meta { quiet: false };
+    /// A variable whose values drop quietly.
+    static QUIET: Meta = Meta { quiet: true };
 
     /// Even values are stored in place, odd ones shared, so that both kinds meet in every
     /// shape of the trie.
@@ -1149,32 +1154,6 @@ mod tests {
 
     #[test]
     fn a_map_whose_shared_values_drop_quietly_has_no_drop_to_run() {
-        struct Quiet;
-        impl VarMeta for Quiet {
-            fn name(&self) -> &'static str {
-                "quiet"
-            }
-            fn log(&self) -> bool {
-                false
-            }
-            fn path(&self) -> &'static str {
-                "tests::QUIET"
-            }
-            fn hidden(&self) -> bool {
-                false
-            }
-            fn drops_quietly(&self) -> bool {
-                true
-            }
-            fn fmt_value(
-                &self,
-                _: &(dyn Any + Send + Sync),
-                f: &mut fmt::Formatter<'_>,
-            ) -> fmt::Result {
-                f.write_str("?")
-            }
-        }
-        static QUIET: Quiet = Quiet;
         let mut map = Map::EMPTY;
         for key in 0..70 {
             map.insert(Leaf {
