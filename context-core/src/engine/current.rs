@@ -712,6 +712,7 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
 /// up first. For a small frame that has just been written to and is about to be read: a
 /// request's context, once the layer's hook has set its values and before the handler reads
 /// them. A frame whose root holds more than a few slots is left as it is.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
 pub(crate) fn prime_reads() {
     /// The most slots a root may have for its leaves to be recorded.
     const MOST: usize = 8;

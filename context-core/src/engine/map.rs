@@ -739,6 +739,7 @@ impl Map {
     /// The bindings in the root, if it holds no more than `most` slots; `None` otherwise
     /// (and for a map without bindings).
     #[inline]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn root_leaves(&self, most: usize) -> Option<impl Iterator<Item = &Leaf>> {
         let root = self.root.as_deref()?;
         (root.slots.len() <= most).then(|| {

@@ -74,6 +74,7 @@ impl<F> WithContext<F> {
 
     /// [`new`](Self::new), for a future made inside `context`, entered with
     /// [`Context::enter_for_poll`] as if for a poll: `last` is what that left of it.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn polled_before(inner: F, context: Context, last: LastPoll) -> Self {
         WithContext {
             inner: Some(inner),
