@@ -125,15 +125,25 @@ impl<F> WithContext<F> {
         // `poll_carrying`), so the test of whether the stamp kept is still good, which every
         // poll makes anyway, is the only one a poll of a context that carries nothing pays:
         // only a poll without a good stamp (the first one, one on another thread) asks whether
-        // the context carries anything.
-        let mut start = self.last_poll.start();
+        // the context carries anything. (Projected before anything is read: a shared borrow of
+        // the whole wrapper would also cover the inner future, whose borrows of itself, an
+        // `async` block holding a pinned future, it must leave alone.)
+        let this = self.project();
+        let mut start = this.last_poll.start();
         if !start.is_good() {
-            if MAY_CARRY && self.context.carries() {
-                return self.poll_carrying(start.poller(), poll, finished, gone);
+            if MAY_CARRY && this.context.carries() {
+                return poll_carrying(
+                    this.context,
+                    this.last_poll,
+                    this.inner,
+                    start.poller(),
+                    poll,
+                    finished,
+                    gone,
+                );
             }
             start = start.without_stamp();
         }
-        let this = self.project();
         debug_assert!(
             !this.context.carries(),
             "a context that carries kept a stamp"
@@ -145,28 +155,29 @@ impl<F> WithContext<F> {
         // Out of the context: `gone` may panic.
         output.unwrap_or_else(gone)
     }
+}
 
-    /// [`poll_in_context`](Self::poll_in_context) where the context carries a span or
-    /// OpenTelemetry's context: out of line, so that the poll of a context that carries
-    /// neither stays as small as it was. Entered the usual way, under no stamp, and none is
-    /// kept for the next poll, which then comes here again.
-    #[cold]
-    #[inline(never)]
-    fn poll_carrying<R>(
-        self: Pin<&mut Self>,
-        poller: Poller,
-        poll: impl FnOnce(Pin<&mut F>) -> R,
-        finished: impl FnOnce(&R) -> bool,
-        gone: impl FnOnce() -> R,
-    ) -> R {
-        let this = self.project();
-        this.last_poll.forget();
-        let output = {
-            let _entered = this.context.enter_for_poll_carrying(poller);
-            poll_inner(this.inner, poll, finished)
-        };
-        output.unwrap_or_else(gone)
-    }
+/// [`WithContext::poll_in_context`] where the context carries a span or OpenTelemetry's
+/// context: out of line, so that the poll of a context that carries neither stays as small as
+/// it was. Entered the usual way, under no stamp, and none is kept for the next poll, which
+/// then comes here again.
+#[cold]
+#[inline(never)]
+fn poll_carrying<F, R>(
+    context: &mut Context,
+    last_poll: &mut LastPoll,
+    inner: Pin<&mut Option<F>>,
+    poller: Poller,
+    poll: impl FnOnce(Pin<&mut F>) -> R,
+    finished: impl FnOnce(&R) -> bool,
+    gone: impl FnOnce() -> R,
+) -> R {
+    last_poll.forget();
+    let output = {
+        let _entered = context.enter_for_poll_carrying(poller);
+        poll_inner(inner, poll, finished)
+    };
+    output.unwrap_or_else(gone)
 }
 
 /// Polls `inner` (the context is entered) and drops it as soon as `finished` says it is done.
