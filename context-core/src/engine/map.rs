@@ -202,6 +202,15 @@ pub(crate) struct Leaf {
     pub(crate) value: Value,
 }
 
+impl Leaf {
+    /// Whether dropping the value runs no code that could see a context: it is held in place
+    /// (no `Drop`), or its variable's values drop quietly (see `engine::quiet`).
+    #[inline]
+    fn drops_quietly(&self) -> bool {
+        self.value.is_inline() || self.var.drops_quietly()
+    }
+}
+
 #[derive(Clone)]
 enum Slot {
     Leaf(Leaf),
@@ -589,19 +598,8 @@ impl Map {
     /// holds: it adds a binding, or writes to a root another map shares (or to none).
     #[inline(never)]
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
-        let root = self.root_mut();
-        // As in `bind`, now that the root is this map's own: a leaf right in the root (a
-        // variable set again in a copy of a snapshot's root) has its value replaced in place.
-        match root.slot_mut(leaf.key) {
-            Some(Slot::Leaf(old)) if old.key == leaf.key => {
-                Some(std::mem::replace(&mut old.value, leaf.value))
-            }
-            None => {
-                root.add_to_root(leaf);
-                None
-            }
-            Some(_) => root.insert_below(leaf),
-        }
+        // `bind`, out of line: the root is copied first where it is shared.
+        self.bind(leaf.key, leaf.var, leaf.value)
     }
 
     /// The root, to write to in place: this map's own, or, where another map shares it, a
@@ -706,7 +704,7 @@ impl Map {
         for slot in &node.slots {
             match slot {
                 Slot::Leaf(leaf) => {
-                    if !leaf.value.is_inline() && !leaf.var.drops_quietly() {
+                    if !leaf.drops_quietly() {
                         // A value that may run a `Drop`: the answer, without a second walk.
                         return false;
                     }
@@ -758,7 +756,7 @@ impl Map {
         fn walk(branch: &Branch) -> bool {
             for slot in &branch.slots {
                 let quiet = match slot {
-                    Slot::Leaf(leaf) => leaf.value.is_inline() || leaf.var.drops_quietly(),
+                    Slot::Leaf(leaf) => leaf.drops_quietly(),
                     Slot::Branch(child) => walk(child),
                 };
                 if !quiet {

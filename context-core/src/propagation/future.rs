@@ -182,7 +182,7 @@ fn poll_carrying<F, R>(
 
 /// Polls `inner` (the context is entered) and drops it as soon as `finished` says it is done.
 #[inline]
-fn poll_inner<F, R>(
+pub(crate) fn poll_inner<F, R>(
     mut inner: Pin<&mut Option<F>>,
     poll: impl FnOnce(Pin<&mut F>) -> R,
     finished: impl FnOnce(&R) -> bool,

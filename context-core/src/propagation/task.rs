@@ -18,7 +18,7 @@ use crate::carried;
 use crate::carried::TaskSpan;
 use crate::context::Context;
 use crate::current;
-use crate::future::{FutureExt, WithContext};
+use crate::future::{FutureExt, WithContext, poll_inner};
 use crate::map::Map;
 
 /// [`tokio::spawn`] in a snapshot of the caller's context, taken at the call.
@@ -268,33 +268,34 @@ pin_project! {
     }
 }
 
+/// Polls a task's future, with its context entered by the caller, and drops it there as soon
+/// as it is done, as `WithContext` does.
+#[inline]
+fn poll_task<F: Future>(inner: Pin<&mut Option<F>>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+    poll_inner(inner, |inner| inner.poll(cx), Poll::is_ready)
+        .expect("a task is not polled after it completed")
+}
+
+/// What a task's poll hands over: once its future is done, the context's values go inside the
+/// task (as in `Finishing`), before the output.
+#[inline]
+fn finish<T>(context: &mut Context, output: Poll<T>) -> Poll<Finished<T>> {
+    output.map(|output| {
+        drop(std::mem::take(context));
+        Finished::new(output)
+    })
+}
+
 impl<F: Future> Future for Carrying<F> {
     type Output = Finished<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let output = {
             let _entered = this.context.enter();
-            let output = this
-                .inner
-                .as_mut()
-                .as_pin_mut()
-                .expect("a task is not polled after it completed")
-                .poll(cx);
-            if output.is_ready() {
-                // Dropped inside its context, as `WithContext` does.
-                this.inner.set(None);
-            }
-            output
+            poll_task(this.inner, cx)
         };
-        match output {
-            Poll::Ready(output) => {
-                // As in `Finishing`: the context's values go inside the task (and the span).
-                drop(std::mem::take(this.context));
-                Poll::Ready(Finished::new(output))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        finish(this.context, output)
     }
 }
 
@@ -304,30 +305,14 @@ impl<F: Future> Future for InSpan<F> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let _span = this.span.enter();
         let output = {
             let _entered = this.context.enter_bindings();
-            let output = this
-                .inner
-                .as_mut()
-                .as_pin_mut()
-                .expect("a task is not polled after it completed")
-                .poll(cx);
-            if output.is_ready() {
-                // Dropped inside its context, as `WithContext` does.
-                this.inner.set(None);
-            }
-            output
+            poll_task(this.inner, cx)
         };
-        match output {
-            Poll::Ready(output) => {
-                // As in `Finishing`: the context's values go inside the task (and the span).
-                drop(std::mem::take(this.context));
-                Poll::Ready(Finished::new(output))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        // Still in the span: the context's values go inside it.
+        finish(this.context, output)
     }
 }
 
