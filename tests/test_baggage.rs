@@ -641,3 +641,46 @@ proptest! {
         })?;
     }
 }
+
+/// Calls `service` with a `baggage` header and, before polling the call's future, polls other
+/// futures on this thread, each in a context of its own for the first time: none of them may
+/// read what the header or the hook set, which the handler then reads.
+#[tokio::test]
+async fn what_the_header_sets_for_the_handlers_reads_is_never_read_by_another_future() {
+    let handler = service_fn(|_: Request| async {
+        let seen = format!("{:?}", (TENANT.get(), USER_ID.get(), SECRET.get()));
+        Ok::<_, Infallible>(http::Response::new(seen))
+    });
+    for hook_sets_tenant in [false, true] {
+        let layer = ContextLayer::new()
+            .on_request(move |_: &mut Request| {
+                let _ = SECRET.set("the hook's".into());
+                if hook_sets_tenant {
+                    let _ = TENANT.set("the app's".into());
+                }
+            })
+            .accept_baggage();
+        let mut service = layer.layer(handler);
+        let pending = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request(&["tenant=acme,user_id=42"]));
+        let read = || async { (TENANT.get(), USER_ID.get(), SECRET.get()) };
+        assert_eq!(
+            read().with_context(Context::new()).await,
+            (None, None, None)
+        );
+        let task = contextvars::spawn(read());
+        assert_eq!(task.await.unwrap(), (None, None, None));
+        let own = Context::new().with_value(&USER_ID, 7);
+        assert_eq!(read().with_context(own).await, (None, Some(7), None));
+        let tenant = if hook_sets_tenant {
+            "the app's"
+        } else {
+            "acme"
+        };
+        let seen = (Some(tenant), Some(42), Some("the hook's"));
+        assert_eq!(pending.await.unwrap().into_body(), format!("{seen:?}"));
+    }
+}

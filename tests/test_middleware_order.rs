@@ -280,3 +280,51 @@ async fn nested_layers_the_inner_hook_builds_on_what_the_outer_hook_set() {
         assert_eq!(connection.await.unwrap(), 30);
     }
 }
+
+/// The layer wrapped around the whole router (served through `into_make_service`) instead of
+/// given to `Router::layer`: a middleware the router holds is inside it and sets freely, the
+/// hook runs before routing, and keep-alive connections served at once never see each
+/// other's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layer_around_the_router_gives_every_request_its_own_context() {
+    use axum::ServiceExt as _;
+    use tower::Layer as _;
+
+    let router = Router::new()
+        .route("/", get(whoami))
+        .layer(from_fn(inside_the_layer));
+    let around = ContextLayer::new()
+        .on_request(|request: &mut Request| {
+            if let Some(id) = header(request, "x-request-id") {
+                let _ = REQUEST_ID.set(id.to_string());
+            }
+        })
+        .layer(router);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, around.into_make_service()).await });
+
+    let clients = (0..8).map(|c| {
+        tokio::spawn(async move {
+            let mut client = http::Client::connect(addr).await;
+            for i in 0..25 {
+                let id = format!("c{c}r{i}");
+                // Every other request without a user: nothing of the last one is left.
+                let user = format!("u{c}-{i}");
+                let mut headers = vec![("x-request-id", id.as_str())];
+                if i % 2 == 0 {
+                    headers.push(("x-user", &user));
+                }
+                let answer = client.get("/", &headers).await;
+                let user = if i % 2 == 0 { user.as_str() } else { "none" };
+                assert_eq!(
+                    (answer.status, answer.body),
+                    (200, format!("{id} none {user} none"))
+                );
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+}

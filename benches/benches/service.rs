@@ -13,8 +13,12 @@
 //!   pays too.
 //! - `request/layer`: behind `ContextLayer`, whose `on_request` sets 3 variables that the
 //!   handler reads.
-//! - `request/accept_baggage`: the same, plus `.accept_baggage()`, which sets the 3 variables
-//!   declared with `#[context_var(baggage = "…")]` from the header; the handler reads them too.
+//! - `request/layer_around`: the same `ContextLayer` wrapped around the whole router
+//!   (`layer.layer(router)`, served through `axum::ServiceExt::into_make_service`) instead of
+//!   given to `Router::layer`: the form without axum's share of a layer.
+//! - `request/accept_baggage`: `request/layer`, plus `.accept_baggage()`, which sets the 3
+//!   variables declared with `#[context_var(baggage = "…")]` from the header; the handler reads
+//!   them too.
 //! - `request/layer_hooks` (feature `hooks`, under `--cfg tokio_unstable`): `request/layer` on a
 //!   runtime with `contextvars::hooks::install`.
 //!
@@ -36,6 +40,7 @@ use contextvars::tower::ContextLayer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Builder, Runtime};
+use tower_layer::Layer;
 
 /// Set by the layer's `on_request` (3 variables).
 #[context_var]
@@ -65,6 +70,7 @@ enum Variant {
     Plain,
     IdentityLayer,
     Layer,
+    LayerAround,
     AcceptBaggage,
     #[cfg(feature = "hooks")]
     LayerHooks,
@@ -74,6 +80,7 @@ const OPS: &[(&str, Variant)] = &[
     ("request/plain", Variant::Plain),
     ("request/identity_layer", Variant::IdentityLayer),
     ("request/layer", Variant::Layer),
+    ("request/layer_around", Variant::LayerAround),
     ("request/accept_baggage", Variant::AcceptBaggage),
     #[cfg(feature = "hooks")]
     ("request/layer_hooks", Variant::LayerHooks),
@@ -105,6 +112,8 @@ fn app(variant: Variant) -> Router {
             .layer(tower_layer::Identity::new()),
         #[cfg(feature = "hooks")]
         Variant::LayerHooks => app(Variant::Layer),
+        // The router alone: `serve` wraps it.
+        Variant::LayerAround => Router::new().route("/", get(|| async { answer(reads_three()) })),
         Variant::Layer => Router::new()
             .route("/", get(|| async { answer(reads_three()) }))
             .layer(ContextLayer::new().on_request(set_three)),
@@ -167,7 +176,15 @@ fn serve(variant: Variant, requests: u64) {
             .expect("a port");
         let addr = listener.local_addr().expect("its address");
         let server = tokio::spawn(async move {
-            axum::serve(listener, app(variant)).await.expect("serving");
+            if let Variant::LayerAround = variant {
+                let around = ContextLayer::new()
+                    .on_request(set_three)
+                    .layer(app(variant));
+                let service = axum::ServiceExt::into_make_service(around);
+                axum::serve(listener, service).await.expect("serving");
+            } else {
+                axum::serve(listener, app(variant)).await.expect("serving");
+            }
         });
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
