@@ -839,12 +839,23 @@ fn swap_out(frame: &mut Frame, owner: Task, incoming: Incoming) -> u64 {
 
 /// Swaps `frame` with the thread's current frame. The caller sets the stamp right after, with
 /// nothing run in between.
+///
+/// Field by field: a frame just made (`Context::current()`, then `run`) was written a word at
+/// a time, and a swap of the whole frame read it back with one 16-byte load, which the
+/// processor cannot forward from two 8-byte stores still in flight: it waited for them to
+/// reach the cache. Measured: snapshot-then-run 15.7 ns to 6.6 ns, `run` 5.8 ns to 4.4 ns, a
+/// poll 38 instructions to 30, for 4 more instructions in `run`. (Leaving a context, the
+/// compiler still moves the thread's frame with one 16-byte load; an atomic id or a compiler
+/// fence between the fields stops that, but costs a poll 20 instructions more.)
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn swap_frames(frame: &mut Frame) {
     current(|current| {
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
-        std::mem::swap(&mut current.frame, frame);
+        // Every field named: a field added to `Frame` must be added here.
+        let Frame { map, id } = &mut current.frame;
+        std::mem::swap(map, &mut frame.map);
+        std::mem::swap(id, &mut frame.id);
     });
 }
 
