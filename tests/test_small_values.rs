@@ -145,3 +145,31 @@ fn a_value_with_interior_mutability_is_one_value_in_every_copy() {
         assert_eq!(COUNTER.with(|c| c.unwrap().load(Ordering::Relaxed)), 2);
     });
 }
+
+/// A `Copy` type whose `Clone` (against the convention) does more than copy: here, count.
+#[derive(Copy, Debug, PartialEq)]
+struct Counted(u64);
+
+static CLONES: AtomicU64 = AtomicU64::new(0);
+
+#[allow(clippy::expl_impl_clone_on_copy)]
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        CLONES.fetch_add(1, Ordering::Relaxed);
+        *self
+    }
+}
+
+#[context_var]
+static COUNTED: Counted;
+
+#[test]
+fn get_copies_a_copy_value_without_calling_its_clone() {
+    let _token = COUNTED.set(Counted(7));
+    let before = CLONES.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        assert_eq!(COUNTED.get(), Some(Counted(7)));
+    }
+    assert_eq!(Context::current().run(|| COUNTED.get()), Some(Counted(7)));
+    assert_eq!(CLONES.load(Ordering::Relaxed), before);
+}

@@ -233,7 +233,8 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
         }
     }
 
-    /// The value in the current context, or `None` where it is not set.
+    /// The value in the current context, or `None` where it is not set. A value of a `Copy`
+    /// type declared with `#[context_var]` is copied, without calling its `Clone`.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -373,7 +374,11 @@ impl<K: Key> ContextVar<K> {
     where
         K::Value: Clone,
     {
-        current::get_cloned::<K::Value>(self.key.load(Ordering::Relaxed), || self.key())
+        current::get_cloned::<K::Value>(
+            self.key.load(Ordering::Relaxed),
+            || self.key(),
+            K::copy_proof(),
+        )
     }
 
     /// The bound value, shared (or copied, if stored in place), so that the caller can use it

@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::map::{Leaf, Map};
+use crate::map::{CopyProof, Leaf, Map};
 
 /// What a context holds while it is not entered, and what the thread holds while it is.
 pub(crate) struct Frame {
@@ -610,6 +610,7 @@ fn reentered() -> ! {
 pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
     key: u32,
     assign_key: impl FnOnce() -> u32,
+    copy: Option<CopyProof<T>>,
 ) -> Option<T> {
     fast(|fast| {
         let tag = fast.stamp.get() ^ u64::from(key);
@@ -624,8 +625,11 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         if !fast.visible() {
             return None;
         }
-        let _reading = Reading::begin(fast);
-        // SAFETY: `value` points to a live `T`, and stays valid while `clone` runs:
+        // A `Copy` value is copied bit for bit, which runs no code: nothing can write
+        // meanwhile, so there is no `reading` to set.
+        let _reading = copy.is_none().then(|| Reading::begin(fast));
+        // SAFETY: `value` points to a live `T`, and stays valid while it is copied or `clone`
+        // runs:
         // - It was taken, with the stamp the entry's tag carries, from the value of a leaf of
         //   the thread's current frame: by `fill`, after checking that the value is a `T`, or
         //   by `prime_reads`, for every leaf of the frame's root. Every key belongs to one
@@ -667,7 +671,10 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   the entered context's storage, which stays borrowed until the swap back; and
         //   `drop_bindings` only ever empties a context just entered, never this frame.
         let value = unsafe { &*value.cast::<T>() };
-        Some(value.clone())
+        Some(match copy {
+            Some(proof) => proof.copy(value),
+            None => value.clone(),
+        })
     })
 }
 
