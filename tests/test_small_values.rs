@@ -152,7 +152,7 @@ struct Counted(u64);
 
 static CLONES: AtomicU64 = AtomicU64::new(0);
 
-#[allow(clippy::expl_impl_clone_on_copy)]
+#[allow(clippy::expl_impl_clone_on_copy, clippy::non_canonical_clone_impl)]
 impl Clone for Counted {
     fn clone(&self) -> Self {
         CLONES.fetch_add(1, Ordering::Relaxed);
