@@ -111,6 +111,9 @@ pub trait Claims: Sync {
     /// Parses a received value into a binding, or says why it cannot.
     #[doc(hidden)]
     fn parse(&'static self, value: &str) -> Result<Staged, BaggageError>;
+    /// [`parse`](Self::parse) where the error is not needed: the binding, or `None`.
+    #[doc(hidden)]
+    fn stage(&'static self, value: &str) -> Option<Staged>;
     /// The value bound in `context`, as text, if there is one.
     fn value_in(&self, context: &Context) -> Option<String>;
 }
@@ -138,6 +141,12 @@ impl<K: BaggageKey> Claims for ContextVar<K> {
                 reason,
             }),
         }
+    }
+
+    fn stage(&'static self, value: &str) -> Option<Staged> {
+        K::from_text(value)
+            .ok()
+            .map(|parsed| Staged(self.leaf(parsed)))
     }
 
     fn value_in(&self, context: &Context) -> Option<String> {
@@ -217,19 +226,19 @@ fn same_text(a: &str, b: &str) -> bool {
     }
 }
 
-pub(crate) fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
+impl Registry {
+    /// The registry of `claims`, each with the module that declares its variable.
+    fn new(claims: impl IntoIterator<Item = (&'static dyn Claims, &'static str)>) -> Registry {
         let mut by_key: HashMap<&'static str, (&'static dyn Claims, &'static str)> = HashMap::new();
         let mut conflict = None;
-        for Claim(claim, module) in inventory::iter::<Claim> {
+        for (claim, module) in claims {
             // Each declaration submits one claim; two that name one key conflict.
             if let Some((first, first_module)) = by_key.get(claim.key()) {
                 let first = format!("{first_module}::{}", first.name());
                 let second = format!("{module}::{}", claim.name());
                 conflict.get_or_insert((claim.key(), first, second));
             } else {
-                by_key.insert(claim.key(), (*claim, *module));
+                by_key.insert(claim.key(), (claim, module));
             }
         }
         let mut all: Vec<&'static dyn Claims> =
@@ -251,6 +260,17 @@ pub(crate) fn registry() -> &'static Registry {
             all,
             conflict,
         }
+    }
+}
+
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Registry::new(
+            inventory::iter::<Claim>
+                .into_iter()
+                .map(|Claim(claim, module)| (*claim, *module)),
+        )
     })
 }
 
@@ -283,7 +303,89 @@ pub fn claimed_keys() -> Vec<(&'static str, &'static str)> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_text;
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// A claim on a key, never parsed: the look-up needs only its key.
+    struct KeyOnly(&'static str);
+
+    impl Claims for KeyOnly {
+        fn key(&self) -> &'static str {
+            self.0
+        }
+        fn name(&self) -> &'static str {
+            "KEY_ONLY"
+        }
+        fn parse(&'static self, _: &str) -> Result<Staged, BaggageError> {
+            unreachable!("never parsed")
+        }
+        fn stage(&'static self, _: &str) -> Option<Staged> {
+            unreachable!("never parsed")
+        }
+        fn value_in(&self, _: &Context) -> Option<String> {
+            None
+        }
+    }
+
+    fn registry_of(keys: &[&str]) -> Registry {
+        Registry::new(keys.iter().map(|key| {
+            let key: &'static str = Box::leak(key.to_string().into_boxed_str());
+            let claim: &'static dyn Claims = Box::leak(Box::new(KeyOnly(key)));
+            (claim, "tests")
+        }))
+    }
+
+    #[test]
+    fn a_key_finds_its_claim_and_no_other() {
+        let alphabet = "abcdefghijklmnopqrstuvwxyz";
+        // Keys of every length from 1 to 20, each a prefix of the longer ones, several of some
+        // lengths, keys that end as others do.
+        let mut claimed: Vec<&str> = (1..=20).map(|n| &alphabet[..n]).collect();
+        claimed.extend([
+            "tenant",
+            "tenant.id",
+            "user.id",
+            "user.ix",
+            "xuser.id",
+            "a",
+            "ab",
+        ]);
+        claimed.retain({
+            let mut seen = HashSet::new();
+            move |key| seen.insert(*key)
+        });
+        let registry = registry_of(&claimed);
+        let is_claimed = |key: &str| claimed.contains(&key);
+        for key in &claimed {
+            assert_eq!(registry.claim(key).map(Claims::key), Some(*key));
+        }
+        let mut others: Vec<String> = vec![String::new(), "tenan".into(), "tenant.i".into()];
+        for key in &claimed {
+            others.push(format!("{key}x"));
+            others.push(format!("x{key}"));
+            others.push(key[..key.len() - 1].to_string());
+            others.push(key[1..].to_string());
+            for at in 0..key.len() {
+                let mut other = key.as_bytes().to_vec();
+                other[at] = b'_';
+                others.push(String::from_utf8(other).unwrap());
+            }
+        }
+        others.extend((21..=30).map(|n| "k".repeat(n)));
+        for key in others.iter().filter(|key| !is_claimed(key)) {
+            assert!(registry.claim(key).is_none(), "{key:?}");
+        }
+        assert!(registry_of(&[]).claim("a").is_none());
+        assert!(registry_of(&[]).claim("").is_none());
+    }
+
+    #[test]
+    fn a_key_claimed_twice_is_a_conflict() {
+        assert!(registry_of(&["a", "b"]).conflict.is_none());
+        let registry = registry_of(&["a", "b", "a"]);
+        assert_eq!(registry.conflict.map(|(key, ..)| key), Some("a"));
+    }
 
     #[test]
     fn keys_are_the_same_only_byte_for_byte() {
