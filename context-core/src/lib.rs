@@ -17,7 +17,7 @@
 
 // A few `unsafe` blocks, where a benchmark showed they pay: `get`'s read cache, in
 // `engine/current.rs`; small values stored in place, in `engine/map.rs`; a baggage header's
-// plain entries taken as text once each byte was checked to be visible ASCII, in
+// plain entries taken as text once each of their bytes was found to be ASCII, in
 // `integrations/baggage/header.rs`. Each has its `SAFETY` argument; CI runs the core's tests
 // under Miri.
 #![deny(unsafe_code)]

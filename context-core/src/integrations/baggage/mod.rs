@@ -433,6 +433,7 @@ pub(crate) fn accept<'a>(
 /// it holds plain entries only ([`accept_plain`]), else as `accept` reads any header. Plain
 /// entries are visible ASCII, which `accept_plain` checks of each byte it reads, so the line
 /// is checked as text (`HeaderValue::to_str`) only on the second way.
+#[inline]
 pub(crate) fn accept_line(line: &HeaderValue, settings: &Accept) -> Result<(), BaggageError> {
     if accept_plain(line.as_bytes(), settings) {
         return Ok(());

@@ -174,10 +174,10 @@ pub(crate) struct Registry {
     /// The claimed keys with their claims, sorted by length: built once and searched on
     /// every received entry.
     keys: Vec<(&'static str, &'static dyn Claims)>,
-    /// For each length up to the longest claimed key's, where the keys of that length start
-    /// in `keys` (they end where the next length's start). A lookup then compares the key
-    /// with the few claimed keys of its length, which costs less than hashing it.
-    by_length: Vec<u32>,
+    /// For each length up to the longest claimed key's, where the keys of that length are in
+    /// `keys`. A lookup then compares the key with the few claimed keys of its length, which
+    /// costs less than hashing it.
+    by_length: Vec<(u32, u32)>,
     /// The claims, in the order of their keys, for writing.
     pub(crate) all: Vec<&'static dyn Claims>,
     /// A key claimed twice, and two of its claimants (`module::NAME`).
@@ -185,15 +185,46 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// The registry of `claims`, each with the module that declares its variable.
+    fn new(claims: impl IntoIterator<Item = (&'static dyn Claims, &'static str)>) -> Registry {
+        let mut by_key: HashMap<&'static str, (&'static dyn Claims, &'static str)> = HashMap::new();
+        let mut conflict = None;
+        for (claim, module) in claims {
+            // Each declaration submits one claim; two that name one key conflict.
+            if let Some((first, first_module)) = by_key.get(claim.key()) {
+                let first = format!("{first_module}::{}", first.name());
+                let second = format!("{module}::{}", claim.name());
+                conflict.get_or_insert((claim.key(), first, second));
+            } else {
+                by_key.insert(claim.key(), (claim, module));
+            }
+        }
+        let mut all: Vec<&'static dyn Claims> =
+            by_key.into_values().map(|(claim, _)| claim).collect();
+        all.sort_by_key(|claim| claim.key());
+        let mut keys: Vec<_> = all.iter().map(|claim| (claim.key(), *claim)).collect();
+        keys.sort_by_key(|(key, _)| key.len());
+        let longest = keys.last().map_or(0, |(key, _)| key.len());
+        // `by_length[n]`: where the keys of length `n` start and end, for `n` up to `longest`.
+        let shorter = |n: usize| {
+            let shorter = keys.partition_point(|(key, _)| key.len() < n);
+            u32::try_from(shorter).expect("fewer than 4 billion claimed keys")
+        };
+        let by_length = (0..=longest)
+            .map(|n| (shorter(n), shorter(n + 1)))
+            .collect();
+        Registry {
+            keys,
+            by_length,
+            all,
+            conflict,
+        }
+    }
+
     /// The claim on `key`, if a variable claims it.
     #[inline]
     pub(crate) fn claim(&self, key: &str) -> Option<&'static dyn Claims> {
-        let (Some(&from), Some(&to)) = (
-            self.by_length.get(key.len()),
-            self.by_length.get(key.len() + 1),
-        ) else {
-            return None;
-        };
+        let &(from, to) = self.by_length.get(key.len())?;
         let of_length = self.keys.get(from as usize..to as usize)?;
         let (_, claim) = of_length
             .iter()
@@ -223,43 +254,6 @@ fn same_text(a: &str, b: &str) -> bool {
             word(a, 0) == word(b, 0) && word(a, last) == word(b, last)
         }
         _ => a.iter().zip(b).all(|(a, b)| a == b),
-    }
-}
-
-impl Registry {
-    /// The registry of `claims`, each with the module that declares its variable.
-    fn new(claims: impl IntoIterator<Item = (&'static dyn Claims, &'static str)>) -> Registry {
-        let mut by_key: HashMap<&'static str, (&'static dyn Claims, &'static str)> = HashMap::new();
-        let mut conflict = None;
-        for (claim, module) in claims {
-            // Each declaration submits one claim; two that name one key conflict.
-            if let Some((first, first_module)) = by_key.get(claim.key()) {
-                let first = format!("{first_module}::{}", first.name());
-                let second = format!("{module}::{}", claim.name());
-                conflict.get_or_insert((claim.key(), first, second));
-            } else {
-                by_key.insert(claim.key(), (claim, module));
-            }
-        }
-        let mut all: Vec<&'static dyn Claims> =
-            by_key.into_values().map(|(claim, _)| claim).collect();
-        all.sort_by_key(|claim| claim.key());
-        let mut keys: Vec<_> = all.iter().map(|claim| (claim.key(), *claim)).collect();
-        keys.sort_by_key(|(key, _)| key.len());
-        let longest = keys.last().map_or(0, |(key, _)| key.len());
-        // `by_length[n]`: the number of keys shorter than `n`, for `n` up to `longest + 1`.
-        let by_length = (0..=longest + 1)
-            .map(|n| {
-                let shorter = keys.partition_point(|(key, _)| key.len() < n);
-                u32::try_from(shorter).expect("fewer than 4 billion claimed keys")
-            })
-            .collect();
-        Registry {
-            keys,
-            by_length,
-            all,
-            conflict,
-        }
     }
 }
 
