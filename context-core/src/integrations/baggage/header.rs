@@ -848,12 +848,11 @@ mod tests {
 
     #[test]
     fn every_byte_is_classed_as_the_full_reading_classes_it() {
-        // Each byte in a key, in a value, and around them, in a short run and in runs of
-        // every length the loop reads four bytes at a time or one.
-        // Under Miri, which interprets every step, the lengths that reach each way out of
-        // the loop (none, one turn of four and a rest, two turns).
+        // Each byte in a key, in a value, and around them, at every place of the loop that
+        // reads four bytes to a turn, then one (under Miri, which interprets every step, at
+        // the first place of a turn and at the second of the next).
         let lengths: &[usize] = if cfg!(miri) {
-            &[0, 5, 8]
+            &[0, 5]
         } else {
             &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
         };
@@ -875,7 +874,13 @@ mod tests {
     #[test]
     fn keys_and_values_of_every_length_are_read_whole() {
         let text = "abcdefghijklmnopqrstu";
-        for len in 0..=20 {
+        // Under Miri, which interprets every step, the lengths around each turn of the loop.
+        let lengths: Vec<usize> = if cfg!(miri) {
+            vec![0, 1, 3, 4, 5, 8, 9, 20]
+        } else {
+            (0..=20).collect()
+        };
+        for len in lengths {
             let (key, value) = (&text[..len.max(1)], &text[..len]);
             for header in [
                 format!("{key}={value}"),
