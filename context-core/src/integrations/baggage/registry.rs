@@ -297,16 +297,26 @@ pub fn claimed_keys() -> Vec<(&'static str, &'static str)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
 
-    /// A claim on a key, never parsed: the look-up needs only its key.
-    struct KeyOnly(&'static str);
+    /// A claim on a key, never parsed: the look-up needs only its key, the first `len` bytes
+    /// of `text`.
+    #[derive(Clone, Copy)]
+    struct KeyOnly {
+        text: &'static str,
+        len: usize,
+    }
+
+    const fn key_only(text: &'static str) -> KeyOnly {
+        KeyOnly {
+            text,
+            len: text.len(),
+        }
+    }
 
     impl Claims for KeyOnly {
         fn key(&self) -> &'static str {
-            self.0
+            &self.text[..self.len]
         }
         fn name(&self) -> &'static str {
             "KEY_ONLY"
@@ -322,35 +332,41 @@ mod tests {
         }
     }
 
-    fn registry_of(keys: &[&str]) -> Registry {
-        Registry::new(keys.iter().map(|key| {
-            let key: &'static str = Box::leak(key.to_string().into_boxed_str());
-            let claim: &'static dyn Claims = Box::leak(Box::new(KeyOnly(key)));
-            (claim, "tests")
-        }))
+    /// Keys of every length from 1 to 20, each a prefix of the longer ones.
+    static PREFIXES: [KeyOnly; 20] = {
+        let mut keys = [key_only(""); 20];
+        let mut at = 0;
+        while at < 20 {
+            keys[at] = KeyOnly {
+                text: "abcdefghijklmnopqrst",
+                len: at + 1,
+            };
+            at += 1;
+        }
+        keys
+    };
+
+    /// Keys of one length, keys that end as others do, a key that is a prefix of another.
+    static OTHERS: [KeyOnly; 5] = [
+        key_only("tenant"),
+        key_only("tenant.id"),
+        key_only("user.id"),
+        key_only("user.ix"),
+        key_only("xuser.id"),
+    ];
+
+    fn registry_of(claims: impl IntoIterator<Item = &'static KeyOnly>) -> Registry {
+        Registry::new(
+            claims
+                .into_iter()
+                .map(|claim| (claim as &'static dyn Claims, "tests")),
+        )
     }
 
     #[test]
     fn a_key_finds_its_claim_and_no_other() {
-        let alphabet = "abcdefghijklmnopqrstuvwxyz";
-        // Keys of every length from 1 to 20, each a prefix of the longer ones, several of some
-        // lengths, keys that end as others do.
-        let mut claimed: Vec<&str> = (1..=20).map(|n| &alphabet[..n]).collect();
-        claimed.extend([
-            "tenant",
-            "tenant.id",
-            "user.id",
-            "user.ix",
-            "xuser.id",
-            "a",
-            "ab",
-        ]);
-        claimed.retain({
-            let mut seen = HashSet::new();
-            move |key| seen.insert(*key)
-        });
-        let registry = registry_of(&claimed);
-        let is_claimed = |key: &str| claimed.contains(&key);
+        let registry = registry_of(PREFIXES.iter().chain(&OTHERS));
+        let claimed: Vec<&str> = PREFIXES.iter().chain(&OTHERS).map(Claims::key).collect();
         for key in &claimed {
             assert_eq!(registry.claim(key).map(Claims::key), Some(*key));
         }
@@ -367,17 +383,18 @@ mod tests {
             }
         }
         others.extend((21..=30).map(|n| "k".repeat(n)));
-        for key in others.iter().filter(|key| !is_claimed(key)) {
+        for key in others.iter().filter(|key| !claimed.contains(&key.as_str())) {
             assert!(registry.claim(key).is_none(), "{key:?}");
         }
-        assert!(registry_of(&[]).claim("a").is_none());
-        assert!(registry_of(&[]).claim("").is_none());
+        assert!(registry_of([]).claim("a").is_none());
+        assert!(registry_of([]).claim("").is_none());
     }
 
     #[test]
     fn a_key_claimed_twice_is_a_conflict() {
-        assert!(registry_of(&["a", "b"]).conflict.is_none());
-        let registry = registry_of(&["a", "b", "a"]);
+        static TWICE: [KeyOnly; 3] = [key_only("a"), key_only("b"), key_only("a")];
+        assert!(registry_of(&TWICE[..2]).conflict.is_none());
+        let registry = registry_of(&TWICE);
         assert_eq!(registry.conflict.map(|(key, ..)| key), Some("a"));
     }
 
