@@ -558,6 +558,7 @@ impl Map {
     /// slot; a leaf whose key is bound stays in its slot, and the binding wins. One write for
     /// all of them: the root is made this map's own once. (`accept_baggage`'s.)
     #[cfg_attr(not(feature = "baggage"), allow(dead_code))]
+    #[inline]
     pub(crate) fn insert_vacant(&mut self, leaves: &mut [Option<Leaf>]) {
         let mut root = self.root_mut();
         for slot in leaves {
