@@ -601,6 +601,7 @@ impl<K: Key> ContextVar<K> {
         Context::current().with_value(self, value).run(f)
     }
 
+    #[inline]
     pub(crate) fn leaf(&'static self, value: K::Value) -> Leaf {
         Leaf {
             key: self.key(),

@@ -314,38 +314,29 @@ pub(crate) struct Plain<'a> {
 /// The entries of a header that holds plain ones only (the usual header), read in one pass
 /// over its bytes without allocating: each item is `Some` plain entry, or `None` where the
 /// header is anything else (over the limits, an entry that is not plain or is malformed,
-/// an empty one), after which the iterator ends. The caller then reads the header in full
-/// with [`parse`], which names the error where there is one. A key given twice is not
-/// looked for here.
-pub(crate) fn plain_entries(header: &str) -> PlainEntries<'_> {
+/// an empty one, a byte that is not visible ASCII), after which the iterator ends. The caller
+/// then reads the header in full with [`parse`], which names the error where there is one. A
+/// key given twice is not looked for here.
+///
+/// The header is taken as bytes, not checked as text first: each byte of a key or a value is
+/// checked against the grammar's classes, which hold ASCII bytes only, so what is read is
+/// text, and a header that is not text fails the check at its first byte past ASCII.
+pub(crate) fn plain_entries(header: &[u8]) -> PlainEntries<'_> {
     PlainEntries {
-        header,
+        rest: Some(header),
         // A header over the bytes limit is no plain header: its first item says so.
-        at: Some(if header.len() > MAX_BYTES {
-            usize::MAX
-        } else {
-            0
-        }),
+        over: header.len() > MAX_BYTES,
         entries: 0,
     }
 }
 
 /// The iterator of [`plain_entries`].
 pub(crate) struct PlainEntries<'a> {
-    header: &'a str,
-    /// Where the next entry starts (`usize::MAX` for a header over the bytes limit); `None`
-    /// once done.
-    at: Option<usize>,
+    /// The header from the next entry on; `None` once done.
+    rest: Option<&'a [u8]>,
+    /// Whether the header is over the bytes limit.
+    over: bool,
     entries: usize,
-}
-
-/// The length of the run of bytes of `class` that `bytes` starts with.
-#[inline]
-fn run_of(bytes: &[u8], class: u8) -> usize {
-    bytes
-        .iter()
-        .position(|&b| CLASSES[usize::from(b)] & class == 0)
-        .unwrap_or(bytes.len())
 }
 
 impl<'a> Iterator for PlainEntries<'a> {
@@ -353,49 +344,106 @@ impl<'a> Iterator for PlainEntries<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Option<Plain<'a>>> {
-        let start = self.at.take()?;
+        let bytes = self.rest.take()?;
         self.entries += 1;
-        let Some(rest) = self.header.as_bytes().get(start..) else {
-            return Some(None);
-        };
-        if self.entries > MAX_ENTRIES {
+        if self.over || self.entries > MAX_ENTRIES {
             return Some(None);
         }
-        // Offsets into `rest`. Whitespace is looked for only where the byte that ends a run
-        // is not the one expected there: most headers have none.
-        let mut i = run_of(rest, OWS);
-        let key_start = i;
-        i += run_of(&rest[i..], TCHAR);
-        let key_end = i;
-        if rest.get(i) != Some(&b'=') {
-            i += run_of(&rest[i..], OWS);
-        }
-        if key_end == key_start || rest.get(i) != Some(&b'=') {
-            return Some(None);
-        }
-        i += 1;
-        i += run_of(&rest[i..], OWS);
-        let value_start = i;
-        i += run_of(&rest[i..], PLAIN_OCTET);
-        let value_end = i;
-        match rest.get(i) {
-            None => {}
-            Some(b',') => self.at = Some(start + i + 1),
-            Some(_) => {
-                i += run_of(&rest[i..], OWS);
-                match rest.get(i) {
-                    None => {}
-                    Some(b',') => self.at = Some(start + i + 1),
-                    Some(_) => return Some(None),
-                }
-            }
-        }
-        Some(Some(Plain {
-            key: &self.header[start + key_start..start + key_end],
-            value: &self.header[start + value_start..start + value_end],
+        Some(plain_entry(bytes).map(|(entry, rest)| {
+            self.rest = rest;
+            entry
         }))
     }
 }
+
+/// The plain entry `bytes` starts with, and the bytes after the comma that ends it (`None`
+/// where the header ends with it); `None` where it is not a plain entry.
+#[inline]
+fn plain_entry(bytes: &[u8]) -> Option<(Plain<'_>, Option<&[u8]>)> {
+    let (key, rest) = run_of(skip_ows(bytes), TCHAR);
+    if key.is_empty() {
+        return None;
+    }
+    // Whitespace is looked for only where the byte that ends a run is not the one expected
+    // there: most headers have none.
+    let [b'=', rest @ ..] = (match rest {
+        [b'=', ..] => rest,
+        _ => skip_ows(rest),
+    }) else {
+        return None;
+    };
+    let (value, rest) = run_of(skip_ows(rest), PLAIN_OCTET);
+    let rest = match rest {
+        [] => None,
+        [b',', rest @ ..] => Some(rest),
+        _ => match skip_ows(rest) {
+            [] => None,
+            [b',', rest @ ..] => Some(rest),
+            _ => return None,
+        },
+    };
+    Some((Plain { key, value }, rest))
+}
+
+/// `bytes` without the spaces and tabs it starts with.
+#[inline]
+fn skip_ows(bytes: &[u8]) -> &[u8] {
+    match bytes {
+        [b' ' | b'\t', ..] => {
+            let at = bytes
+                .iter()
+                .position(|&b| !matches!(b, b' ' | b'\t'))
+                .unwrap_or(bytes.len());
+            &bytes[at..]
+        }
+        _ => bytes,
+    }
+}
+
+/// `bytes` cut after the run of bytes of `class` it starts with: the run, as text, and the
+/// rest.
+#[inline]
+#[allow(unsafe_code)]
+fn run_of(bytes: &[u8], class: u8) -> (&str, &[u8]) {
+    let is = |b: u8| CLASSES[usize::from(b)] & class != 0;
+    // Four bytes to a turn of the loop, then one: keys and values are a few bytes long.
+    let mut at = 0;
+    let end = loop {
+        let Some(&[a, b, c, d]) = bytes.get(at..at + 4) else {
+            while bytes.get(at).is_some_and(|&b| is(b)) {
+                at += 1;
+            }
+            break at;
+        };
+        if !is(a) {
+            break at;
+        }
+        if !is(b) {
+            break at + 1;
+        }
+        if !is(c) {
+            break at + 2;
+        }
+        if !is(d) {
+            break at + 3;
+        }
+        at += 4;
+    };
+    let (run, rest) = bytes.split_at(end);
+    // SAFETY: every byte of `run` was found above to have a class in `CLASSES`, and only
+    // ASCII bytes have one (checked when this module compiles, below): ASCII is UTF-8.
+    let run = unsafe { std::str::from_utf8_unchecked(run) };
+    (run, rest)
+}
+
+// Only ASCII bytes have a class, so that a run of bytes of any class is text.
+const _: () = {
+    let mut byte = 0x80;
+    while byte < 256 {
+        assert!(CLASSES[byte] == 0, "a byte past ASCII has a class");
+        byte += 1;
+    }
+};
 
 /// Parses one member (`entry` is its position, from 0).
 fn parse_member(text: &str, entry: usize) -> Result<Member<'_>, BaggageError> {
@@ -704,52 +752,201 @@ mod tests {
     }
 
     #[test]
-    fn plain_entries_read_as_the_full_reading_does_or_give_way_to_it() {
+    fn the_one_pass_reading_gives_way_over_the_limits() {
+        let over = vec!["k=v"; MAX_ENTRIES + 1].join(",");
+        assert!(plain_entries(over.as_bytes()).any(|entry| entry.is_none()));
+        let at_limit = vec!["k=v"; MAX_ENTRIES].join(",");
+        assert!(plain_entries(at_limit.as_bytes()).all(|entry| entry.is_some()));
+        let at_limit = format!("k={}", "v".repeat(MAX_BYTES - 2));
+        assert!(plain_entries(at_limit.as_bytes()).all(|entry| entry.is_some()));
+        let long = format!("k={}", "v".repeat(MAX_BYTES - 1));
+        assert!(plain_entries(long.as_bytes()).any(|entry| entry.is_none()));
+    }
+
+    /// What the one-pass reading gives for `header`: its entries, or `None` where it gives way.
+    fn one_pass(header: &[u8]) -> Option<Vec<(&str, &str)>> {
+        plain_entries(header)
+            .map(|entry| entry.map(|e| (e.key, e.value)))
+            .collect()
+    }
+
+    /// What the one-pass reading must give for `header`, as the full reading sees it: its
+    /// entries where the header is text within the limits and each entry is plain (well
+    /// formed, no property, no escape, nothing a write would escape), else `None`.
+    fn plain_by_the_full_reading(header: &[u8]) -> Option<Vec<(&str, &str)>> {
+        let header = std::str::from_utf8(header).ok()?;
+        if header.len() > MAX_BYTES || header.split(',').count() > MAX_ENTRIES {
+            return None;
+        }
+        header
+            .split(',')
+            .map(|text| {
+                let member = parse_member_in_full(text, 0).ok()?;
+                let plain = member.properties.is_none()
+                    && !member.raw.contains('%')
+                    && writes_as(&member.value, member.raw);
+                plain.then_some((member.key, member.raw))
+            })
+            .collect()
+    }
+
+    #[track_caller]
+    fn reads_as_the_full_reading(header: &[u8]) {
+        assert_eq!(
+            one_pass(header),
+            plain_by_the_full_reading(header),
+            "{:?}",
+            String::from_utf8_lossy(header)
+        );
+    }
+
+    #[test]
+    fn the_one_pass_reading_takes_exactly_the_plain_headers() {
         for header in [
             "a=1",
+            "tenant=acme,user.id=4711,source=mobile",
             " a = 1 ,\tb=x ",
+            "a =1,b= 2 , c = 3",
             "k.e-y_!=v:/?,empty=",
             "a=1,a=2",
             "a=1,",
             ",a=1",
+            "a=1,,b=2",
+            "a=1, ,b=2",
             "",
             " ",
             "a=1;p",
+            "a=1 ;p=2",
             "a=%20",
+            "a=%",
             "a==b",
             "a=b+c",
             "a=1 2",
             "a b=1",
             "a=\"q\"",
+            "a=\\",
+            "=1",
+            "a",
+            "a=1=",
             "é=1",
             "a=é",
+            "a=1,é=2",
         ] {
-            let plain: Option<Vec<(&str, &str)>> = plain_entries(header)
-                .map(|entry| entry.map(|e| (e.key, e.value)))
-                .collect();
-            let Some(plain) = plain else {
-                continue;
-            };
-            // What the one pass reads, the full reading reads alike (before it drops a
-            // repeated key), with nothing to escape on the way back.
-            let full: Vec<(&str, &str)> = header
-                .split(',')
-                .map(|text| {
-                    let member =
-                        parse_member_in_full(text, 0).unwrap_or_else(|e| panic!("{header:?}: {e}"));
-                    assert!(member.properties.is_none(), "{header:?}");
-                    assert!(writes_as(&member.value, member.raw), "{header:?}");
-                    (member.key, member.raw)
-                })
-                .collect();
-            assert_eq!(plain, full, "{header:?}");
+            reads_as_the_full_reading(header.as_bytes());
         }
-        let over = vec!["k=v"; MAX_ENTRIES + 1].join(",");
-        assert!(plain_entries(&over).any(|entry| entry.is_none()));
-        let at_limit = vec!["k=v"; MAX_ENTRIES].join(",");
-        assert!(plain_entries(&at_limit).all(|entry| entry.is_some()));
-        let long = format!("k={}", "v".repeat(MAX_BYTES - 1));
-        assert!(plain_entries(&long).any(|entry| entry.is_none()));
+        // Bytes that are not text, anywhere.
+        for header in [
+            &b"a=\xff"[..],
+            b"\xff=1",
+            b"a=1,b=\xc3",
+            b"a=\xc3\xa9",
+            b"a=1\x00",
+        ] {
+            reads_as_the_full_reading(header);
+        }
+    }
+
+    #[test]
+    fn every_byte_is_classed_as_the_full_reading_classes_it() {
+        // Each byte in a key, in a value, and around them, at every place of the loop that
+        // reads four bytes to a turn, then one (under Miri, which interprets every step, at
+        // the first place of a turn and at the second of the next).
+        let lengths: &[usize] = if cfg!(miri) {
+            &[0, 5]
+        } else {
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+        };
+        for byte in 0..=u8::MAX {
+            for &len in lengths {
+                let run = vec![b'k'; len];
+                let with = |head: &[u8], tail: &[u8]| [head, &run, &[byte], &run, tail].concat();
+                reads_as_the_full_reading(&with(b"", b"=v,b=2"));
+                reads_as_the_full_reading(&with(b"a=", b",b=2"));
+                reads_as_the_full_reading(&with(b"a=", b""));
+                reads_as_the_full_reading(&with(b"a=1,", b"=2"));
+            }
+            reads_as_the_full_reading(&[byte]);
+            reads_as_the_full_reading(&[b'a', b'=', byte]);
+            reads_as_the_full_reading(&[byte, b'a', b'=', b'1', byte]);
+        }
+    }
+
+    #[test]
+    fn keys_and_values_of_every_length_are_read_whole() {
+        let text = "abcdefghijklmnopqrstu";
+        // Under Miri, which interprets every step, the lengths around each turn of the loop.
+        let lengths: Vec<usize> = if cfg!(miri) {
+            vec![0, 1, 3, 4, 5, 8, 9, 20]
+        } else {
+            (0..=20).collect()
+        };
+        for len in lengths {
+            let (key, value) = (&text[..len.max(1)], &text[..len]);
+            for header in [
+                format!("{key}={value}"),
+                format!("{key}={value},b=2"),
+                format!("b=2,{key}={value}"),
+                format!(" {key} = {value} ,b=2"),
+                format!("{key}\t=\t{value}\t"),
+            ] {
+                reads_as_the_full_reading(header.as_bytes());
+                let entries = one_pass(header.as_bytes()).expect("a plain header");
+                assert!(entries.contains(&(key, value)), "{header:?}");
+            }
+            // A bad byte at each place of the key or the value: the header is not plain.
+            for at in 0..len {
+                for bad in [b' ', b'"', b'%', b';', b'=', b',', b'\\', 0x7f, 0x80, 0] {
+                    let mut header = format!("{key}={value}").into_bytes();
+                    let mut in_key = header.clone();
+                    in_key[at] = bad;
+                    header[len.max(1) + 1 + at] = bad;
+                    reads_as_the_full_reading(&header);
+                    reads_as_the_full_reading(&in_key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_entries_are_read_up_to_the_limits() {
+        for count in [1, 2, 7, 8, 9, 16, 17, 40, MAX_ENTRIES] {
+            let header: Vec<String> = (0..count).map(|i| format!("k{i}=v{i}")).collect();
+            let header = header.join(",");
+            let entries = one_pass(header.as_bytes()).expect("a plain header");
+            assert_eq!(entries.len(), count);
+            assert_eq!(
+                entries[count - 1],
+                (&*format!("k{}", count - 1), &*format!("v{}", count - 1))
+            );
+        }
+    }
+
+    #[test]
+    fn generated_headers_read_as_the_full_reading_reads_them() {
+        // Headers put together from pieces of every kind, in a fixed pseudo-random order.
+        const PIECES: &[&str] = &[
+            "a", "k.e-y", "tenant", "user.id", "x_1!", "=", "==", "1", "acme", "4711", ",", ",",
+            ", ", " ,", " ", "\t", ";", ";p", ";p=1", "%20", "%", "%zz", "+", "\"", "\\", "é", "/",
+            ":", "?", "#", "~",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Miri interprets every step: a few hundred headers still meet every piece.
+        let headers = if cfg!(miri) { 300 } else { 50_000 };
+        for _ in 0..headers {
+            let pieces = 1 + next() % 12;
+            let mut header = String::new();
+            for _ in 0..pieces {
+                let at = usize::try_from(next() % PIECES.len() as u64).unwrap();
+                header.push_str(PIECES[at]);
+            }
+            reads_as_the_full_reading(header.as_bytes());
+        }
     }
 
     #[test]

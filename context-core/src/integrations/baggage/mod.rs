@@ -423,7 +423,7 @@ pub(crate) fn accept<'a>(
             line.push_str(text);
         }
     }
-    if joined.is_empty() || accept_plain(&joined, settings) {
+    if joined.is_empty() || accept_plain(joined.as_bytes(), settings) {
         return Ok(());
     }
     accept_in_full(&joined, settings)
@@ -431,13 +431,12 @@ pub(crate) fn accept<'a>(
 
 /// [`accept`] for the usual request, whose `baggage` header is one line: read at once where
 /// it holds plain entries only ([`accept_plain`]), else as `accept` reads any header. Plain
-/// entries are visible ASCII, so the check of each byte that `HeaderValue::to_str` makes is
-/// left to the second way.
+/// entries are visible ASCII, which `accept_plain` checks of each byte it reads, so the line
+/// is checked as text (`HeaderValue::to_str`) only on the second way.
+#[inline]
 pub(crate) fn accept_line(line: &HeaderValue, settings: &Accept) -> Result<(), BaggageError> {
-    if let Ok(text) = std::str::from_utf8(line.as_bytes()) {
-        if accept_plain(text, settings) {
-            return Ok(());
-        }
+    if accept_plain(line.as_bytes(), settings) {
+        return Ok(());
     }
     accept([line.to_str().map_err(|_| line.as_bytes())], settings)
 }
@@ -451,12 +450,12 @@ const STAGED: usize = 8;
 /// into the current context, without allocating beyond the values themselves. Returns
 /// `false`, having set nothing, where the header is anything else: [`accept_in_full`] then
 /// reads it, and names the error where there is one.
-fn accept_plain(header: &str, settings: &Accept) -> bool {
-    const NO_LEAF: Option<Leaf> = None;
+fn accept_plain(header: &[u8], settings: &Accept) -> bool {
     let registry = registry::registry();
-    let mut claimed = [NO_LEAF; STAGED];
+    let mut claimed: [Option<Leaf>; STAGED] = std::array::from_fn(|_| None);
     let mut claimed_len = 0;
-    let mut unclaimed = [("", ""); STAGED];
+    // Made at the first entry no variable claims: most headers have none.
+    let mut unclaimed: Option<[(&str, &str); STAGED]> = None;
     let mut unclaimed_len = 0;
     for entry in header::plain_entries(header) {
         let Some(entry) = entry else {
@@ -466,45 +465,40 @@ fn accept_plain(header: &str, settings: &Accept) -> bool {
             continue;
         }
         if let Some(claim) = registry.claim(entry.key) {
-            let Ok(registry::Staged(leaf)) = claim.parse(entry.value) else {
+            let Some(slot) = claimed.get_mut(claimed_len) else {
                 return false;
             };
-            let staged = &claimed[..claimed_len];
-            if claimed_len == STAGED || staged.iter().flatten().any(|l| l.key == leaf.key) {
+            *slot = claim.stage(entry.value).map(|registry::Staged(leaf)| leaf);
+            let Some(key) = slot.as_ref().map(|leaf| leaf.key) else {
+                return false;
+            };
+            if claimed[..claimed_len]
+                .iter()
+                .flatten()
+                .any(|l| l.key == key)
+            {
                 return false;
             }
-            claimed[claimed_len] = Some(leaf);
             claimed_len += 1;
         } else {
-            let staged = &unclaimed[..unclaimed_len];
-            if unclaimed_len == STAGED || staged.iter().any(|(key, _)| *key == entry.key) {
+            let staged = unclaimed.get_or_insert([("", ""); STAGED]);
+            let (before, after) = staged.split_at_mut(unclaimed_len);
+            let Some(slot) = after.first_mut() else {
+                return false;
+            };
+            if before.iter().any(|(key, _)| *key == entry.key) {
                 return false;
             }
-            unclaimed[unclaimed_len] = (entry.key, entry.value);
+            *slot = (entry.key, entry.value);
             unclaimed_len += 1;
         }
     }
     if claimed_len > 0 {
-        let _ = current::write(|frame| {
-            for slot in &mut claimed[..claimed_len] {
-                let Some(leaf) = slot.take() else {
-                    continue;
-                };
-                let (key, var) = (leaf.key, leaf.var);
-                // A variable the context holds was set by the application: it wins, and goes
-                // back in its place (the usual request holds none, and pays one write, not
-                // a look-up and a write). The value read from the header then stays in its
-                // slot, dropped with the thread's state released.
-                if let Some(value) = frame.map.insert(leaf) {
-                    *slot = frame
-                        .map
-                        .insert(Leaf { key, var, value })
-                        .map(|value| Leaf { key, var, value });
-                }
-            }
-        });
+        // A variable the context holds was set by the application: it wins, and the value
+        // read from the header stays in its slot, dropped with the thread's state released.
+        let _ = current::write(|frame| frame.map.insert_vacant(&mut claimed[..claimed_len]));
     }
-    if unclaimed_len > 0 {
+    if let Some(unclaimed) = unclaimed {
         let flags = if settings.forward {
             MetadataFlags::BAGGAGE
         } else {

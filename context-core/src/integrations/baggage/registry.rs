@@ -111,6 +111,9 @@ pub trait Claims: Sync {
     /// Parses a received value into a binding, or says why it cannot.
     #[doc(hidden)]
     fn parse(&'static self, value: &str) -> Result<Staged, BaggageError>;
+    /// [`parse`](Self::parse) where the error is not needed: the binding, or `None`.
+    #[doc(hidden)]
+    fn stage(&'static self, value: &str) -> Option<Staged>;
     /// The value bound in `context`, as text, if there is one.
     fn value_in(&self, context: &Context) -> Option<String>;
 }
@@ -140,6 +143,12 @@ impl<K: BaggageKey> Claims for ContextVar<K> {
         }
     }
 
+    fn stage(&'static self, value: &str) -> Option<Staged> {
+        K::from_text(value)
+            .ok()
+            .map(|parsed| Staged(self.leaf(parsed)))
+    }
+
     fn value_in(&self, context: &Context) -> Option<String> {
         context.get(self).map(K::to_text)
     }
@@ -165,10 +174,10 @@ pub(crate) struct Registry {
     /// The claimed keys with their claims, sorted by length: built once and searched on
     /// every received entry.
     keys: Vec<(&'static str, &'static dyn Claims)>,
-    /// For each length up to the longest claimed key's, where the keys of that length start
-    /// in `keys` (they end where the next length's start). A lookup then compares the key
-    /// with the few claimed keys of its length, which costs less than hashing it.
-    by_length: Vec<u32>,
+    /// For each length up to the longest claimed key's, where the keys of that length are in
+    /// `keys`. A lookup then compares the key with the few claimed keys of its length, which
+    /// costs less than hashing it.
+    by_length: Vec<(u32, u32)>,
     /// The claims, in the order of their keys, for writing.
     pub(crate) all: Vec<&'static dyn Claims>,
     /// A key claimed twice, and two of its claimants (`module::NAME`).
@@ -176,15 +185,46 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// The registry of `claims`, each with the module that declares its variable.
+    fn new(claims: impl IntoIterator<Item = (&'static dyn Claims, &'static str)>) -> Registry {
+        let mut by_key: HashMap<&'static str, (&'static dyn Claims, &'static str)> = HashMap::new();
+        let mut conflict = None;
+        for (claim, module) in claims {
+            // Each declaration submits one claim; two that name one key conflict.
+            if let Some((first, first_module)) = by_key.get(claim.key()) {
+                let first = format!("{first_module}::{}", first.name());
+                let second = format!("{module}::{}", claim.name());
+                conflict.get_or_insert((claim.key(), first, second));
+            } else {
+                by_key.insert(claim.key(), (claim, module));
+            }
+        }
+        let mut all: Vec<&'static dyn Claims> =
+            by_key.into_values().map(|(claim, _)| claim).collect();
+        all.sort_by_key(|claim| claim.key());
+        let mut keys: Vec<_> = all.iter().map(|claim| (claim.key(), *claim)).collect();
+        keys.sort_by_key(|(key, _)| key.len());
+        let longest = keys.last().map_or(0, |(key, _)| key.len());
+        // `by_length[n]`: where the keys of length `n` start and end, for `n` up to `longest`.
+        let shorter = |n: usize| {
+            let shorter = keys.partition_point(|(key, _)| key.len() < n);
+            u32::try_from(shorter).expect("fewer than 4 billion claimed keys")
+        };
+        let by_length = (0..=longest)
+            .map(|n| (shorter(n), shorter(n + 1)))
+            .collect();
+        Registry {
+            keys,
+            by_length,
+            all,
+            conflict,
+        }
+    }
+
     /// The claim on `key`, if a variable claims it.
     #[inline]
     pub(crate) fn claim(&self, key: &str) -> Option<&'static dyn Claims> {
-        let (Some(&from), Some(&to)) = (
-            self.by_length.get(key.len()),
-            self.by_length.get(key.len() + 1),
-        ) else {
-            return None;
-        };
+        let &(from, to) = self.by_length.get(key.len())?;
         let of_length = self.keys.get(from as usize..to as usize)?;
         let (_, claim) = of_length
             .iter()
@@ -220,37 +260,11 @@ fn same_text(a: &str, b: &str) -> bool {
 pub(crate) fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let mut by_key: HashMap<&'static str, (&'static dyn Claims, &'static str)> = HashMap::new();
-        let mut conflict = None;
-        for Claim(claim, module) in inventory::iter::<Claim> {
-            // Each declaration submits one claim; two that name one key conflict.
-            if let Some((first, first_module)) = by_key.get(claim.key()) {
-                let first = format!("{first_module}::{}", first.name());
-                let second = format!("{module}::{}", claim.name());
-                conflict.get_or_insert((claim.key(), first, second));
-            } else {
-                by_key.insert(claim.key(), (*claim, *module));
-            }
-        }
-        let mut all: Vec<&'static dyn Claims> =
-            by_key.into_values().map(|(claim, _)| claim).collect();
-        all.sort_by_key(|claim| claim.key());
-        let mut keys: Vec<_> = all.iter().map(|claim| (claim.key(), *claim)).collect();
-        keys.sort_by_key(|(key, _)| key.len());
-        let longest = keys.last().map_or(0, |(key, _)| key.len());
-        // `by_length[n]`: the number of keys shorter than `n`, for `n` up to `longest + 1`.
-        let by_length = (0..=longest + 1)
-            .map(|n| {
-                let shorter = keys.partition_point(|(key, _)| key.len() < n);
-                u32::try_from(shorter).expect("fewer than 4 billion claimed keys")
-            })
-            .collect();
-        Registry {
-            keys,
-            by_length,
-            all,
-            conflict,
-        }
+        Registry::new(
+            inventory::iter::<Claim>
+                .into_iter()
+                .map(|Claim(claim, module)| (*claim, *module)),
+        )
     })
 }
 
@@ -283,7 +297,106 @@ pub fn claimed_keys() -> Vec<(&'static str, &'static str)> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_text;
+    use super::*;
+
+    /// A claim on a key, never parsed: the look-up needs only its key, the first `len` bytes
+    /// of `text`.
+    #[derive(Clone, Copy)]
+    struct KeyOnly {
+        text: &'static str,
+        len: usize,
+    }
+
+    const fn key_only(text: &'static str) -> KeyOnly {
+        KeyOnly {
+            text,
+            len: text.len(),
+        }
+    }
+
+    impl Claims for KeyOnly {
+        fn key(&self) -> &'static str {
+            &self.text[..self.len]
+        }
+        fn name(&self) -> &'static str {
+            "KEY_ONLY"
+        }
+        fn parse(&'static self, _: &str) -> Result<Staged, BaggageError> {
+            unreachable!("never parsed")
+        }
+        fn stage(&'static self, _: &str) -> Option<Staged> {
+            unreachable!("never parsed")
+        }
+        fn value_in(&self, _: &Context) -> Option<String> {
+            None
+        }
+    }
+
+    /// Keys of every length from 1 to 20, each a prefix of the longer ones.
+    static PREFIXES: [KeyOnly; 20] = {
+        let mut keys = [key_only(""); 20];
+        let mut at = 0;
+        while at < 20 {
+            keys[at] = KeyOnly {
+                text: "abcdefghijklmnopqrst",
+                len: at + 1,
+            };
+            at += 1;
+        }
+        keys
+    };
+
+    /// Keys of one length, keys that end as others do, a key that is a prefix of another.
+    static OTHERS: [KeyOnly; 5] = [
+        key_only("tenant"),
+        key_only("tenant.id"),
+        key_only("user.id"),
+        key_only("user.ix"),
+        key_only("xuser.id"),
+    ];
+
+    fn registry_of(claims: impl IntoIterator<Item = &'static KeyOnly>) -> Registry {
+        Registry::new(
+            claims
+                .into_iter()
+                .map(|claim| (claim as &'static dyn Claims, "tests")),
+        )
+    }
+
+    #[test]
+    fn a_key_finds_its_claim_and_no_other() {
+        let registry = registry_of(PREFIXES.iter().chain(&OTHERS));
+        let claimed: Vec<&str> = PREFIXES.iter().chain(&OTHERS).map(Claims::key).collect();
+        for key in &claimed {
+            assert_eq!(registry.claim(key).map(Claims::key), Some(*key));
+        }
+        let mut others: Vec<String> = vec![String::new(), "tenan".into(), "tenant.i".into()];
+        for key in &claimed {
+            others.push(format!("{key}x"));
+            others.push(format!("x{key}"));
+            others.push(key[..key.len() - 1].to_string());
+            others.push(key[1..].to_string());
+            for at in 0..key.len() {
+                let mut other = key.as_bytes().to_vec();
+                other[at] = b'_';
+                others.push(String::from_utf8(other).unwrap());
+            }
+        }
+        others.extend((21..=30).map(|n| "k".repeat(n)));
+        for key in others.iter().filter(|key| !claimed.contains(&key.as_str())) {
+            assert!(registry.claim(key).is_none(), "{key:?}");
+        }
+        assert!(registry_of([]).claim("a").is_none());
+        assert!(registry_of([]).claim("").is_none());
+    }
+
+    #[test]
+    fn a_key_claimed_twice_is_a_conflict() {
+        static TWICE: [KeyOnly; 3] = [key_only("a"), key_only("b"), key_only("a")];
+        assert!(registry_of(&TWICE[..2]).conflict.is_none());
+        let registry = registry_of(&TWICE);
+        assert_eq!(registry.conflict.map(|(key, ..)| key), Some("a"));
+    }
 
     #[test]
     fn keys_are_the_same_only_byte_for_byte() {
