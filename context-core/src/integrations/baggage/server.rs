@@ -12,7 +12,6 @@ use tower_service::Service;
 
 use super::error::BaggageError;
 use super::{Accept, Policy, accept, accept_line, registry};
-use crate::current;
 use crate::tower::ContextLayer;
 
 impl<H, M, A> ContextLayer<H, M, A> {
@@ -316,8 +315,8 @@ struct Acceptor<R> {
 
 impl<R> Acceptor<R> {
     /// Reads the `baggage` header of `headers` into the current context, or makes the answer
-    /// to a bad one. `Ok(false)` where there is no header, and nothing was read.
-    fn accept<B>(&self, headers: &http::HeaderMap) -> Result<bool, http::Response<B>>
+    /// to a bad one.
+    fn accept<B>(&self, headers: &http::HeaderMap) -> Result<(), http::Response<B>>
     where
         R: Reject<B>,
     {
@@ -325,7 +324,7 @@ impl<R> Acceptor<R> {
         let lines = headers.get_all(super::BAGGAGE);
         let mut iter = lines.iter();
         let accepted = match (iter.next(), iter.next()) {
-            (None, _) => return Ok(false),
+            (None, _) => return Ok(()),
             (Some(line), None) => accept_line(line, &self.settings),
             (Some(_), Some(_)) => accept(
                 lines
@@ -334,9 +333,7 @@ impl<R> Acceptor<R> {
                 &self.settings,
             ),
         };
-        accepted
-            .map(|()| true)
-            .map_err(|err| self.reject.reject(&err))
+        accepted.map_err(|err| self.reject.reject(&err))
     }
 
     /// Adds the settings and the answer's type to the `Debug` of the layer or the service.
@@ -425,16 +422,9 @@ where
     #[inline]
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let state = match self.acceptor.accept(request.headers()) {
-            Ok(read) => {
-                if read {
-                    // What the header set made the layer's record of the request's bindings
-                    // stale: record them again, so that the handler's first reads hit.
-                    current::prime_reads();
-                }
-                State::Called {
-                    future: self.inner.call(request),
-                }
-            }
+            Ok(()) => State::Called {
+                future: self.inner.call(request),
+            },
             Err(response) => State::Rejected {
                 response: Some(response),
             },

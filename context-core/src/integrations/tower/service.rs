@@ -15,7 +15,7 @@ use super::body::{KeepResponse, WrapResponse};
 use super::hooks::{NoHook, OnRequest};
 use super::nested::{marked, request_context};
 use crate::context::Context;
-use crate::current::{self, LastPoll};
+use crate::current::{self, LastPoll, Polled};
 use crate::future::{FutureExt, WithContext};
 
 /// The service made by [`ContextLayer`](super::ContextLayer): runs each request in a fresh copy of
@@ -183,22 +183,33 @@ where
         // closure on its way to the inner service (a request is a few hundred bytes). Entered
         // as for a poll, whose record the response future keeps: its first poll reads on from
         // what the read cache knew when the call left the context, every binding of a small
-        // context included, so that the handler's first reads of what the hook set hit.
+        // context included, so that the handler's first reads of what the hook and the inner
+        // services' calls set (`accept_baggage`'s values) hit.
         let mut last = LastPoll::default();
         let future = {
             // A fresh record: no stamp kept, so the call enters under none.
             let start = last.start().without_stamp();
-            let _entered = context.enter_for_poll(start, &mut last);
+            let _entered = PrimedOnLeaving(context.enter_for_poll(start, &mut last));
             self.shared.hook.on_request(&mut request);
-            // Before the call, whose future is then moved out of the context as it is: the
-            // call's own writes, if any, make the reads look their bindings up again.
-            current::prime_reads();
             self.inner.call(request)
         };
         ResponseFuture {
             inner: WithContext::polled_before(future, context, last),
             response: self.response.clone(),
         }
+    }
+}
+
+/// The request's context entered for its `call`: leaving it, once the hook and the inner
+/// service's `call` have set what they set, records every binding of a small context in the
+/// read cache first (`current::prime_reads`), for the handler's first reads. In a guard rather
+/// than after the call, so that the call's future is written once, where the block's value
+/// goes, not kept aside across one more call and moved again.
+struct PrimedOnLeaving<'a>(#[allow(dead_code)] Polled<'a>);
+
+impl Drop for PrimedOnLeaving<'_> {
+    fn drop(&mut self) {
+        current::prime_reads();
     }
 }
 
