@@ -15,11 +15,11 @@
 //! thread-local; entering and leaving a context swap it in and out without touching reference
 //! counts. See `engine/map.rs` and `engine/current.rs`.
 
-// A few `unsafe` blocks, where a benchmark showed they pay: `get`'s read cache, in
-// `engine/current.rs`; small values stored in place, in `engine/map.rs`; a baggage header's
-// plain entries taken as text once each of their bytes was found to be ASCII, in
-// `integrations/baggage/header.rs`. Each has its `SAFETY` argument; CI runs the core's tests
-// under Miri.
+// A few `unsafe` blocks, where a benchmark showed they pay: `get`'s read cache, and `with`'s
+// use of it, in `engine/current.rs`; small values stored in place, in `engine/map.rs`; a
+// baggage header's plain entries taken as text once each of their bytes was found to be
+// ASCII, in `integrations/baggage/header.rs`. Each has its `SAFETY` argument; CI runs the
+// core's tests under Miri.
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -268,8 +268,12 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// assert_eq!(len, 1 << 20);
     /// ```
     pub fn with<R>(&self, f: impl FnOnce(Option<&K::Value>) -> R) -> R {
-        let value = self.lookup_shared();
-        f(value.as_ref().map(downcast::<K::Value>))
+        current::with_found(
+            self.key.load(Ordering::Relaxed),
+            || self.key(),
+            K::copy_proof(),
+            f,
+        )
     }
 }
 
@@ -345,10 +349,15 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// ```
     #[track_caller]
     pub fn with<R>(&self, f: impl FnOnce(&K::Value) -> R) -> R {
-        match self.lookup_shared() {
-            Some(value) => f(downcast::<K::Value>(&value)),
-            None => f(self.default_value()),
-        }
+        current::with_found(
+            self.key.load(Ordering::Relaxed),
+            || self.key(),
+            K::copy_proof(),
+            |value| match value {
+                Some(value) => f(value),
+                None => f(self.default_value()),
+            },
+        )
     }
 
     /// The default, evaluating it if this is the first need.
@@ -379,12 +388,6 @@ impl<K: Key> ContextVar<K> {
             || self.key(),
             K::copy_proof(),
         )
-    }
-
-    /// The bound value, shared (or copied, if stored in place), so that the caller can use it
-    /// with the thread state released.
-    fn lookup_shared(&self) -> Option<Value> {
-        current::find(self.key(), |leaf| leaf.value.clone())
     }
 
     fn default_ref(&self) -> Option<&K::Value> {

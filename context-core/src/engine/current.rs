@@ -20,6 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::map::{CopyProof, Leaf, Map};
@@ -613,18 +614,7 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
     copy: Option<CopyProof<T>>,
 ) -> Option<T> {
     fast(|fast| {
-        let tag = fast.stamp.get() ^ u64::from(key);
-        let entry = fast.entry(key).get();
-        let value = if entry.tag == tag {
-            entry.value
-        } else if entry.tag == tag | UNBOUND {
-            return None;
-        } else {
-            fill::<T>(fast, assign_key())?
-        };
-        if !fast.visible() {
-            return None;
-        }
+        let value = found::<T>(fast, key, assign_key)?;
         // A `Copy` value is copied bit for bit, which runs no code: nothing can write
         // meanwhile, so there is no `reading` to set.
         let _reading = copy.is_none().then(|| Reading::begin(fast));
@@ -676,6 +666,76 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
             None => value.clone(),
         })
     })
+}
+
+/// Where `key`'s value, a `T`, is in the context visible here: through the read cache, or
+/// looked up and recorded there. `None` where it is unbound or not visible. What the pointer
+/// points to is live while the thread's stamp stays the one it has now (see "The read cache").
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn found<T: Send + Sync + 'static>(
+    fast: &Fast,
+    key: u32,
+    assign_key: impl FnOnce() -> u32,
+) -> Option<*const ()> {
+    let tag = fast.stamp.get() ^ u64::from(key);
+    let entry = fast.entry(key).get();
+    let value = if entry.tag == tag {
+        entry.value
+    } else if entry.tag == tag | UNBOUND {
+        return None;
+    } else {
+        fill::<T>(fast, assign_key())?
+    };
+    fast.visible().then_some(value)
+}
+
+/// `key`'s value held for [`with_found`]'s `f`: copied, or one more count of its `Arc`.
+enum Held<T> {
+    Copied(T),
+    Shared(Arc<T>),
+}
+
+/// Runs `f` on `key`'s value, a `T`, in the context visible here (`None` where it is unbound),
+/// found as [`get_cloned`] finds it. `f` runs with the thread state released, so it may read
+/// and set variables: the value is held apart from the context meanwhile, copied bit for bit
+/// where `copy` proves `T` `Copy`, else by one more count of the `Arc` that stores it (which
+/// is what a variable without a `CopyProof` stores every value in).
+#[allow(clippy::inline_always)]
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn with_found<T: Send + Sync + 'static, R>(
+    key: u32,
+    assign_key: impl FnOnce() -> u32,
+    copy: Option<CopyProof<T>>,
+    f: impl FnOnce(Option<&T>) -> R,
+) -> R {
+    let held = fast(|fast| {
+        let value = found::<T>(fast, key, assign_key)?.cast::<T>();
+        Some(if let Some(proof) = copy {
+            // SAFETY: `value` points to a live `T`, for the reasons given in `get_cloned`, and
+            // nothing runs while it is copied.
+            Held::Copied(proof.copy(unsafe { &*value }))
+        } else {
+            // SAFETY: `value` points to a live `T` (as above), stored in an `Arc` that the
+            // binding holds a count of while this runs: the variable of `key` has no
+            // `CopyProof` (its `Key::copy_proof` is `None`), and `Value::new` stores a value
+            // in place only with one, so every value of `key` was stored by `Value::new` as an
+            // `Arc<T>` (then seen as `Arc<dyn Any + Send + Sync>`, the same allocation), whose
+            // `Arc::as_ptr` is `value`. So `value` is what `Arc::into_raw` would give, the
+            // count is raised while the binding's own is alive, and `from_raw` takes the
+            // count raised here, which `Held` drops.
+            unsafe {
+                Arc::increment_strong_count(value);
+                Held::Shared(Arc::from_raw(value))
+            }
+        })
+    });
+    match &held {
+        None => f(None),
+        Some(Held::Copied(value)) => f(Some(value)),
+        Some(Held::Shared(value)) => f(Some(value)),
+    }
 }
 
 /// Looks `key` up in the current frame and records where its value is (or that it is
@@ -1556,5 +1616,26 @@ mod tests {
         assert!(poll_once(future.as_mut()).is_pending());
         assert_eq!(seen.take()[1].1.as_deref(), Some("mine"));
         KEEP.with(|keep| keep.borrow_mut().take());
+    }
+
+    #[test]
+    fn a_value_lent_through_the_cache_outlives_its_binding_while_lent() {
+        Context::new().run(|| {
+            let first = NAME.set("first".to_string());
+            // A hit: the read before records where the value is.
+            assert_eq!(NAME.get().as_deref(), Some("first"));
+            let seen = NAME.with(move |name| {
+                let name = name.expect("set above");
+                // The binding removed, then another made, while the value is lent: the lent
+                // one is then held by nothing else.
+                NAME.reset(first).unwrap();
+                assert_eq!(NAME.get(), None);
+                let second = NAME.set("second".to_string());
+                assert_eq!(NAME.with(Option::cloned).as_deref(), Some("second"));
+                NAME.reset(second).unwrap();
+                name.clone()
+            });
+            assert_eq!(seen, "first");
+        });
     }
 }
