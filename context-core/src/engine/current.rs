@@ -1631,7 +1631,10 @@ mod tests {
                 NAME.reset(first).unwrap();
                 assert_eq!(NAME.get(), None);
                 let second = NAME.set("second".to_string());
-                assert_eq!(NAME.with(Option::cloned).as_deref(), Some("second"));
+                assert_eq!(
+                    NAME.with(Option::<&String>::cloned).as_deref(),
+                    Some("second")
+                );
                 NAME.reset(second).unwrap();
                 name.clone()
             });
