@@ -1632,7 +1632,7 @@ mod tests {
                 assert_eq!(NAME.get(), None);
                 let second = NAME.set("second".to_string());
                 assert_eq!(
-                    NAME.with(Option::<&String>::cloned).as_deref(),
+                    NAME.with(|n| n.map(ToString::to_string)).as_deref(),
                     Some("second")
                 );
                 NAME.reset(second).unwrap();
