@@ -330,9 +330,9 @@ impl Branch {
         node.bitmap = self.bitmap;
         node.len = self.len;
         node.rank = self.rank;
-        node.slots.clear();
-        node.slots.reserve(self.slots.len() + 1);
-        node.slots.extend(self.slots.iter().cloned());
+        // Into the spare's own slots, which keep their allocation; then room for one more.
+        node.slots.clone_from(&self.slots);
+        node.slots.reserve(1);
         node.carried = self.carried.clone();
     }
 
@@ -645,8 +645,19 @@ impl Map {
     /// holds: it adds a binding, or writes to a root another map shares (or to none).
     #[inline(never)]
     fn insert_slow(&mut self, leaf: Leaf) -> Option<Value> {
-        // `bind`, out of line: the root is copied first where it is shared.
-        self.bind(leaf.key, leaf.var, leaf.value)
+        let root = self.root_mut();
+        // As in `bind`, now that the root is this map's own: a leaf right in the root (a
+        // variable set again in a copy of a snapshot's root) has its value replaced in place.
+        match root.slot_mut(leaf.key) {
+            Some(Slot::Leaf(old)) if old.key == leaf.key => {
+                Some(std::mem::replace(&mut old.value, leaf.value))
+            }
+            None => {
+                root.add_to_root(leaf);
+                None
+            }
+            Some(_) => root.insert_below(leaf),
+        }
     }
 
     /// The root, to write to in place: this map's own, or, where another map shares it, a
