@@ -357,6 +357,36 @@ fn a_default_that_reads_itself_panics_with_a_clear_message_every_time() {
     });
 }
 
+/// The file of the last panic on this thread, as the panic hook saw it.
+fn last_panic_file() -> Option<String> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let file = info.location().map(|at| at.file().to_string());
+            let _ = LAST.try_with(|last| *last.borrow_mut() = file);
+            report(info);
+        }));
+    });
+    LAST.with(|last| last.borrow_mut().take())
+}
+
+#[test]
+fn a_default_that_reads_itself_is_reported_where_the_application_reads_it() {
+    without_deadlock(|| {
+        let _ = last_panic_file();
+        let reads: [fn() -> u32; 2] = [|| SELF_REF.get(), || SELF_REF.with(|v| *v)];
+        for read in reads {
+            assert!(catch_unwind(read).is_err());
+            let file = last_panic_file().expect("the hook saw the panic");
+            assert!(file.ends_with("panic_safety.rs"), "reported in {file}");
+        }
+    });
+}
+
 #[test]
 fn defaults_that_read_each_other_panic_with_a_clear_message_instead_of_deadlocking() {
     without_deadlock(|| {

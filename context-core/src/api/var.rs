@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::context::Context;
-use crate::current::{self, NO_CONTEXT, Unwritable};
+use crate::current::{self, Lend, Lent, NO_CONTEXT, Unwritable};
 use crate::error::{LookupError, ResetError, SetError};
 use crate::guard::ScopeGuard;
 use crate::map::{CopyProof, Leaf, Value, VarMeta};
@@ -268,12 +268,7 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// assert_eq!(len, 1 << 20);
     /// ```
     pub fn with<R>(&self, f: impl FnOnce(Option<&K::Value>) -> R) -> R {
-        current::with_found(
-            self.key.load(Ordering::Relaxed),
-            || self.key(),
-            K::copy_proof(),
-            f,
-        )
+        self.lend(LendSome(f)).unwrap_or_else(|LendSome(f)| f(None))
     }
 }
 
@@ -329,8 +324,11 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     where
         K::Value: Clone,
     {
-        self.lookup()
-            .unwrap_or_else(|| self.default_value().clone())
+        // Not in a closure, so that a panic of the default's initializer names the caller.
+        match self.lookup() {
+            Some(value) => value,
+            None => self.default_value().clone(),
+        }
     }
 
     /// Lends the value (or the default) to `f` without cloning it. `f` may read and set
@@ -349,15 +347,12 @@ impl<K: Key<Default = WithDefault>> ContextVar<K, WithDefault> {
     /// ```
     #[track_caller]
     pub fn with<R>(&self, f: impl FnOnce(&K::Value) -> R) -> R {
-        current::with_found(
-            self.key.load(Ordering::Relaxed),
-            || self.key(),
-            K::copy_proof(),
-            |value| match value {
-                Some(value) => f(value),
-                None => f(self.default_value()),
-            },
-        )
+        // The default is read here, not in a closure, so that a panic of its initializer
+        // names the caller.
+        match self.lend(LendValue(f)) {
+            Ok(result) => result,
+            Err(LendValue(f)) => f(self.default_value()),
+        }
     }
 
     /// The default, evaluating it if this is the first need.
@@ -377,6 +372,22 @@ impl<K: Key> ContextVar<K> {
     #[must_use]
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Lends the value bound here to `lender` (see `current::lend`); `lender` back where none
+    /// is bound.
+    fn lend<L: Lend<K::Value>>(&self, lender: L) -> Result<L::Output, L> {
+        let key = self.key.load(Ordering::Relaxed);
+        match current::lend(key, || self.key(), K::copy_proof(), lender) {
+            Lent::Done(output) => Ok(output),
+            Lent::Unbound(lender) => Err(lender),
+            // Stored in place, and the key gave no proof to copy it out with this time: lent
+            // from a clone of the binding's `Value`, which holds it whatever its storage.
+            Lent::InPlace(lender) => match current::find(self.key(), |leaf| leaf.value.clone()) {
+                Some(value) => Ok(lender.lend(downcast::<K::Value>(&value))),
+                None => Err(lender),
+            },
+        }
     }
 
     fn lookup(&self) -> Option<K::Value>
@@ -718,6 +729,26 @@ pub(crate) fn restore(
 
 /// A stored value as its variable's type. Each key belongs to one variable, and a variable
 /// stores only its own type, so this cannot fail.
+/// `ContextVar::with`'s `f` of a variable without a default: called with `Some(value)`.
+struct LendSome<F>(F);
+
+impl<T, R, F: FnOnce(Option<&T>) -> R> Lend<T> for LendSome<F> {
+    type Output = R;
+    fn lend(self, value: &T) -> R {
+        (self.0)(Some(value))
+    }
+}
+
+/// `ContextVar::with`'s `f` of a variable with a default: called with the value.
+struct LendValue<F>(F);
+
+impl<T, R, F: FnOnce(&T) -> R> Lend<T> for LendValue<F> {
+    type Output = R;
+    fn lend(self, value: &T) -> R {
+        (self.0)(value)
+    }
+}
+
 pub(crate) fn downcast<T: 'static>(value: &Value) -> &T {
     downcast_any(value.as_any())
 }

@@ -23,7 +23,7 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::map::{CopyProof, Leaf, Map};
+use crate::map::{CopyProof, Leaf, Map, fits_inline};
 
 /// What a context holds while it is not entered, and what the thread holds while it is.
 pub(crate) struct Frame {
@@ -441,6 +441,10 @@ struct Fast {
     /// not be written meanwhile (`Fast::refuse_while_reading`).
     reading: Cell<bool>,
     entries: [Cell<Entry>; CACHE_SLOTS],
+    /// For each entry, whether the value it points to is held in an `Arc` (a value stored
+    /// shared), not in place in a node: what [`lend`] needs to hold it. Written with the entry
+    /// (`fill`, `prime_reads`), from the binding's own `Value`; read by `lend` only.
+    shared: [Cell<bool>; CACHE_SLOTS],
     /// A task's context that the runtime hooks want current for the poll under way, entered
     /// only once something on this thread needs the current frame (see [`enter_later`]).
     #[cfg(feature = "hooks")]
@@ -465,6 +469,7 @@ thread_local! {
             entries: [const {
                 Cell::new(Entry { tag: NO_ENTRY, value: std::ptr::null() })
             }; CACHE_SLOTS],
+            shared: [const { Cell::new(false) }; CACHE_SLOTS],
             #[cfg(feature = "hooks")]
             pending: Cell::new(None),
         }
@@ -584,6 +589,14 @@ impl Fast {
     fn entry(&self, key: u32) -> &Cell<Entry> {
         &self.entries[key as usize % CACHE_SLOTS]
     }
+
+    /// Makes the entry of `key` point to `value`, of a binding whose value is stored shared
+    /// (in an `Arc`) or not, under `tag`.
+    #[inline]
+    fn record(&self, key: u32, tag: u64, value: *const (), shared: bool) {
+        self.entry(key).set(Entry { tag, value });
+        self.shared[key as usize % CACHE_SLOTS].set(shared);
+    }
 }
 
 /// The one way to write to the frame while it is being read: `get` clones the value out of the
@@ -690,52 +703,82 @@ fn found<T: Send + Sync + 'static>(
     fast.visible().then_some(value)
 }
 
-/// `key`'s value held for [`with_found`]'s `f`: copied, or one more count of its `Arc`.
-enum Held<T> {
-    Copied(T),
-    Shared(Arc<T>),
+/// What `ContextVar::with` calls with a value: `f(Some(value))`, or `f(value)` for a variable
+/// with a default.
+pub(crate) trait Lend<T> {
+    type Output;
+    fn lend(self, value: &T) -> Self::Output;
 }
 
-/// Runs `f` on `key`'s value, a `T`, in the context visible here (`None` where it is unbound),
-/// found as [`get_cloned`] finds it. `f` runs with the thread state released, so it may read
-/// and set variables: the value is held apart from the context meanwhile, copied bit for bit
-/// where `copy` proves `T` `Copy`, else by one more count of the `Arc` that stores it (which
-/// is what a variable without a `CopyProof` stores every value in).
+/// What [`lend`] did with `L`.
+pub(crate) enum Lent<R, L> {
+    /// Lent the value; the result.
+    Done(R),
+    /// The key is unbound here (or the context is not visible): `L` back.
+    Unbound(L),
+    /// The value is stored in place, and no `CopyProof` came to copy it out with: `L` back,
+    /// for the caller to lend a clone of the binding's `Value` instead.
+    InPlace(L),
+}
+
+/// Lends `key`'s value, a `T`, in the context visible here, found as [`get_cloned`] finds it,
+/// to `lender`, which runs with the thread state released, so it may read and set variables.
+/// The value is held apart from the context meanwhile: by one more count of its `Arc` where it
+/// is stored shared, else (stored in place, so small) copied bit for bit where `copy` proves
+/// `T` `Copy`. Which of the two is the binding's own `Value`'s to say, as the read cache
+/// recorded it, not `copy`'s: a `Key` may hand a proof one time and none the next.
 #[allow(clippy::inline_always)]
 #[inline(always)]
 #[allow(unsafe_code)]
-pub(crate) fn with_found<T: Send + Sync + 'static, R>(
+pub(crate) fn lend<T: Send + Sync + 'static, L: Lend<T>>(
     key: u32,
     assign_key: impl FnOnce() -> u32,
     copy: Option<CopyProof<T>>,
-    f: impl FnOnce(Option<&T>) -> R,
-) -> R {
-    let held = fast(|fast| {
+    lender: L,
+) -> Lent<L::Output, L> {
+    let found = fast(|fast| {
         let value = found::<T>(fast, key, assign_key)?.cast::<T>();
-        Some(if let Some(proof) = copy {
-            // SAFETY: `value` points to a live `T`, for the reasons given in `get_cloned`, and
-            // nothing runs while it is copied.
-            Held::Copied(proof.copy(unsafe { &*value }))
-        } else {
-            // SAFETY: `value` points to a live `T` (as above), stored in an `Arc` that the
-            // binding holds a count of while this runs: the variable of `key` has no
-            // `CopyProof` (its `Key::copy_proof` is `None`), and `Value::new` stores a value
-            // in place only with one, so every value of `key` was stored by `Value::new` as an
-            // `Arc<T>` (then seen as `Arc<dyn Any + Send + Sync>`, the same allocation), whose
-            // `Arc::as_ptr` is `value`. So `value` is what `Arc::into_raw` would give, the
-            // count is raised while the binding's own is alive, and `from_raw` takes the
-            // count raised here, which `Held` drops.
-            unsafe {
+        let shared = fast.shared[key as usize % CACHE_SLOTS].get();
+        Some(if shared {
+            // SAFETY: `value` points to a live `T`, for the reasons given in `get_cloned`,
+            // that the binding's `Value` stores shared: `fill` and `prime_reads` record
+            // `shared` from that `Value` (`!is_inline()`) with the entry, and a shared `Value`
+            // is only ever made by `Value::new` as `Arc::new` of a `T` (then seen as
+            // `Arc<dyn Any + Send + Sync>`, the same allocation), whose `Arc::as_ptr` is
+            // `value`. So `value` is what `Arc::into_raw` would give, the count is raised
+            // while the binding's own is alive, and `from_raw` takes the count raised here.
+            Ok(unsafe {
                 Arc::increment_strong_count(value);
-                Held::Shared(Arc::from_raw(value))
-            }
+                Arc::from_raw(value)
+            })
+        } else {
+            Err(value)
         })
     });
-    match &held {
-        None => f(None),
-        Some(Held::Copied(value)) => f(Some(value)),
-        Some(Held::Shared(value)) => f(Some(value)),
+    match found {
+        None => Lent::Unbound(lender),
+        Some(Ok(held)) => Lent::Done(lender.lend(&held)),
+        // Nothing has run since `found`: the value is still where the entry says. (A `T` too
+        // large to be stored in place never comes here; the test makes that plain to the
+        // compiler, which then keeps no room for a copy of it.)
+        Some(Err(value)) => match copy {
+            Some(proof) if fits_inline::<T>() => Lent::Done(lend_copy(proof, value, lender)),
+            _ => Lent::InPlace(lender),
+        },
     }
+}
+
+/// Lends a copy of the `T` at `value`, a value stored in place (two words at most). A function
+/// of its own, called only for such a `T`: a build that keeps unused stack slots (a debug
+/// build) then keeps no room for a large `T` in every `with`.
+#[inline]
+#[allow(unsafe_code)]
+fn lend_copy<T, L: Lend<T>>(proof: CopyProof<T>, value: *const T, lender: L) -> L::Output {
+    // SAFETY: `value` points to a live `T`, for the reasons given in `get_cloned`: the caller
+    // found it through the read cache and has run nothing since, and nothing runs while it is
+    // copied.
+    let copied = proof.copy(unsafe { &*value });
+    lender.lend(&copied)
 }
 
 /// Looks `key` up in the current frame and records where its value is (or that it is
@@ -743,16 +786,20 @@ pub(crate) fn with_found<T: Send + Sync + 'static, R>(
 #[cold]
 #[inline(never)]
 fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
-    let value = current(|current| {
+    let (value, shared) = current(|current| {
         let current = current.try_borrow().unwrap_or_else(|_| reentered());
-        current.frame.map.get(key).map_or(std::ptr::null(), |leaf| {
-            assert!(
-                leaf.value.as_any().is::<T>(),
-                "contextvars: a binding of `{}` holds another type",
-                std::any::type_name::<T>()
-            );
-            leaf.value.as_ptr()
-        })
+        current
+            .frame
+            .map
+            .get(key)
+            .map_or((std::ptr::null(), false), |leaf| {
+                assert!(
+                    leaf.value.as_any().is::<T>(),
+                    "contextvars: a binding of `{}` holds another type",
+                    std::any::type_name::<T>()
+                );
+                (leaf.value.as_ptr(), !leaf.value.is_inline())
+            })
     });
     // Read after the lookup: a deferred enter carried out on the way (`current`) leaves the
     // thread without a stamp. (Count `0` of the thread's epoch is none either: see
@@ -765,10 +812,7 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
     let stamp = fast.stamp.get();
     if epoch_of(stamp) != NO_EPOCH {
         let unbound = if value.is_null() { UNBOUND } else { 0 };
-        fast.entry(key).set(Entry {
-            tag: (stamp ^ u64::from(key)) | unbound,
-            value,
-        });
+        fast.record(key, (stamp ^ u64::from(key)) | unbound, value, shared);
     }
     (!value.is_null()).then_some(value)
 }
@@ -800,10 +844,8 @@ pub(crate) fn prime_reads() {
                 return;
             }
             for leaf in leaves {
-                fast.entry(leaf.key).set(Entry {
-                    tag: stamp ^ u64::from(leaf.key),
-                    value: leaf.value.as_ptr(),
-                });
+                let tag = stamp ^ u64::from(leaf.key);
+                fast.record(leaf.key, tag, leaf.value.as_ptr(), !leaf.value.is_inline());
             }
         });
     });
@@ -1266,6 +1308,7 @@ mod tests {
 
     use super::*;
     use crate::future::WithContext;
+    use crate::map::CopyProof;
     use crate::{Context, ContextVar, FutureExt, Key, NoDefault};
 
     enum Name {}
@@ -1640,5 +1683,85 @@ mod tests {
             });
             assert_eq!(seen, "first");
         });
+    }
+
+    /// A `Key` whose proof of `Copy` is there at the first call and gone after: values it
+    /// stored in place must still be lent soundly (Miri checks the lending).
+    #[test]
+    fn with_lends_soundly_whatever_a_key_answers_each_time() {
+        use std::sync::atomic::AtomicBool;
+
+        static NO_PROOF: AtomicBool = AtomicBool::new(false);
+
+        enum Fickle {}
+
+        impl Key for Fickle {
+            type Value = [u64; 2];
+            type Default = NoDefault;
+
+            fn copy_proof() -> Option<CopyProof<[u64; 2]>> {
+                (!NO_PROOF.load(Ordering::Relaxed)).then(CopyProof::new)
+            }
+        }
+
+        static FICKLE: ContextVar<Fickle> = ContextVar::new("fickle");
+
+        Context::new().run(|| {
+            let token = FICKLE.set([1, 2]);
+            // A read records where the value is, in place.
+            assert_eq!(FICKLE.get(), Some([1, 2]));
+            NO_PROOF.store(true, Ordering::Relaxed);
+            for _ in 0..3 {
+                let lent = FICKLE.with(|value| {
+                    // Reads the whole context (the leaf beside the value) while it is lent.
+                    let listed = format!("{:?}", Context::current());
+                    (value.copied(), listed.contains("fickle"))
+                });
+                assert_eq!(lent, (Some([1, 2]), true));
+            }
+            FICKLE.reset(token).unwrap();
+            NO_PROOF.store(false, Ordering::Relaxed);
+        });
+    }
+
+    /// A large `Copy` value is stored shared and lent by reference: `with` puts no copy of it
+    /// on the stack.
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a megabyte value: slow under Miri, and about the stack, not UB"
+    )]
+    #[allow(clippy::large_stack_arrays)] // Made on a thread with a stack large enough.
+    fn with_lends_a_large_copy_value_without_copying_it_onto_the_stack() {
+        #[derive(Clone, Copy)]
+        struct Large([u8; 1 << 20]);
+
+        enum LargeKey {}
+
+        impl Key for LargeKey {
+            type Value = Large;
+            type Default = NoDefault;
+
+            // What `#[context_var]` writes for a `Copy` type.
+            fn copy_proof() -> Option<CopyProof<Large>> {
+                Some(CopyProof::new())
+            }
+        }
+
+        static LARGE: ContextVar<LargeKey> = ContextVar::new("large");
+
+        let mut context = std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn(|| Context::new().with_value(&LARGE, Large([7; 1 << 20])))
+            .unwrap()
+            .join()
+            .unwrap();
+        let first = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || context.run(|| LARGE.with(|large| large.map(|l| l.0[1 << 19]))))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(first, Some(7));
     }
 }

@@ -55,7 +55,7 @@ enum Repr {
 type Inline = [usize; 2];
 
 /// Whether a `T` fits in [`Inline`]'s room and alignment.
-const fn fits_inline<T>() -> bool {
+pub(crate) const fn fits_inline<T>() -> bool {
     size_of::<T>() <= size_of::<Inline>() && align_of::<T>() <= align_of::<Inline>()
 }
 
