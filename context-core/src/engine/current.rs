@@ -824,7 +824,7 @@ fn fill<T: Send + Sync + 'static>(fast: &Fast, key: u32) -> Option<*const ()> {
 /// request's context, once the layer's hook has set its values and before the handler reads
 /// them. A frame whose root holds more than a few slots is left as it is.
 #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-pub(crate) fn prime_reads() {
+fn prime_reads() {
     /// The most slots a root may have for its leaves to be recorded.
     const MOST: usize = 8;
     fast(|fast| {
@@ -952,10 +952,13 @@ fn swap_out(frame: &mut Frame, owner: Task, incoming: Incoming) -> u64 {
 /// Field by field: a frame just made (`Context::current()`, then `run`) was written a word at
 /// a time, and a swap of the whole frame read it back with one 16-byte load, which the
 /// processor cannot forward from two 8-byte stores still in flight: it waited for them to
-/// reach the cache. Measured: snapshot-then-run 15.7 ns to 6.6 ns, `run` 5.8 ns to 4.4 ns, a
-/// poll 38 instructions to 30, for 4 more instructions in `run`. (Leaving a context, the
-/// compiler still moves the thread's frame with one 16-byte load; an atomic id or a compiler
-/// fence between the fields stops that, but costs a poll 20 instructions more.)
+/// reach the cache. Measured on one commit built both ways: snapshot-then-run 16.2 ns to 6.2 ns,
+/// `run` 5.7 ns to 4.4 ns, a poll 6.0 ns and 38 instructions to 2.5 ns and 30, for 4 more
+/// instructions in `run`; a poll that reads went from 10.4 ns to 14.5 (with 4 fewer
+/// instructions) and `set` + `reset`, which swaps nothing, from 26 ns to 27–31, unexplained
+/// without the processor's counters. (Leaving a context, the compiler still moves the
+/// thread's frame with one 16-byte load; an atomic id or a compiler fence between the fields
+/// stops that, but costs a poll 20 instructions more.)
 #[allow(clippy::inline_always)]
 #[inline(always)]
 fn swap_frames(frame: &mut Frame) {
@@ -1212,6 +1215,28 @@ impl<'a> Polled<'a> {
     }
 }
 
+impl<'a> Polled<'a> {
+    /// This guard, recording every binding of a small context in the read cache when it
+    /// leaves, before the context is swapped out ([`prime_reads`]), so that the stamp it leaves
+    /// in its `LastPoll` is the one the record was made under: for a request's `call`, whose
+    /// response future's first poll then reads what the hook and the inner services' calls set
+    /// without looking it up. A guard rather than a call after the code it wraps, so that a
+    /// value that code returns (the call's future) is written once, where it goes.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn primed_on_leaving(self) -> PrimedOnLeaving<'a> {
+        PrimedOnLeaving(self)
+    }
+}
+
+/// See [`Polled::primed_on_leaving`]. Its `Drop` runs before the `Polled` inside it leaves.
+pub(crate) struct PrimedOnLeaving<'a>(#[allow(dead_code)] Polled<'a>);
+
+impl Drop for PrimedOnLeaving<'_> {
+    fn drop(&mut self) {
+        prime_reads();
+    }
+}
+
 impl Drop for Polled<'_> {
     #[inline]
     fn drop(&mut self) {
@@ -1308,7 +1333,6 @@ mod tests {
 
     use super::*;
     use crate::future::WithContext;
-    use crate::map::CopyProof;
     use crate::{Context, ContextVar, FutureExt, Key, NoDefault};
 
     enum Name {}

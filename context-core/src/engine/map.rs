@@ -648,6 +648,9 @@ impl Map {
         let root = self.root_mut();
         // As in `bind`, now that the root is this map's own: a leaf right in the root (a
         // variable set again in a copy of a snapshot's root) has its value replaced in place.
+        // Written out, not shared with `bind`: through `bind`, or through one inlined helper
+        // for both, `set` + `reset` with a snapshot alive measured 8 instructions more and a
+        // request through the tower layer 35 more.
         match root.slot_mut(leaf.key) {
             Some(Slot::Leaf(old)) if old.key == leaf.key => {
                 Some(std::mem::replace(&mut old.value, leaf.value))

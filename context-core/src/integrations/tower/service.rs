@@ -15,7 +15,7 @@ use super::body::{KeepResponse, WrapResponse};
 use super::hooks::{NoHook, OnRequest};
 use super::nested::{marked, request_context};
 use crate::context::Context;
-use crate::current::{self, LastPoll, Polled};
+use crate::current::LastPoll;
 use crate::future::{FutureExt, WithContext};
 
 /// The service made by [`ContextLayer`](super::ContextLayer): runs each request in a fresh copy of
@@ -189,7 +189,7 @@ where
         let future = {
             // A fresh record: no stamp kept, so the call enters under none.
             let start = last.start().without_stamp();
-            let _entered = PrimedOnLeaving(context.enter_for_poll(start, &mut last));
+            let _entered = context.enter_for_poll(start, &mut last).primed_on_leaving();
             self.shared.hook.on_request(&mut request);
             self.inner.call(request)
         };
@@ -197,19 +197,6 @@ where
             inner: WithContext::polled_before(future, context, last),
             response: self.response.clone(),
         }
-    }
-}
-
-/// The request's context entered for its `call`: leaving it, once the hook and the inner
-/// service's `call` have set what they set, records every binding of a small context in the
-/// read cache first (`current::prime_reads`), for the handler's first reads. In a guard rather
-/// than after the call, so that the call's future is written once, where the block's value
-/// goes, not kept aside across one more call and moved again.
-struct PrimedOnLeaving<'a>(#[allow(dead_code)] Polled<'a>);
-
-impl Drop for PrimedOnLeaving<'_> {
-    fn drop(&mut self) {
-        current::prime_reads();
     }
 }
 
