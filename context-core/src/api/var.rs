@@ -151,11 +151,21 @@ impl Drop for Pop {
 }
 
 impl<T> Lazy<T> {
+    #[inline]
     #[track_caller]
     fn force(&self, var: &'static str) -> &T {
-        if let Some(value) = self.cell.get() {
-            return value;
+        match self.cell.get() {
+            Some(value) => value,
+            None => self.init_once(var),
         }
+    }
+
+    /// The first need of the default: out of line, so that a read of a default already made
+    /// moves nothing it only needs here.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn init_once(&self, var: &'static str) -> &T {
         let me = std::ptr::from_ref(self).addr();
         // At thread exit the stack may be gone already: skip the check rather than panic
         // inside a thread-local's destructor, which would abort.

@@ -966,8 +966,8 @@ fn swap_frames(frame: &mut Frame) {
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
         // Every field named: a field added to `Frame` must be added here.
         let Frame { map, id } = &mut current.frame;
-        std::mem::swap(map, &mut frame.map);
         std::mem::swap(id, &mut frame.id);
+        std::mem::swap(map, &mut frame.map);
     });
 }
 
