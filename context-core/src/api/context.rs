@@ -7,7 +7,7 @@ use std::mem::ManuallyDrop;
 use crate::carried;
 #[cfg(feature = "hooks")]
 use crate::carried::Carried;
-use crate::current::{self, Entered, Frame, LastPoll, PollStart, Polled, Poller};
+use crate::current::{self, Entered, Frame, LastPoll, PollSlot, PollStart, Polled, Poller};
 use crate::map;
 use crate::var::{ContextVar, DefaultKind, Key, downcast};
 
@@ -216,20 +216,6 @@ impl Context {
     #[inline(always)]
     pub(crate) fn enter_bindings(&mut self) -> Entered<'_> {
         Entered::new(&mut self.frame)
-    }
-
-    /// [`enter_bindings`](Self::enter_bindings) for one poll of a future that runs in this
-    /// context: `last` is what the read cache knew of it when its last poll ended, kept by the
-    /// future's wrapper, which must forget it wherever this context is replaced or changed
-    /// between polls, and `start` what [`LastPoll::start`] found in it (see [`Polled::new`]).
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    pub(crate) fn enter_for_poll<'a>(
-        &'a mut self,
-        start: PollStart,
-        last: &'a mut LastPoll,
-    ) -> Polled<'a> {
-        Polled::new(&mut self.frame, start, last)
     }
 
     /// Makes this context current until the returned guard drops, with the span and
@@ -470,6 +456,40 @@ impl Drop for Context {
         if self.frame.map.may_drop_values() {
             self.drop_values();
         }
+    }
+}
+
+/// A context kept by a future's wrapper between its polls, beside what the read cache knew of
+/// it when its last poll ended (see [`LastPoll`]). Whoever changes or replaces the context
+/// between polls forgets that record.
+pub(crate) struct KeptContext {
+    pub(crate) context: Context,
+    pub(crate) last: LastPoll,
+}
+
+impl KeptContext {
+    /// A context never polled: no record.
+    pub(crate) fn new(context: Context) -> Self {
+        KeptContext {
+            context,
+            last: LastPoll::default(),
+        }
+    }
+
+    /// [`Context::enter_bindings`] for one poll of the future that runs in the context: `start`
+    /// is what [`LastPoll::start`] found in the record just now (see [`Polled::new`]).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn enter_for_poll(&mut self, start: PollStart) -> Polled<'_, KeptContext> {
+        Polled::new(self, start)
+    }
+}
+
+impl PollSlot for KeptContext {
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn parts(&mut self) -> (&mut Frame, &mut LastPoll) {
+        (&mut self.context.frame, &mut self.last)
     }
 }
 

@@ -1188,34 +1188,37 @@ impl Drop for Entered<'_> {
     }
 }
 
-/// [`Entered`] for one poll of a future's context: entered under the stamp it had when its
-/// last poll ended on this thread, if it is still good, so that the read cache's entries of
-/// that poll hit again; left, it records its stamp in `last` for the next poll.
-pub(crate) struct Polled<'a> {
-    frame: &'a mut Frame,
-    last: &'a mut LastPoll,
-    outer_owner: Task,
-    outer_stamp: u64,
+/// Where a future's wrapper keeps its context between polls: the frame, and the [`LastPoll`]
+/// that is its record. A [`Polled`] guard reaches both through one reference: it is made on
+/// every poll, and each field it holds is one more store there (a guard that lives across a
+/// call that may unwind is kept in memory, for the unwinding path).
+pub(crate) trait PollSlot {
+    fn parts(&mut self) -> (&mut Frame, &mut LastPoll);
 }
 
-impl<'a> Polled<'a> {
-    /// `last` must be the record of `frame` (see [`LastPoll`]), and `start` what
+/// [`Entered`] for one poll of a future's context: entered under the stamp it had when its
+/// last poll ended on this thread, if it is still good, so that the read cache's entries of
+/// that poll hit again; left, it records its stamp in its `LastPoll` for the next poll.
+/// Meanwhile that record holds the stamp of the frame swapped out, given back on leaving.
+pub(crate) struct Polled<'a, S: PollSlot> {
+    slot: &'a mut S,
+    outer_owner: Task,
+}
+
+impl<'a, S: PollSlot> Polled<'a, S> {
+    /// The slot's `LastPoll` must be the record of its frame, and `start` what
     /// [`LastPoll::start`] found in it just now, [`without_stamp`](PollStart::without_stamp)
     /// unless [`is_good`](PollStart::is_good).
     #[inline]
-    pub(crate) fn new(frame: &'a mut Frame, start: PollStart, last: &'a mut LastPoll) -> Self {
+    pub(crate) fn new(slot: &'a mut S, start: PollStart) -> Self {
         debug_assert!(start.good || start.kept < STAMP_STEP);
+        let (frame, last) = slot.parts();
         let (outer_owner, outer_stamp) = swap_in(frame, start.owner, Incoming::Good(start.kept));
-        Polled {
-            frame,
-            last,
-            outer_owner,
-            outer_stamp,
-        }
+        // Read by `start` already; rewritten when the guard leaves.
+        last.0 = outer_stamp;
+        Polled { slot, outer_owner }
     }
-}
 
-impl<'a> Polled<'a> {
     /// This guard, recording every binding of a small context in the read cache when it
     /// leaves, before the context is swapped out ([`prime_reads`]), so that the stamp it leaves
     /// in its `LastPoll` is the one the record was made under: for a request's `call`, whose
@@ -1223,28 +1226,25 @@ impl<'a> Polled<'a> {
     /// without looking it up. A guard rather than a call after the code it wraps, so that a
     /// value that code returns (the call's future) is written once, where it goes.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn primed_on_leaving(self) -> PrimedOnLeaving<'a> {
+    pub(crate) fn primed_on_leaving(self) -> PrimedOnLeaving<'a, S> {
         PrimedOnLeaving(self)
     }
 }
 
 /// See [`Polled::primed_on_leaving`]. Its `Drop` runs before the `Polled` inside it leaves.
-pub(crate) struct PrimedOnLeaving<'a>(#[allow(dead_code)] Polled<'a>);
+pub(crate) struct PrimedOnLeaving<'a, S: PollSlot>(#[allow(dead_code)] Polled<'a, S>);
 
-impl Drop for PrimedOnLeaving<'_> {
+impl<S: PollSlot> Drop for PrimedOnLeaving<'_, S> {
     fn drop(&mut self) {
         prime_reads();
     }
 }
 
-impl Drop for Polled<'_> {
+impl<S: PollSlot> Drop for Polled<'_, S> {
     #[inline]
     fn drop(&mut self) {
-        self.last.0 = swap_out(
-            self.frame,
-            self.outer_owner,
-            Incoming::Kept(self.outer_stamp),
-        );
+        let (frame, last) = self.slot.parts();
+        last.0 = swap_out(frame, self.outer_owner, Incoming::Kept(last.0));
     }
 }
 

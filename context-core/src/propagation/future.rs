@@ -6,7 +6,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::context::Context;
+use crate::context::{Context, KeptContext};
 use crate::current::{LastPoll, Poller};
 
 pin_project! {
@@ -35,10 +35,9 @@ pin_project! {
     pub struct WithContext<F> {
         #[pin]
         inner: Option<F>,
-        context: Context,
-        // What the read cache knew of `context` when the last poll ended: the next poll, if
-        // on the same thread, reads on from there.
-        last_poll: LastPoll,
+        // The context, with what the read cache knew of it when the last poll ended: the next
+        // poll, if on the same thread, reads on from there.
+        kept: KeptContext,
     }
 
     impl<F> PinnedDrop for WithContext<F> {
@@ -46,7 +45,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.inner.is_some() {
-                drop_unfinished(this.context, this.inner);
+                drop_unfinished(&mut this.kept.context, this.inner);
             }
         }
     }
@@ -67,33 +66,33 @@ impl<F> WithContext<F> {
     pub(crate) fn new(inner: F, context: Context) -> Self {
         WithContext {
             inner: Some(inner),
-            context,
-            last_poll: LastPoll::default(),
+            kept: KeptContext::new(context),
         }
     }
 
-    /// [`new`](Self::new), for a future made inside `context`, entered with
-    /// [`Context::enter_for_poll`] as if for a poll: `last` is what that left of it.
+    /// [`new`](Self::new), for a future made inside its context, entered with
+    /// [`KeptContext::enter_for_poll`] as if for a poll: `kept`'s record is what that left.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn polled_before(inner: F, context: Context, last: LastPoll) -> Self {
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) fn polled_before(inner: F, kept: KeptContext) -> Self {
         WithContext {
             inner: Some(inner),
-            context,
-            last_poll: last,
+            kept,
         }
     }
 
     /// The context the inner future runs in, with what it has set so far.
     #[must_use]
     pub fn context(&self) -> &Context {
-        &self.context
+        &self.kept.context
     }
 
     /// The context, to replace it before the first poll (what a scope does).
     pub(crate) fn context_mut(self: Pin<&mut Self>) -> &mut Context {
         let this = self.project();
-        this.last_poll.forget();
-        this.context
+        this.kept.last.forget();
+        &mut this.kept.context
     }
 
     /// Takes the context out, leaving an empty one: how a finished task hands its context to
@@ -101,8 +100,8 @@ impl<F> WithContext<F> {
     #[cfg(feature = "tokio")]
     pub(crate) fn take_context(self: Pin<&mut Self>) -> Context {
         let this = self.project();
-        this.last_poll.forget();
-        std::mem::take(this.context)
+        this.kept.last.forget();
+        std::mem::take(&mut this.kept.context)
     }
 
     /// Polls the inner future (or stream) with the context entered, and drops it there as
@@ -129,12 +128,13 @@ impl<F> WithContext<F> {
         // the whole wrapper would also cover the inner future, whose borrows of itself, an
         // `async` block holding a pinned future, it must leave alone.)
         let this = self.project();
-        let mut start = this.last_poll.start();
+        let kept = this.kept;
+        let mut start = kept.last.start();
         if !start.is_good() {
-            if MAY_CARRY && this.context.carries() {
+            if MAY_CARRY && kept.context.carries() {
                 return poll_carrying(
-                    this.context,
-                    this.last_poll,
+                    &mut kept.context,
+                    &mut kept.last,
                     this.inner,
                     start.poller(),
                     poll,
@@ -145,11 +145,11 @@ impl<F> WithContext<F> {
             start = start.without_stamp();
         }
         debug_assert!(
-            !this.context.carries(),
+            !kept.context.carries(),
             "a context that carries kept a stamp"
         );
         let output = {
-            let _entered = this.context.enter_for_poll(start, this.last_poll);
+            let _entered = kept.enter_for_poll(start);
             poll_inner(this.inner, poll, finished)
         };
         // Out of the context: `gone` may panic.
@@ -258,7 +258,7 @@ impl<F: std::fmt::Debug> std::fmt::Debug for WithContext<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WithContext")
             .field("inner", &self.inner)
-            .field("context", &self.context)
+            .field("context", &self.kept.context)
             .finish()
     }
 }

@@ -14,8 +14,7 @@ use tower_service::Service;
 use super::body::{KeepResponse, WrapResponse};
 use super::hooks::{NoHook, OnRequest};
 use super::nested::{marked, request_context};
-use crate::context::Context;
-use crate::current::LastPoll;
+use crate::context::{Context, KeptContext};
 use crate::future::{FutureExt, WithContext};
 
 /// The service made by [`ContextLayer`](super::ContextLayer): runs each request in a fresh copy of
@@ -175,7 +174,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let mut context = request_context(&self.shared.base);
+        let context = request_context(&self.shared.base);
         if context.carries() {
             return self.call_carrying(context, request);
         }
@@ -185,16 +184,24 @@ where
         // what the read cache knew when the call left the context, every binding of a small
         // context included, so that the handler's first reads of what the hook and the inner
         // services' calls set (`accept_baggage`'s values) hit.
-        let mut last = LastPoll::default();
+        let mut kept = KeptContext::new(context);
         let future = {
             // A fresh record: no stamp kept, so the call enters under none.
-            let start = last.start().without_stamp();
-            let _entered = context.enter_for_poll(start, &mut last).primed_on_leaving();
+            let start = kept.last.start().without_stamp();
+            let _entered = kept.enter_for_poll(start).primed_on_leaving();
             self.shared.hook.on_request(&mut request);
             self.inner.call(request)
         };
         ResponseFuture {
-            inner: WithContext::polled_before(future, context, last),
+            // Moved field by field: moved whole, the compiler kept the whole response in a
+            // place of its own (where `kept` was) and copied it out once more, future and all.
+            inner: WithContext::polled_before(
+                future,
+                KeptContext {
+                    context: kept.context,
+                    last: kept.last,
+                },
+            ),
             response: self.response.clone(),
         }
     }
