@@ -31,6 +31,9 @@ static FLAKY: u32 = flaky_default();
 static SELF_REF: u32 = SELF_REF.get() + 1;
 
 #[context_var]
+static SELF_REF_TRY: u32 = SELF_REF_TRY.try_get().unwrap_or(0) + 1;
+
+#[context_var]
 static PING: u32 = PONG.get() + 1;
 
 #[context_var]
@@ -378,7 +381,12 @@ fn last_panic_file() -> Option<String> {
 fn a_default_that_reads_itself_is_reported_where_the_application_reads_it() {
     without_deadlock(|| {
         let _ = last_panic_file();
-        let reads: [fn() -> u32; 2] = [|| SELF_REF.get(), || SELF_REF.with(|v| *v)];
+        // Each default reads itself the way its row reads it: the panic is that inner read's.
+        let reads: [fn() -> u32; 3] = [
+            || SELF_REF.get(),
+            || SELF_REF.with(|v| *v),
+            || SELF_REF_TRY.try_get().unwrap_or(0),
+        ];
         for read in reads {
             assert!(catch_unwind(read).is_err());
             let file = last_panic_file().expect("the hook saw the panic");

@@ -460,9 +460,11 @@ impl Drop for Context {
 }
 
 /// A context kept by a future's wrapper between its polls, beside what the read cache knew of
-/// it when its last poll ended (see [`LastPoll`]). Whoever changes or replaces the context
-/// between polls forgets that record.
+/// it when its last poll ended (see [`LastPoll`]; while a poll runs, the record holds the
+/// stamp of the frame that poll swapped out instead).
 pub(crate) struct KeptContext {
+    // Invariant: whoever changes or replaces `context` between polls forgets `last`
+    // (`LastPoll::forget`), and `last` is only ever the record of this `context`.
     pub(crate) context: Context,
     pub(crate) last: LastPoll,
 }

@@ -105,6 +105,7 @@ pub trait DefaultKind: sealed::Sealed + 'static {
     #[doc(hidden)]
     type Slot<T: Send + Sync + 'static>: Send + Sync;
     #[doc(hidden)]
+    #[track_caller]
     fn default_ref<'a, T: Send + Sync + 'static>(
         slot: &'a Self::Slot<T>,
         var: &'static str,
@@ -193,6 +194,7 @@ impl<T> Lazy<T> {
 
 impl DefaultKind for WithDefault {
     type Slot<T: Send + Sync + 'static> = Lazy<T>;
+    #[track_caller]
     fn default_ref<'a, T: Send + Sync + 'static>(
         slot: &'a Lazy<T>,
         var: &'static str,
@@ -411,6 +413,7 @@ impl<K: Key> ContextVar<K> {
         )
     }
 
+    #[track_caller]
     fn default_ref(&self) -> Option<&K::Value> {
         K::Default::default_ref(&self.default, self.name)
     }
@@ -440,9 +443,14 @@ impl<K: Key> ContextVar<K> {
     where
         K::Value: Clone,
     {
-        self.lookup()
-            .or_else(|| self.default_ref().cloned())
-            .ok_or(LookupError { var: self.name })
+        // Not in a closure, so that a panic of the default's initializer names the caller.
+        match self.lookup() {
+            Some(value) => Ok(value),
+            None => self
+                .default_ref()
+                .cloned()
+                .ok_or(LookupError { var: self.name }),
+        }
     }
 
     /// The value if it is set in the current context, else `fallback`, which wins over the

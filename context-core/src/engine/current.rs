@@ -244,7 +244,10 @@ impl Drop for Teardown {
 // - a future's wrapper, with the stamp its context had when its last poll ended (a
 //   [`LastPoll`]: the context is the wrapper's own, and nothing changes it between polls);
 // - the guard of an entered context, with the stamp the caller's frame had when it was left
-//   (that frame waits, borrowed by the guard, unchanged, until the guard puts it back).
+//   (that frame waits, borrowed by the guard, unchanged, until the guard puts it back); for a
+//   poll's guard, that stamp waits in the wrapper's record while the poll runs (the guard
+//   borrows the record for its whole life, and its `Drop` rewrites it with the stamp the
+//   context leaves under).
 // A stamp kept is only good on its own thread, in its own round of stamps (they start over
 // after 2^30 new ones): each round has an epoch, a number no other round on any thread ever
 // had (`fresh_epoch`), which its stamps carry; `Fast::take_back` takes back only a stamp of
@@ -385,7 +388,8 @@ impl PollStart {
 /// (see "The read cache"): kept by the future's wrapper, beside the context, and handed back at
 /// the next poll, where it brings back the entries of the last poll if it is still good.
 /// Only the wrapper that owns the context may keep it, and must forget it wherever the
-/// context is replaced or changed between polls.
+/// context is replaced or changed between polls. While a poll runs, it holds the stamp of the
+/// frame that poll swapped out instead (see [`Polled`]).
 ///
 /// A context that carries a span or OpenTelemetry's context keeps none: its polls forget it.
 /// So a poll that finds its stamp good ([`PollStart::is_good`]), which every poll of a context
@@ -656,7 +660,9 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   `LastPoll`, forgotten wherever the context is replaced or taken out; nothing else
         //   changes it between polls), and a guard takes back, when it
         //   leaves, the stamp the caller's frame had when it was entered (that frame waited,
-        //   borrowed by the guard). A stamp kept on another thread, or in an earlier round of
+        //   borrowed by the guard; for `Polled`, that stamp waits in the wrapper's
+        //   `LastPoll`, which the guard borrows mutably for its whole life, and its `Drop`
+        //   rewrites with the stamp the context leaves under). A stamp kept on another thread, or in an earlier round of
         //   this one, carries another epoch; and no entry is made under `NO_EPOCH`, which two
         //   threads may share. Nothing outside this file reaches `CURRENT` (which has no
         //   destructor of its own: its frame is only ever dropped by `Teardown`). A swap moves
@@ -973,7 +979,7 @@ fn swap_frames(frame: &mut Frame) {
 }
 
 /// [`swap_frames`], leaving a context: the identity of the frame coming back is read before
-/// the borrow's check, in a block of its own, so that the compiler does not fuse the two
+/// the borrow's check, outside the closure that swaps, so that the compiler does not fuse the two
 /// words, which entering wrote one at a time, into one 16-byte load that waits for those
 /// stores (see [`swap_frames`]). Measured on a `#[preserve_context]` call: 12.4 ns against
 /// 20.6 with the fused load, at 139 instructions against 126.
@@ -1211,6 +1217,9 @@ impl Drop for Entered<'_> {
 /// that is its record. A [`Polled`] guard reaches both through one reference: it is made on
 /// every poll, and each field it holds is one more store there (a guard that lives across a
 /// call that may unwind is kept in memory, for the unwinding path).
+///
+/// `parts` must return the same two places on every call, and run nothing else: the guard asks
+/// for them when it enters and again when it leaves.
 pub(crate) trait PollSlot {
     fn parts(&mut self) -> (&mut Frame, &mut LastPoll);
 }
