@@ -745,8 +745,6 @@ pub(crate) fn restore(
     }
 }
 
-/// A stored value as its variable's type. Each key belongs to one variable, and a variable
-/// stores only its own type, so this cannot fail.
 /// `ContextVar::with`'s `f` of a variable without a default: called with `Some(value)`.
 struct LendSome<F>(F);
 
@@ -767,6 +765,8 @@ impl<T, R, F: FnOnce(&T) -> R> Lend<T> for LendValue<F> {
     }
 }
 
+/// A stored value as its variable's type. Each key belongs to one variable, and a variable
+/// stores only its own type, so this cannot fail.
 pub(crate) fn downcast<T: 'static>(value: &Value) -> &T {
     downcast_any(value.as_any())
 }

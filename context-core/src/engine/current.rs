@@ -658,11 +658,11 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   check made just before the swap, `LastPoll::start`), if it has not changed since:
         //   a `Polled` guard takes back its future's stamp of its last poll (its wrapper's
         //   `LastPoll`, forgotten wherever the context is replaced or taken out; nothing else
-        //   changes it between polls), and a guard takes back, when it
-        //   leaves, the stamp the caller's frame had when it was entered (that frame waited,
-        //   borrowed by the guard; for `Polled`, that stamp waits in the wrapper's
-        //   `LastPoll`, which the guard borrows mutably for its whole life, and its `Drop`
-        //   rewrites with the stamp the context leaves under). A stamp kept on another thread, or in an earlier round of
+        //   changes it between polls), and a guard takes back, when it leaves, the stamp the
+        //   caller's frame had when it was entered (that frame waited, borrowed by the guard;
+        //   for `Polled`, that stamp waits in the wrapper's `LastPoll`, which the guard
+        //   borrows mutably for its whole life, and its `Drop` rewrites with the stamp the
+        //   context leaves under). A stamp kept on another thread, or in an earlier round of
         //   this one, carries another epoch; and no entry is made under `NO_EPOCH`, which two
         //   threads may share. Nothing outside this file reaches `CURRENT` (which has no
         //   destructor of its own: its frame is only ever dropped by `Teardown`). A swap moves
@@ -979,8 +979,8 @@ fn swap_frames(frame: &mut Frame) {
 }
 
 /// [`swap_frames`], leaving a context: the identity of the frame coming back is read before
-/// the borrow's check, outside the closure that swaps, so that the compiler does not fuse the two
-/// words, which entering wrote one at a time, into one 16-byte load that waits for those
+/// the borrow's check, outside the closure that swaps, so that the compiler does not fuse the
+/// two words, which entering wrote one at a time, into one 16-byte load that waits for those
 /// stores (see [`swap_frames`]). Measured on a `#[preserve_context]` call: 12.4 ns against
 /// 20.6 with the fused load, at 139 instructions against 126.
 #[allow(clippy::inline_always)]

@@ -147,7 +147,6 @@ impl<F> WithContext<F> {
                     start.poller(),
                     poll,
                     finished,
-                    gone,
                 );
             }
             start = start.without_stamp();
@@ -160,7 +159,8 @@ impl<F> WithContext<F> {
             let _entered = kept.enter_for_poll(start);
             poll_inner(this.inner, poll, finished)
         };
-        // Out of the context: `gone` may panic.
+        // Never `None`: the future was there when the poll began (`poll_inner` answers
+        // `None` for a task's poll, which asks nothing first).
         output.unwrap_or_else(gone)
     }
 }
@@ -168,7 +168,7 @@ impl<F> WithContext<F> {
 /// [`WithContext::poll_in_context`] where the context carries a span or OpenTelemetry's
 /// context: out of line, so that the poll of a context that carries neither stays as small as
 /// it was. Entered the usual way, under no stamp, and none is kept for the next poll, which
-/// then comes here again.
+/// then comes here again. The caller found the inner future there.
 #[cold]
 #[inline(never)]
 fn poll_carrying<F, R>(
@@ -178,14 +178,10 @@ fn poll_carrying<F, R>(
     poller: Poller,
     poll: impl FnOnce(Pin<&mut F>) -> R,
     finished: impl FnOnce(&R) -> bool,
-    gone: impl FnOnce() -> R,
 ) -> R {
     last.forget();
-    let output = {
-        let _entered = context.enter_for_poll_carrying(poller);
-        poll_inner(inner, poll, finished)
-    };
-    output.unwrap_or_else(gone)
+    let _entered = context.enter_for_poll_carrying(poller);
+    poll_inner(inner, poll, finished).expect("the caller found the future there")
 }
 
 /// Polls `inner` (the context is entered) and drops it as soon as `finished` says it is done.
