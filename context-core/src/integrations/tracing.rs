@@ -6,8 +6,8 @@
 //! the metadata entries that did. Text lines get `name=value` after the event's own fields;
 //! JSON lines one more member, [`JSON_KEY`], an object of the variables. A line never has a
 //! key twice: variables whose name is shared on the line are written as `name@path`
-//! ([`Key::path`](crate::Key::path)), in the order of their keys, and a key still taken gets
-//! `#2`, `#3`, …. [`SpanContextLayer`] makes the lines about a span itself carry the context
+//! ([`Key::path`](crate::Key::path)), in the order of their keys, on text lines a character
+//! a `key=value` reader splits at is written as `_`, and a key still taken gets `#2`, `#3`, …. [`SpanContextLayer`] makes the lines about a span itself carry the context
 //! the span was created in; [`for_each_logged`] is the building block for other integrations.
 //!
 //! The `contextvars` crate's documentation of this module tells the whole story with its
@@ -171,9 +171,13 @@ where
                 Style::Text => {
                     // The event's own fields are on the line already: their names are taken.
                     let taken: Vec<&str> = event.fields().map(|field| field.name()).collect();
-                    write_text(&mut writer, &line, &bindings.fields(&taken))
+                    write_text(&mut writer, &line, &bindings.fields(&taken, text_key))
                 }
-                Style::Json => write_json(&mut writer, &line, &bindings.fields(&[])),
+                Style::Json => write_json(
+                    &mut writer,
+                    &line,
+                    &bindings.fields(&[], std::convert::identity),
+                ),
             });
         if line.capacity() > MAX_KEPT_LINE {
             line = String::new();
@@ -216,8 +220,14 @@ impl Bindings {
 
     /// The variables that opted into logs and the metadata entries that did, each with the
     /// key it is written under on this line, where `taken` are the keys the line has already,
-    /// by the rules the `contextvars` crate's docs of this module give.
-    fn fields(&self, taken: &[&str]) -> Vec<(Cow<'_, str>, Field<'_>)> {
+    /// by the rules the `contextvars` crate's docs of this module give. `spell` makes a key
+    /// what the format can write ([`text_key`] for text lines), before keys still taken are
+    /// numbered, so that what is written is what is told apart.
+    fn fields<'a>(
+        &'a self,
+        taken: &[&str],
+        spell: fn(Cow<'a, str>) -> Cow<'a, str>,
+    ) -> Vec<(Cow<'a, str>, Field<'a>)> {
         let vars: Vec<&Leaf> = self.map.iter().filter(|leaf| leaf.var.log()).collect();
         let mut fields: Vec<(Cow<'_, str>, Field<'_>)> = Vec::with_capacity(vars.len());
         for leaf in &vars {
@@ -231,12 +241,12 @@ impl Bindings {
             } else {
                 Cow::Borrowed(name)
             };
-            fields.push((key, Field::Var(leaf)));
+            fields.push((spell(key), Field::Var(leaf)));
         }
         // Variables in a fixed order (by key), so that the numbered keys below are too.
         fields.sort_by(|(a, _), (b, _)| a.cmp(b));
         crate::metadata::for_each_logged(&self.map, |key, value| {
-            fields.push((Cow::Borrowed(key), Field::Metadata(value)));
+            fields.push((spell(Cow::Borrowed(key)), Field::Metadata(value)));
         });
         // Whatever is still taken (metadata named like a variable, two copies of one crate)
         // takes the first free `#2`, `#3`, ….
@@ -258,6 +268,23 @@ impl Bindings {
             }
         }
         fields
+    }
+}
+
+/// `key` as a text line writes it: a `key=value` reader (logfmt) splits a key at whitespace,
+/// `=` and `"`, so each of those and each control character is written as `_`, and an empty key
+/// as `_`. Keys are then numbered as for any other collision, so a line never has a key twice
+/// however the names are spelled.
+fn text_key(key: Cow<'_, str>) -> Cow<'_, str> {
+    fn splits(c: char) -> bool {
+        c.is_whitespace() || c.is_control() || c == '=' || c == '"'
+    }
+    if key.is_empty() {
+        Cow::Borrowed("_")
+    } else if key.contains(splits) {
+        Cow::Owned(key.replace(splits, "_"))
+    } else {
+        key
     }
 }
 
