@@ -1051,10 +1051,14 @@ pub(crate) fn drop_values(frame: &mut Frame) {
     }
 }
 
-/// [`drop_values`] where a value may have a `Drop` to run: inside the context.
+/// [`drop_values`] where a value may have a `Drop` to run: inside the context. Writable for
+/// the drops even where its task only inherited it (the runtime hooks' context of a plain
+/// task that outlived the values' owner): a `Drop` may set, as anywhere else, and what it
+/// sets goes with the context, whose nodes shared with others are copied before any write.
 #[cold]
 #[inline(never)]
 fn drop_values_inside(frame: &mut Frame) {
+    frame.id &= !READ_ONLY;
     let _entered = Entered::new(frame);
     drop_bindings();
 }
