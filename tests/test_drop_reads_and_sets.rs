@@ -355,14 +355,13 @@ fn a_run_in_executor_jobs_panicking_value_stays_the_jobs() {
         });
 }
 
-/// B39, the same class as the `Buffer` worker bug (see `test_worker_cancelled_requests.rs`):
+/// B39, the same class as the `Buffer` worker's drops (see `test_worker_cancelled_requests.rs`):
 /// a task binds a value whose `Drop` panics and hands a job to a pool with
 /// `run_in_executor`; the task ends first, so the job's copy of the context holds the last
-/// reference; the pool then drops the job without running it (a queue shut down). SPEC B39:
-/// the panic "never surfaces in another task"; what happens: it is raised on the pool's thread
-/// (which dies; under rayon the process would abort).
+/// reference; the pool then drops the job without running it (a queue shut down). The panic
+/// "never surfaces in another task": the pool's thread goes on. (Before the fix it was raised
+/// on the pool's thread, which died; under rayon the process would have aborted.)
 #[test]
-#[ignore = "bug: a job's context copy dropped unrun by a pool after its task ended raises the value's Drop panic on the pool's thread"]
 fn a_job_dropped_unrun_after_its_task_ended_does_not_panic_the_pool() {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

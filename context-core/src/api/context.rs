@@ -459,6 +459,34 @@ impl Drop for Context {
     }
 }
 
+/// A context (or what holds one) that may be dropped far from whoever owns its values: in a
+/// worker's queue, a pool's, or by a worker after the request's caller went away. A panic of a
+/// value's `Drop` there stays here, the panic hook having reported it, instead of unwinding the
+/// worker or pool that happened to drop it, which would then fail every later job.
+#[derive(Clone)]
+pub(crate) struct DropContained<T>(Option<T>);
+
+impl<T> DropContained<T> {
+    pub(crate) fn new(value: T) -> Self {
+        DropContained(Some(value))
+    }
+
+    /// The value, now its holder's to drop.
+    pub(crate) fn into_inner(mut self) -> T {
+        self.0.take().expect("taken only here, once")
+    }
+}
+
+impl<T> Drop for DropContained<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            // Nobody waits for this value: its panic has been printed by the panic hook, and
+            // goes no further.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value)));
+        }
+    }
+}
+
 /// A context kept by a future's wrapper between its polls, beside what the read cache knew of
 /// it when its last poll ended (see [`LastPoll`]; while a poll runs, the record holds the
 /// stamp of the frame that poll swapped out instead).

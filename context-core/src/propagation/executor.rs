@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
-use crate::context::Context;
+use crate::context::{Context, DropContained};
 
 /// A job for an executor: a boxed closure to call once, on any thread.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -79,9 +79,11 @@ where
         state: Mutex::new(State::Waiting(None)),
     });
     let sender = Sender(Some(Arc::clone(&slot)));
-    let work = Context::current().run_later(f);
+    // A job its executor drops unrun (a queue shut down) may hold the last reference to the
+    // context's values, whose task has ended: their `Drop` panics stay in the job.
+    let work = DropContained::new(Context::current().run_later(f));
     submit(Box::new(move || {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(work));
+        let outcome = panic::catch_unwind(AssertUnwindSafe(work.into_inner()));
         sender.send(outcome.map_err(|payload| JobError(Failure::Panicked(payload))));
     }));
     RunInExecutor { slot }

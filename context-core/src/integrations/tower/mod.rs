@@ -42,7 +42,7 @@ pub use layer::ContextLayer;
 pub use service::{ContextService, ResponseFuture};
 pub use worker::{
     AcrossWorkerLayer, CarriesContext, CarryContext, CarryContextLayer, ReenterContext,
-    ReenterContextLayer,
+    ReenterContextLayer, ReenterFuture,
 };
 
 // Feature `baggage`: the client layer, and the types `ContextLayer::accept_baggage` makes

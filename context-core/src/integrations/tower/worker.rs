@@ -3,7 +3,13 @@
 //! the request above the worker, `ReenterContextLayer` enters it again below the worker, and
 //! `AcrossWorkerLayer` places the two around a worker's layer.
 
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
 
 use tower_layer::Layer;
 use tower_service::Service;
@@ -11,7 +17,7 @@ use tower_service::Service;
 use super::body::KeepResponse;
 use super::nested::{as_request, request_context};
 use super::service::ResponseFuture;
-use crate::context::Context;
+use crate::context::{Context, DropContained};
 
 /// A request that can carry a [`Context`] past a worker task: [`CarryContextLayer`] puts
 /// one in, [`ReenterContextLayer`] takes it out.
@@ -48,19 +54,22 @@ pub trait CarriesContext {
     fn take_context(&mut self) -> Option<Context>;
 }
 
-/// The context an `http::Request` carries, in its extensions.
+/// The context an `http::Request` carries, in its extensions. A request dropped in a worker's
+/// queue (its caller went away) may hold the last reference to its values: their `Drop`
+/// panics stay in the request, not in the worker.
 #[derive(Clone)]
-struct Carried(Context);
+struct Carried(DropContained<Context>);
 
 impl<B> CarriesContext for http::Request<B> {
     fn put_context(&mut self, context: Context) {
-        self.extensions_mut().insert(Carried(context));
+        self.extensions_mut()
+            .insert(Carried(DropContained::new(context)));
     }
 
     fn take_context(&mut self) -> Option<Context> {
         self.extensions_mut()
             .remove::<Carried>()
-            .map(|Carried(context)| context)
+            .map(|Carried(context)| context.into_inner())
     }
 }
 
@@ -255,7 +264,7 @@ worker_side! {
     pub struct ReenterContext<S> { inner: S }
 
     impl Service {
-        type Future = ResponseFuture<S::Future, KeepResponse>;
+        type Future = ReenterFuture<S::Future>;
 
         fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
             let inner = &mut self.inner;
@@ -267,8 +276,85 @@ worker_side! {
                 .take_context()
                 .unwrap_or_else(|| request_context(&Context::new()));
             let inner = &mut self.inner;
-            ResponseFuture::call_in(as_request(context), KeepResponse, || inner.call(request))
+            ReenterFuture {
+                inner: Some(ResponseFuture::call_in(as_request(context), KeepResponse, || {
+                    inner.call(request)
+                })),
+            }
         }
+    }
+}
+
+pin_project! {
+    /// The future of a [`ReenterContext`]: the inner service's future, polled and dropped in
+    /// the context the request carried. A worker may drop it itself (`tower::buffer::Buffer`
+    /// drops the future it made for a request whose caller went away), and it may then hold
+    /// the last reference to the request's values: a panic of their `Drop` stays in it (the
+    /// panic hook reports it) instead of ending the worker, which would fail every later
+    /// request.
+    ///
+    /// ```
+    /// # use context_core as contextvars;
+    /// use contextvars::tower::{ReenterContextLayer, ReenterFuture};
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// struct Hello;
+    /// impl Service<http::Request<()>> for Hello {
+    ///     type Response = &'static str;
+    ///     type Error = ();
+    ///     type Future = std::future::Ready<Result<&'static str, ()>>;
+    ///     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), ()>> {
+    ///         std::task::Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, _: http::Request<()>) -> Self::Future {
+    ///         std::future::ready(Ok("hello"))
+    ///     }
+    /// }
+    ///
+    /// let mut service = ReenterContextLayer.layer(Hello);
+    /// let future: ReenterFuture<_> = service.call(http::Request::new(()));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert_eq!(future.await, Ok("hello"));
+    /// # });
+    /// ```
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct ReenterFuture<F> {
+        // `Some` until dropped: the drop takes it out inside `catch_unwind`.
+        #[pin]
+        inner: Option<ResponseFuture<F, KeepResponse>>,
+    }
+
+    impl<F> PinnedDrop for ReenterFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut inner = this.project().inner;
+            // Nobody may wait for this future any more: the panic hook has printed the panic,
+            // and it goes no further.
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| inner.set(None)));
+        }
+    }
+}
+
+impl<F, R, E> Future for ReenterFuture<F>
+where
+    F: Future<Output = Result<R, E>>,
+{
+    type Output = Result<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.project()
+            .inner
+            .as_pin_mut()
+            .expect("taken out only when dropped")
+            .poll(cx)
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ReenterFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReenterFuture")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
