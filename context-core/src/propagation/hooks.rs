@@ -205,6 +205,13 @@ pub fn install(builder: &mut Builder) -> &mut Builder {
 /// upstream connections): without the layer, what the first request's handler sets is what
 /// the second request reads. With [`install`], that set fails loudly instead.
 ///
+/// **A value such a task sets is dropped after its output is handed over.** The hooks see a
+/// task only around its polls and at its end, after tokio has given its output to the
+/// `JoinHandle`, so a value whose `Drop` panics at that end is reported by the panic hook and
+/// nowhere else: the `JoinHandle` gives the task's output, not `JoinError::Panic`. A task
+/// spawned with [`contextvars::spawn`](crate::spawn) drops its values inside itself before
+/// its output is handed over, and its `JoinHandle` gives the panic.
+///
 /// ```
 /// # use context_core as contextvars;
 /// # use contextvars::{ContextVar, Key, NoDefault};
