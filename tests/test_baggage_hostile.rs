@@ -327,6 +327,15 @@ async fn ignore_bad_entries_skips_an_entry_or_a_whole_header_and_reports_each() 
     assert_eq!(json["metadata"].get("k"), None, "{json}");
     assert_eq!(reported().len(), 1);
 
+    // A bad entry whose key comes again, before or after: skipped and reported, and the good
+    // entry with that key read.
+    for header in ["k=%ZZ,k=good,user_id=6", "k=good,k=%ZZ,user_id=6"] {
+        let json = ask(&mut client, &[("baggage", header)]).await;
+        assert_eq!(json["user_id"], 6, "{header}: {json}");
+        assert_eq!(json["metadata"]["k"], "good", "{header}: {json}");
+        assert_eq!(reported().len(), 1, "{header}");
+    }
+
     let long = "v".repeat(4_100);
     let json = ask(
         &mut client,

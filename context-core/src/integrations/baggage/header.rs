@@ -497,8 +497,10 @@ fn parse_member_in_full(text: &str, entry: usize) -> Result<Member<'_>, BaggageE
 /// Parses a whole header value (several `baggage` headers joined with `,`).
 ///
 /// A header over the limits is one error, `Err`; otherwise each member is parsed on its own,
-/// `Ok` or its error. A key given more than once is valid input: the last entry with it
-/// wins (as OpenTelemetry reads it), and the earlier ones, good or bad, are left out.
+/// `Ok` or its error. A key given more than once is valid input: the last good entry with it
+/// wins (as OpenTelemetry reads it), and the earlier good ones are left out. A bad entry is
+/// never left out, whatever comes after it: it makes the header malformed, as it would alone,
+/// and the caller refuses the header or skips the entry as the application configured.
 pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>>, BaggageError> {
     if header.len() > MAX_BYTES {
         return Err(BaggageError::TooLong {
@@ -517,12 +519,15 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
     for (entry, text) in split_at_byte(header, b',').enumerate() {
         members.push(parse_member(text, entry));
     }
-    // An entry is left out where a later one has its key (a bad value still has its key).
-    // Headers are small (at most 180 entries, most a handful): comparing keys pairwise costs
-    // less than hashing them, and nothing is allocated unless a key is repeated.
+    // A good entry is left out where a later good one has its key. Headers are small (at
+    // most 180 entries, most a handful): comparing keys pairwise costs less than hashing
+    // them, and nothing is allocated unless a key is repeated.
     let repeated = |i: usize| {
-        key_of(&members[i])
-            .is_some_and(|key| members[i + 1..].iter().any(|m| key_of(m) == Some(key)))
+        members[i].as_ref().is_ok_and(|member| {
+            members[i + 1..]
+                .iter()
+                .any(|later| later.as_ref().is_ok_and(|later| later.key == member.key))
+        })
     };
     if (0..members.len()).any(repeated) {
         let keep: Vec<bool> = (0..members.len()).map(|i| !repeated(i)).collect();
@@ -530,14 +535,6 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
         members.retain(|_| keep.next().unwrap_or(true));
     }
     Ok(members)
-}
-
-/// The key of a parsed entry, or of a bad one where it has one.
-fn key_of<'a>(member: &'a Result<Member<'_>, BaggageError>) -> Option<&'a str> {
-    match member {
-        Ok(m) => Some(m.key),
-        Err(err) => err.entry_key(),
-    }
 }
 
 /// Appends `key=value` (the value percent-encoded) and its properties to `out`.
@@ -658,7 +655,12 @@ mod tests {
                 ("a".into(), "3".into(), Some("p".into())),
             ]
         );
-        assert_eq!(ok("a=%zz,a=ok"), [("a".into(), "ok".into(), None)]);
+        // A bad entry stays, whatever follows: the header is malformed, as with it alone.
+        for header in ["a=%zz,a=ok", "a=ok,a=%zz"] {
+            let members = parse(header).unwrap();
+            assert_eq!(members.len(), 2, "{header}");
+            assert_eq!(members.iter().filter(|m| m.is_err()).count(), 1, "{header}");
+        }
     }
 
     #[test]

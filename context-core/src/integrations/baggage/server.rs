@@ -27,7 +27,8 @@ impl<H, M, A> ContextLayer<H, M, A> {
     /// or metadata key that the layer's base context or a request hook already holds is left
     /// as the application set it, and the entry for it is dropped (neither read nor
     /// forwarded). A key given more than once in a valid header is valid input: the last
-    /// entry wins.
+    /// entry wins. A malformed entry is not hidden by a later one with its key: the header is
+    /// malformed, as with that entry alone.
     ///
     /// Baggage is untrusted input: any caller can send any entry, and every service on the
     /// way can read and change it. Never decide authorization from it (a tenant, a role, a
