@@ -218,9 +218,13 @@ impl Drop for ReadsOtelOnDrop {
 static HELD: ReadsOtelOnDrop;
 
 /// A value a task sets in its context drops inside that context, and so with the
-/// OpenTelemetry context the task's context carries attached, as its code ran.
+/// OpenTelemetry context the task's context carries attached, as its code ran. Not done: a
+/// context's values drop inside the span it carries, but OpenTelemetry's context is not
+/// attached around them, since a context may be dropped inside OpenTelemetry's own code (a
+/// propagator's `inject` drops one while OpenTelemetry's current context is borrowed), where
+/// attaching panics; the composite propagator test below caught that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a task's context values drop with its OpenTelemetry context detached"]
+#[ignore = "not done: OpenTelemetry's context is not attached around the drop of a context's values (attaching panics inside OpenTelemetry's own code)"]
 async fn a_value_set_in_a_task_drops_with_its_opentelemetry_context_attached() {
     carry_both();
     let task = start(7, |_| {
@@ -249,7 +253,6 @@ mod hooks {
     /// context either, which would otherwise tie every trace of the worker to the first
     /// request that happened to start it.
     #[test]
-    #[ignore = "bug: spawn_without_context and suppress_flow still carry the spawner's OpenTelemetry context"]
     fn spawn_without_context_carries_no_opentelemetry_context() {
         carry_both();
         let mut builder = tokio::runtime::Builder::new_multi_thread();

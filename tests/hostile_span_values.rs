@@ -71,7 +71,6 @@ async fn a_value_set_in_a_task_spawned_in_a_span_drops_inside_it() {
 /// Spawned from a context that carries the span (a snapshot taken in it): the value the
 /// task set must drop inside the span too, as it does for a task spawned in the span.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a Carrying task's context values drop outside its span (finish() after leaving)"]
 async fn a_value_set_in_a_task_whose_context_carries_the_span_drops_inside_it() {
     carry();
     let mut carrying = info_span!("values", test = "carried").in_scope(Context::current);
@@ -95,7 +94,6 @@ async fn a_value_set_in_a_task_whose_context_carries_the_span_drops_inside_it() 
 
 /// The same, for a task aborted while waiting: its context's values drop inside its span.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an aborted Carrying task's context values drop outside its span"]
 async fn a_value_set_in_an_aborted_task_whose_context_carries_the_span_drops_inside_it() {
     carry();
     let mut carrying = info_span!("values", test = "carried aborted").in_scope(Context::current);
@@ -123,7 +121,6 @@ async fn a_value_set_in_an_aborted_task_whose_context_carries_the_span_drops_ins
 /// A `Context` that carries a span, dropped with a value whose `Drop` logs: the value drops
 /// inside the context and its span.
 #[test]
-#[ignore = "bug: a dropped Context's values drop outside the span it carries"]
 fn a_dropped_context_drops_its_values_inside_its_span() {
     carry();
     let mut context = info_span!("values", test = "dropped context").in_scope(Context::current);
@@ -146,7 +143,6 @@ fn a_dropped_context_drops_its_values_inside_its_span() {
 /// `contextvars::thread::spawn`, a `gather` branch, `in_current_context`. What each sets
 /// drops when it is done: inside the snapshot's span, as its code ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: values set in spawn_blocking, thread::spawn, gather and with_context drop outside the span"]
 async fn values_set_in_each_helper_drop_inside_the_span_it_ran_in() {
     use contextvars::FutureExt;
     carry();
@@ -214,7 +210,6 @@ mod hooks {
     /// Under the hooks (with writable inheritance, so that the task may set), a plain task's
     /// value drops inside its spawner's span when the task ends.
     #[test]
-    #[ignore = "bug: under the hooks a task's context values drop outside its span at terminate"]
     fn a_value_set_in_a_hooked_task_drops_inside_its_spawners_span() {
         carry();
         let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -257,7 +252,6 @@ mod hooks {
     /// as the docs of `carry_spans` advise for tasks that outlive their spawner, it neither
     /// logs under the request's span nor keeps it open while it runs.
     #[test]
-    #[ignore = "bug: spawn_without_context still carries the spawner's span (logs in it, keeps it open)"]
     fn spawn_without_context_carries_no_span() {
         carry();
         let shown = "values{test=\"without context\"}";
@@ -280,7 +274,6 @@ mod hooks {
 
     /// The same with `suppress_flow` around a plain `tokio::spawn`.
     #[test]
-    #[ignore = "bug: a task spawned inside suppress_flow still carries the spawner's span"]
     fn suppress_flow_carries_no_span() {
         carry();
         let shown = "values{test=\"suppressed\"}";

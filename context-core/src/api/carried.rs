@@ -91,11 +91,66 @@ pub(crate) fn recarry(map: Map) -> Map {
 
 #[inline(never)]
 fn recarry_turned_on(mut map: Map, carry: u8) -> Map {
+    if suppressed() {
+        if map.carried().is_some() {
+            map.set_carried(Carried::NONE);
+        }
+        return map;
+    }
     let carried = map.carried();
     if let Some(other) = Carried::capture_unless_same(carried, carry) {
         map.set_carried(other);
     }
     map
+}
+
+#[cfg(any(feature = "tracing", feature = "opentelemetry"))]
+thread_local! {
+    /// Set while `contextvars::hooks::suppress_flow` runs its closure on this thread:
+    /// snapshots taken then carry nothing, whatever span or OpenTelemetry context is current.
+    static SUPPRESSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether snapshots taken here carry nothing (see [`suppress`]).
+fn suppressed() -> bool {
+    #[cfg(any(feature = "tracing", feature = "opentelemetry"))]
+    {
+        SUPPRESSED.try_with(std::cell::Cell::get).unwrap_or(false)
+    }
+    #[cfg(not(any(feature = "tracing", feature = "opentelemetry")))]
+    {
+        false
+    }
+}
+
+/// Makes the snapshots taken on this thread carry nothing until the result drops, however
+/// the code in between ends; then they carry what they did before. `suppress_flow`'s tasks
+/// so inherit no span and no OpenTelemetry context, as they inherit no values.
+#[cfg_attr(not(feature = "hooks"), allow(dead_code))]
+pub(crate) fn suppress() -> Suppressed {
+    #[cfg(any(feature = "tracing", feature = "opentelemetry"))]
+    let before = SUPPRESSED
+        .try_with(|cell| cell.replace(true))
+        .unwrap_or(false);
+    #[cfg(not(any(feature = "tracing", feature = "opentelemetry")))]
+    let before = false;
+    Suppressed { before }
+}
+
+/// What [`suppress`] returns: restores what snapshots carried before, when dropped.
+pub(crate) struct Suppressed {
+    #[cfg_attr(
+        not(any(feature = "tracing", feature = "opentelemetry")),
+        allow(dead_code)
+    )]
+    before: bool,
+}
+
+impl Drop for Suppressed {
+    fn drop(&mut self) {
+        #[cfg(any(feature = "tracing", feature = "opentelemetry"))]
+        let _ = SUPPRESSED.try_with(|cell| cell.set(self.before));
+    }
 }
 
 /// The span and OpenTelemetry context a context carries (each `None` where it carries none).
@@ -212,6 +267,55 @@ impl Carried {
             _not_send: std::marker::PhantomData,
         }
     }
+
+    /// Enters the span alone, around the drop of a context's values, until the result drops.
+    /// OpenTelemetry's context is not attached: a context may be dropped inside
+    /// OpenTelemetry's own code (a propagator's `inject` drops one while OpenTelemetry's
+    /// current context is borrowed), where attaching panics. Nor is the span entered for a
+    /// drop that happens while another drop enters one on this thread: a subscriber's
+    /// `on_enter` that takes and drops a snapshot would otherwise enter again, without end.
+    #[cfg_attr(not(feature = "tracing"), allow(clippy::unused_self))]
+    pub(crate) fn enter_span_for_drop(&self) -> Option<DropInSpan> {
+        #[cfg(feature = "tracing")]
+        {
+            let span = self.span.as_ref()?;
+            if DROPPING_IN_SPAN.try_with(|cell| cell.replace(true)) != Ok(false) {
+                return None;
+            }
+            Some(DropInSpan {
+                span: span::enter(span),
+                _not_send: std::marker::PhantomData,
+            })
+        }
+        #[cfg(not(feature = "tracing"))]
+        None
+    }
+}
+
+#[cfg(feature = "tracing")]
+thread_local! {
+    /// Set while a context's values are dropped inside its span on this thread (see
+    /// [`Carried::enter_span_for_drop`]).
+    static DROPPING_IN_SPAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The span entered around a context's values' drop: exits it when dropped, and lets the next
+/// drop on this thread enter one again. Not `Send`: it must drop where it was made.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) struct DropInSpan {
+    #[cfg(feature = "tracing")]
+    span: std::sync::Arc<span::CarriedSpan>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for DropInSpan {
+    fn drop(&mut self) {
+        #[cfg(feature = "tracing")]
+        {
+            span::exit(&self.span);
+            let _ = DROPPING_IN_SPAN.try_with(|cell| cell.set(false));
+        }
+    }
 }
 
 /// The span a task spawned by `contextvars::spawn` carries in itself rather than in its
@@ -230,7 +334,7 @@ impl TaskSpan {
     /// span.
     #[inline]
     pub(crate) fn for_spawn(map: &Map) -> Option<TaskSpan> {
-        if carry() != SPANS || map.carried().is_some() {
+        if carry() != SPANS || map.carried().is_some() || suppressed() {
             return None;
         }
         span::handle().map(TaskSpan)

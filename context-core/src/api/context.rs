@@ -524,11 +524,23 @@ impl PollSlot for KeptContext {
 }
 
 impl Context {
-    /// Out of line: most contexts dropped are snapshots that share their bindings. What the
-    /// context carries goes with its map's root.
+    /// Out of line: most contexts dropped are snapshots that share their bindings. Where a
+    /// value may run code as it goes, it goes inside the context, and inside the span the
+    /// context carries, as code run in the context would: a `Drop` that logs logs in the
+    /// span. OpenTelemetry's context is not attached for it: a context may be dropped inside
+    /// OpenTelemetry's own code, where attaching would panic. What the context carries goes
+    /// with its map's root, and the span is left once the values are gone.
     #[inline(never)]
     fn drop_values(&mut self) {
-        current::drop_values(&mut self.frame);
+        if self.frame.map.release_if_no_drop() {
+            return;
+        }
+        let in_span = if self.carries() {
+            self.frame.map.carried().enter_span_for_drop()
+        } else {
+            None
+        };
+        current::drop_values_inside(&mut self.frame, in_span);
     }
 }
 

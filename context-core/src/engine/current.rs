@@ -1042,25 +1042,21 @@ pub(crate) fn write_with<A, R>(
 }
 
 /// Drops the bindings of `frame`, a context's own (its root no other context shares), inside
-/// that context ([`drop_bindings`]). Where every value is held in place, no `Drop` can run:
-/// the bindings are released at once, without entering the context.
-#[inline]
-pub(crate) fn drop_values(frame: &mut Frame) {
-    if !frame.map.release_if_no_drop() {
-        drop_values_inside(frame);
-    }
-}
-
-/// [`drop_values`] where a value may have a `Drop` to run: inside the context. Writable for
-/// the drops even where its task only inherited it (the runtime hooks' context of a plain
-/// task that outlived the values' owner): a `Drop` may set, as anywhere else, and what it
-/// sets goes with the context, whose nodes shared with others are copied before any write.
+/// that context ([`drop_bindings`]), where a value may have a `Drop` to run (bindings whose
+/// values cannot run code as they go are released at once by the caller, without entering
+/// the context: `Map::release_if_no_drop`). Writable for the drops even where its task only
+/// inherited it (the runtime hooks' context of a plain task that outlived the values'
+/// owner): a `Drop` may set, as anywhere else, and what it sets goes with the context, whose
+/// nodes shared with others are copied before any write. `last` goes last, still inside
+/// (the span entered around the drops: it is left, and closes where this was its last
+/// handle, inside the context, as the leaving of any context leaves its span first).
 #[cold]
 #[inline(never)]
-fn drop_values_inside(frame: &mut Frame) {
+pub(crate) fn drop_values_inside<T>(frame: &mut Frame, last: T) {
     frame.id &= !READ_ONLY;
     let _entered = Entered::new(frame);
     drop_bindings();
+    drop(last);
 }
 
 /// Drops every binding of the current context, inside it. The values it alone holds go one

@@ -25,6 +25,10 @@ use crate::carried;
 ///   not the one current where the layer was built.
 /// - A snapshot holds the span open, as a `tracing::Span` handle does: it closes (`on_close`
 ///   for a subscriber's layers) when the last task, thread or snapshot holding it is gone.
+/// - The values a context holds are dropped inside its span too (when its task ends or is
+///   aborted, or the context is dropped), so a `Drop` that logs logs in it. OpenTelemetry's
+///   context is not attached for those drops: a context may be dropped inside OpenTelemetry's
+///   own code, where attaching panics.
 ///
 /// While it is not called, nothing changes and nothing is paid but one atomic load per
 /// snapshot; a `Context` is no larger for the feature. Once on, a snapshot taken where the

@@ -569,6 +569,12 @@ pub fn stored_contexts() -> usize {
 /// a cache refresher), most of all when it runs lazily inside a request. `f` itself cannot
 /// read the caller's values either; it may set its own, which its tasks then inherit.
 ///
+/// Where spans or OpenTelemetry's context are carried (`contextvars::tracing::carry_spans`,
+/// `contextvars::opentelemetry::carry_context`), the tasks and threads `f` starts carry
+/// neither, not even a span `f` enters itself: a long-lived task would otherwise keep the
+/// request's span open and log in it for as long as it runs. Enter a span of its own inside
+/// such a task.
+///
 /// ```
 /// # use context_core as contextvars;
 /// # use contextvars::{ContextVar, Key, NoDefault};
@@ -585,6 +591,7 @@ pub fn stored_contexts() -> usize {
 /// # });
 /// ```
 pub fn suppress_flow<R>(f: impl FnOnce() -> R) -> R {
+    let _suppressed = crate::carried::suppress();
     Context::new().run(f)
 }
 
