@@ -532,15 +532,9 @@ impl Context {
     /// with its map's root, and the span is left once the values are gone.
     #[inline(never)]
     fn drop_values(&mut self) {
-        if self.frame.map.release_if_no_drop() {
-            return;
+        if !self.frame.map.release_if_no_drop() {
+            current::drop_values_inside(&mut self.frame);
         }
-        let in_span = if self.carries() {
-            self.frame.map.carried().enter_span_for_drop()
-        } else {
-            None
-        };
-        current::drop_values_inside(&mut self.frame, in_span);
     }
 }
 

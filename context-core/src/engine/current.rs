@@ -1047,16 +1047,34 @@ pub(crate) fn write_with<A, R>(
 /// the context: `Map::release_if_no_drop`). Writable for the drops even where its task only
 /// inherited it (the runtime hooks' context of a plain task that outlived the values'
 /// owner): a `Drop` may set, as anywhere else, and what it sets goes with the context, whose
-/// nodes shared with others are copied before any write. `last` goes last, still inside
-/// (the span entered around the drops: it is left, and closes where this was its last
-/// handle, inside the context, as the leaving of any context leaves its span first).
+/// nodes shared with others are copied before any write. A context that carries a span drops
+/// its values inside the span too; the span is left before the context (as the leaving of any
+/// context leaves its span first), so that it closes inside the context where this was its
+/// last handle.
 #[cold]
 #[inline(never)]
-pub(crate) fn drop_values_inside<T>(frame: &mut Frame, last: T) {
-    frame.id &= !READ_ONLY;
+pub(crate) fn drop_values_inside(frame: &mut Frame) {
+    // Only the hooks make a frame read-only.
+    #[cfg(feature = "hooks")]
+    {
+        frame.id &= !READ_ONLY;
+    }
+    let in_span = if frame.carries() {
+        enter_span_for_drop(frame)
+    } else {
+        None
+    };
     let _entered = Entered::new(frame);
     drop_bindings();
-    drop(last);
+    drop(in_span);
+}
+
+/// The span `frame` carries, entered for [`drop_values_inside`] (see
+/// `Carried::enter_span_for_drop`).
+#[cold]
+#[inline(never)]
+fn enter_span_for_drop(frame: &Frame) -> Option<crate::carried::DropInSpan> {
+    frame.map.carried().enter_span_for_drop()
 }
 
 /// Drops every binding of the current context, inside it. The values it alone holds go one
