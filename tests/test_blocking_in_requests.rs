@@ -90,6 +90,7 @@ async fn blocking(headers: HeaderMap) -> String {
 }
 
 fn runtimes() -> Vec<(&'static str, tokio::runtime::Runtime)> {
+    #[cfg_attr(not(all(tokio_unstable, feature = "hooks")), allow(unused_mut))]
     let mut all = vec![(
         "plain",
         tokio::runtime::Builder::new_multi_thread()

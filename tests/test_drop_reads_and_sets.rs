@@ -15,8 +15,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::routing::get;
+use contextvars::context_var;
 use contextvars::tower::ContextLayer;
-use contextvars::{Context, context_var};
 
 /// `(id, tenant read in the drop, outcome of a set in the drop)`.
 type Seen = (String, Option<String>, Result<(), String>);
@@ -430,7 +430,7 @@ fn a_request_pending_at_runtime_shutdown_drops_its_values_inside_its_context() {
 #[cfg(all(tokio_unstable, feature = "hooks"))]
 #[test]
 fn a_read_only_task_writes_in_contexts_it_enters_and_their_values_drop_inside_them() {
-    use contextvars::FutureExt;
+    use contextvars::{Context, FutureExt};
 
     for multi_thread in [false, true] {
         support::hooked_runtime(multi_thread, false).block_on(async {

@@ -679,6 +679,7 @@ static LOGS_ON_DROP: LogsOnDrop;
 fn a_line_logged_from_a_values_drop_carries_the_context_it_is_dropped_in() {
     let (subscriber, text, _json) = text_and_json();
     tracing::subscriber::with_default(subscriber, || {
+        #[cfg_attr(not(all(tokio_unstable, feature = "hooks")), allow(unused_mut))]
         let mut runtimes = vec![(
             "plain",
             tokio::runtime::Builder::new_current_thread()
