@@ -296,3 +296,58 @@ mod hooks {
         });
     }
 }
+
+/// A subscriber whose `on_enter` panics while a context's values are being dropped inside the
+/// span the context carries: the panic is the dropper's, and it leaves nothing behind on the
+/// thread, so the next context dropped there still drops its values inside its own span.
+#[test]
+fn a_panicking_on_enter_during_a_drop_leaves_later_drops_in_their_span() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tracing::span::Id;
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+    use tracing_subscriber::{Layer, registry};
+
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    static PARENTS: Mutex<Vec<Option<String>>> = Mutex::new(Vec::new());
+
+    struct Boom;
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Boom {
+        fn on_enter(&self, id: &Id, ctx: LayerContext<'_, S>) {
+            let boom = ctx.span(id).is_some_and(|span| span.name() == "boom");
+            let armed = boom && ARMED.swap(false, Ordering::SeqCst);
+            assert!(!armed, "the subscriber's on_enter panics");
+        }
+
+        fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
+            let parent = ctx.event_span(event).map(|span| span.name().to_string());
+            PARENTS.lock().unwrap().push(parent);
+        }
+    }
+
+    /// A value with a `Drop` that does nothing: the context is entered to drop it.
+    struct Quiet;
+    impl Drop for Quiet {
+        fn drop(&mut self) {}
+    }
+    #[context_var]
+    static QUIET: Quiet;
+
+    contextvars::tracing::carry_spans();
+    let subscriber = registry().with(Boom);
+    tracing::subscriber::with_default(subscriber, || {
+        let mut boom = info_span!("boom").in_scope(Context::current);
+        boom.run(|| drop(QUIET.set(Quiet)));
+        ARMED.store(true, Ordering::SeqCst);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(boom)));
+        assert!(dropped.is_err(), "the subscriber's panic is the dropper's");
+
+        let mut next = info_span!("next").in_scope(Context::current);
+        next.run(|| drop(GUARD.set(LogOnDrop("after the panic"))));
+        drop(next);
+    });
+    assert_eq!(*PARENTS.lock().unwrap(), [Some("next".to_string())]);
+}

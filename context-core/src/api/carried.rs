@@ -282,8 +282,13 @@ impl Carried {
             if DROPPING_IN_SPAN.try_with(|cell| cell.replace(true)) != Ok(false) {
                 return None;
             }
+            // Should the subscriber's `on_enter` panic, the flag is not left set: drops on
+            // this thread would never enter a span again.
+            let unset = UnsetDropping;
+            let entered = span::enter(span);
+            std::mem::forget(unset);
             Some(DropInSpan {
-                span: span::enter(span),
+                span: entered,
                 _not_send: std::marker::PhantomData,
             })
         }
@@ -297,6 +302,17 @@ thread_local! {
     /// Set while a context's values are dropped inside its span on this thread (see
     /// [`Carried::enter_span_for_drop`]).
     static DROPPING_IN_SPAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clears [`DROPPING_IN_SPAN`] when dropped: while a span is being entered for a drop.
+#[cfg(feature = "tracing")]
+struct UnsetDropping;
+
+#[cfg(feature = "tracing")]
+impl Drop for UnsetDropping {
+    fn drop(&mut self) {
+        let _ = DROPPING_IN_SPAN.try_with(|cell| cell.set(false));
+    }
 }
 
 /// The span entered around a context's values' drop: exits it when dropped, and lets the next
