@@ -526,3 +526,38 @@ async fn the_composite_propagator_over_a_real_http_hop_refuses_each_bad_header_a
         client.await.unwrap();
     }
 }
+
+/// A subscriber layer that attaches an OpenTelemetry context in `on_enter` (as
+/// tracing-opentelemetry's context activation does), with spans and OpenTelemetry's context
+/// carried: injecting through the composite propagator inside a span takes a snapshot, and
+/// drops it, while OpenTelemetry's current context is borrowed. A snapshot that only shares
+/// its values is dropped without entering its span, so nothing attaches there and nothing
+/// panics.
+#[test]
+fn injecting_in_a_span_under_a_subscriber_that_attaches_on_enter_does_not_panic() {
+    use tracing::Subscriber;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    struct AttachesOnEnter;
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for AttachesOnEnter {
+        fn on_enter(&self, _: &Id, _: LayerContext<'_, S>) {
+            drop(OtelContext::current_with_value(Tag(0)).attach());
+        }
+    }
+
+    carry_both();
+    let subscriber = tracing_subscriber::registry().with(AttachesOnEnter);
+    tracing::subscriber::with_default(subscriber, || {
+        Context::new().run(|| {
+            let _ = TENANT.set("acme".to_string());
+            info_span!("request").in_scope(|| {
+                let mut headers = HashMap::new();
+                composite().inject(&mut headers);
+                let baggage = headers.get("baggage").cloned().unwrap_or_default();
+                assert!(baggage.contains("tenant=acme"), "{headers:?}");
+            });
+        });
+    });
+}

@@ -302,3 +302,29 @@ impl Drop for Witness {
 
 #[context_var]
 static WITNESS: Witness;
+
+/// The other side of the test above: a request's future that completes below the worker drops
+/// the request's values in the poll that completes it, in the task that awaited it, where a
+/// value whose `Drop` panics is that task's panic, as for any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_requests_panicking_value_is_the_awaiting_tasks_panic() {
+    use axum::body::Body;
+    use contextvars::Context;
+    use contextvars::tower::{CarriesContext, ReenterContextLayer};
+    use tower::Layer;
+
+    let mut service = ReenterContextLayer.layer(tower::service_fn(|_: Request| async {
+        let _ = PANICS.set(Panics);
+        Ok::<_, Infallible>("answer")
+    }));
+    let mut request = Request::get("/").body(Body::empty()).unwrap();
+    request.put_context(Context::new().with_value(&TENANT, "completed".to_string()));
+    let future = service.call(request);
+    let awaited = tokio::spawn(future).await;
+    assert!(
+        awaited
+            .as_ref()
+            .is_err_and(tokio::task::JoinError::is_panic),
+        "{awaited:?}"
+    );
+}

@@ -271,9 +271,10 @@ impl Carried {
     /// Enters the span alone, around the drop of a context's values, until the result drops.
     /// OpenTelemetry's context is not attached: a context may be dropped inside
     /// OpenTelemetry's own code (a propagator's `inject` drops one while OpenTelemetry's
-    /// current context is borrowed), where attaching panics. Nor is the span entered for a
-    /// drop that happens while another drop enters one on this thread: a subscriber's
-    /// `on_enter` that takes and drops a snapshot would otherwise enter again, without end.
+    /// current context is borrowed), where attaching panics. Nor is a span entered for a drop
+    /// that happens while the subscriber is entering or exiting one for another drop on this
+    /// thread (its `on_enter` or `on_exit` dropping a context), which could otherwise go on
+    /// without end.
     #[cfg_attr(not(feature = "tracing"), allow(clippy::unused_self))]
     pub(crate) fn enter_span_for_drop(&self) -> Option<DropInSpan> {
         #[cfg(feature = "tracing")]
@@ -282,13 +283,10 @@ impl Carried {
             if DROPPING_IN_SPAN.try_with(|cell| cell.replace(true)) != Ok(false) {
                 return None;
             }
-            // Should the subscriber's `on_enter` panic, the flag is not left set: drops on
-            // this thread would never enter a span again.
-            let unset = UnsetDropping;
-            let entered = span::enter(span);
-            std::mem::forget(unset);
+            // Cleared once entered, and should the subscriber's `on_enter` panic.
+            let _unset = UnsetDropping;
             Some(DropInSpan {
-                span: entered,
+                span: span::enter(span),
                 _not_send: std::marker::PhantomData,
             })
         }
@@ -299,12 +297,12 @@ impl Carried {
 
 #[cfg(feature = "tracing")]
 thread_local! {
-    /// Set while a context's values are dropped inside its span on this thread (see
+    /// Set while the subscriber enters or exits a span for a drop on this thread (see
     /// [`Carried::enter_span_for_drop`]).
     static DROPPING_IN_SPAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Clears [`DROPPING_IN_SPAN`] when dropped: while a span is being entered for a drop.
+/// Clears [`DROPPING_IN_SPAN`] when dropped, however the subscriber's code it guards ends.
 #[cfg(feature = "tracing")]
 struct UnsetDropping;
 
@@ -315,8 +313,8 @@ impl Drop for UnsetDropping {
     }
 }
 
-/// The span entered around a context's values' drop: exits it when dropped, and lets the next
-/// drop on this thread enter one again. Not `Send`: it must drop where it was made.
+/// The span entered around a context's values' drop: exits it when dropped. Not `Send`: it
+/// must drop where it was made.
 #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) struct DropInSpan {
     #[cfg(feature = "tracing")]
@@ -328,8 +326,9 @@ impl Drop for DropInSpan {
     fn drop(&mut self) {
         #[cfg(feature = "tracing")]
         {
+            let nested = DROPPING_IN_SPAN.try_with(|cell| cell.replace(true)) != Ok(false);
+            let _unset = (!nested).then_some(UnsetDropping);
             span::exit(&self.span);
-            let _ = DROPPING_IN_SPAN.try_with(|cell| cell.set(false));
         }
     }
 }

@@ -1047,10 +1047,14 @@ pub(crate) fn write_with<A, R>(
 /// the context: `Map::release_if_no_drop`). Writable for the drops even where its task only
 /// inherited it (the runtime hooks' context of a plain task that outlived the values'
 /// owner): a `Drop` may set, as anywhere else, and what it sets goes with the context, whose
-/// nodes shared with others are copied before any write. A context that carries a span drops
-/// its values inside the span too; the span is left before the context (as the leaving of any
-/// context leaves its span first), so that it closes inside the context where this was its
-/// last handle.
+/// nodes shared with others are copied before any write.
+///
+/// A context that carries a span drops inside the span too, where a value's own `Drop` is
+/// to run (not for a snapshot that only shares its values: entering a span runs the
+/// subscriber's code). The span is left before the context, as the leaving of any context
+/// leaves its span first, so that it closes inside the context where this was its last
+/// handle; and so it is where a value's `Drop` panics, whose panic is raised once both are
+/// left.
 #[cold]
 #[inline(never)]
 pub(crate) fn drop_values_inside(frame: &mut Frame) {
@@ -1059,22 +1063,38 @@ pub(crate) fn drop_values_inside(frame: &mut Frame) {
     {
         frame.id &= !READ_ONLY;
     }
-    let in_span = if frame.carries() {
+    let (in_span, span_panic) = if frame.carries() && frame.map.drops_code() {
         enter_span_for_drop(frame)
     } else {
-        None
+        (None, None)
     };
-    let _entered = Entered::new(frame);
-    drop_bindings();
+    let entered = Entered::new(frame);
+    let value_panic = drop_bindings();
     drop(in_span);
+    drop(entered);
+    if let Some(payload) = span_panic.or(value_panic) {
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(payload);
+        }
+    }
 }
 
 /// The span `frame` carries, entered for [`drop_values_inside`] (see
-/// `Carried::enter_span_for_drop`).
+/// `Carried::enter_span_for_drop`), or the subscriber's panic, to raise once the values are
+/// dropped.
 #[cold]
 #[inline(never)]
-fn enter_span_for_drop(frame: &Frame) -> Option<crate::carried::DropInSpan> {
-    frame.map.carried().enter_span_for_drop()
+fn enter_span_for_drop(
+    frame: &Frame,
+) -> (
+    Option<crate::carried::DropInSpan>,
+    Option<Box<dyn std::any::Any + Send>>,
+) {
+    let enter = std::panic::AssertUnwindSafe(|| frame.map.carried().enter_span_for_drop());
+    match std::panic::catch_unwind(enter) {
+        Ok(in_span) => (in_span, None),
+        Err(payload) => (None, Some(payload)),
+    }
 }
 
 /// Drops every binding of the current context, inside it. The values it alone holds go one
@@ -1087,12 +1107,13 @@ fn enter_span_for_drop(frame: &Frame) -> Option<crate::carried::DropInSpan> {
 /// at the same moment, the last release still happens inside a context).
 ///
 /// A value whose `Drop` panics does not stop the others: each is dropped on its own, and the
-/// first panic is raised again once all are gone (unless the thread is already unwinding from
-/// another panic, where a second one would abort the process: the panic hook has printed it,
-/// and it goes no further).
+/// first panic is returned once all are gone, for the caller to raise when it has left the
+/// context (unless the thread is already unwinding from another panic, where a second one
+/// would abort the process: the panic hook has printed it, and it goes no further).
 ///
 /// The caller has just entered the context whose values are to go, so the frame is visible.
-pub(crate) fn drop_bindings() {
+#[must_use = "the first panic of a value's `Drop`, to raise"]
+pub(crate) fn drop_bindings() -> Option<Box<dyn std::any::Any + Send>> {
     let mut first_panic = None;
     loop {
         let mut keys = Keys::default();
@@ -1119,11 +1140,7 @@ pub(crate) fn drop_bindings() {
             catch_drop_panic(move || drop(value), &mut first_panic);
         }
     }
-    if let Some(payload) = first_panic {
-        if !std::thread::panicking() {
-            std::panic::resume_unwind(payload);
-        }
-    }
+    first_panic
 }
 
 /// The keys of the values [`drop_bindings`] drops in one round: the first few on the stack

@@ -867,6 +867,20 @@ impl Map {
     /// Adds to `keys` the keys whose values this map alone keeps alive: the leaves on nodes
     /// no other map shares, whose value has no other owner. Dropping the map would drop
     /// exactly these values; the rest would only lose a reference.
+    /// Whether dropping this map's bindings would run code of a value's own `Drop`: a value
+    /// that no other map holds, of a variable whose values do not drop quietly.
+    pub(crate) fn drops_code(&self) -> bool {
+        fn walk(branch: &Branch) -> bool {
+            branch.slots.iter().any(|slot| match slot {
+                Slot::Leaf(leaf) => leaf.value.may_drop() && !leaf.drops_quietly(),
+                Slot::Branch(child) => Arc::strong_count(child) == 1 && walk(child),
+            })
+        }
+        self.root
+            .as_ref()
+            .is_some_and(|root| Arc::strong_count(root) == 1 && walk(root))
+    }
+
     pub(crate) fn owned_keys(&self, keys: &mut impl Extend<u32>) {
         fn walk(branch: &Branch, keys: &mut impl Extend<u32>) {
             for slot in &branch.slots {

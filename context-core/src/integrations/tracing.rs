@@ -7,8 +7,9 @@
 //! JSON lines one more member, [`JSON_KEY`], an object of the variables. A line never has a
 //! key twice: variables whose name is shared on the line are written as `name@path`
 //! ([`Key::path`](crate::Key::path)), in the order of their keys, on text lines a character
-//! a `key=value` reader splits at is written as `_`, and a key still taken gets `#2`, `#3`, …. [`SpanContextLayer`] makes the lines about a span itself carry the context
-//! the span was created in; [`for_each_logged`] is the building block for other integrations.
+//! a `key=value` reader splits at is written as `_`, and a key still taken gets `#2`, `#3`,
+//! …. [`SpanContextLayer`] makes the lines about a span itself carry the context the span was
+//! created in; [`for_each_logged`] is the building block for other integrations.
 //!
 //! The `contextvars` crate's documentation of this module tells the whole story with its
 //! macros (the formats, names that collide, spans, why a formatter wrapper); the items here
@@ -243,8 +244,12 @@ impl Bindings {
             };
             fields.push((spell(key), Field::Var(leaf)));
         }
-        // Variables in a fixed order (by key), so that the numbered keys below are too.
-        fields.sort_by(|(a, _), (b, _)| a.cmp(b));
+        // Variables in a fixed order (by key, then where they are declared: two names may be
+        // spelled alike on a text line), so that the numbered keys below are too.
+        fields.sort_by(|(a, field_a), (b, field_b)| {
+            a.cmp(b)
+                .then_with(|| field_path(field_a).cmp(field_path(field_b)))
+        });
         crate::metadata::for_each_logged(&self.map, |key, value| {
             fields.push((spell(Cow::Borrowed(key)), Field::Metadata(value)));
         });
@@ -285,6 +290,14 @@ fn text_key(key: Cow<'_, str>) -> Cow<'_, str> {
         Cow::Owned(key.replace(splits, "_"))
     } else {
         key
+    }
+}
+
+/// Where a variable's field is declared; nothing for a metadata entry's.
+fn field_path(field: &Field<'_>) -> &'static str {
+    match field {
+        Field::Var(leaf) => leaf.var.path(),
+        Field::Metadata(_) => "",
     }
 }
 

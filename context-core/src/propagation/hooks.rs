@@ -570,10 +570,11 @@ pub fn stored_contexts() -> usize {
 /// read the caller's values either; it may set its own, which its tasks then inherit.
 ///
 /// Where spans or OpenTelemetry's context are carried (`contextvars::tracing::carry_spans`,
-/// `contextvars::opentelemetry::carry_context`), the tasks and threads `f` starts carry
-/// neither, not even a span `f` enters itself: a long-lived task would otherwise keep the
-/// request's span open and log in it for as long as it runs. Enter a span of its own inside
-/// such a task.
+/// `contextvars::opentelemetry::carry_context`), the tasks and threads started on this thread
+/// while `f` runs carry neither, not even a span `f` enters itself: a long-lived task would
+/// otherwise keep the request's span open and log in it for as long as it runs. Enter a span
+/// of its own inside such a task. (That holds for whatever runs on the thread meanwhile: keep
+/// `f` to the spawning, not a `block_on` that serves other tasks.)
 ///
 /// ```
 /// # use context_core as contextvars;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, ready};
 
 use pin_project_lite::pin_project;
 
@@ -287,11 +287,12 @@ worker_side! {
 
 pin_project! {
     /// The future of a [`ReenterContext`]: the inner service's future, polled and dropped in
-    /// the context the request carried. A worker may drop it itself (`tower::buffer::Buffer`
-    /// drops the future it made for a request whose caller went away), and it may then hold
-    /// the last reference to the request's values: a panic of their `Drop` stays in it (the
-    /// panic hook reports it) instead of ending the worker, which would fail every later
-    /// request.
+    /// the context the request carried. Once it completes, it drops what it holds in the poll
+    /// that completed it, where a panic of a value's `Drop` is the request's, as anywhere. A
+    /// worker may drop it unfinished itself (`tower::buffer::Buffer` drops the future it made
+    /// for a request whose caller went away), and it may then hold the last reference to the
+    /// request's values: dropped unfinished, a panic of their `Drop` stays in it (the panic
+    /// hook reports it) instead of ending the worker, which would fail every later request.
     ///
     /// ```
     /// # use context_core as contextvars;
@@ -342,11 +343,31 @@ where
     type Output = Result<R, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project()
-            .inner
-            .as_pin_mut()
-            .expect("taken out only when dropped")
-            .poll(cx)
+        let mut inner = self.project().inner;
+        let output = ready!(
+            inner
+                .as_mut()
+                .as_pin_mut()
+                .expect("polled after it completed")
+                .poll(cx)
+        );
+        // Dropped here, in the task that awaited it: a panic of a value's `Drop` is its panic.
+        inner.set(None);
+        Poll::Ready(output)
+    }
+}
+
+impl<F> ReenterFuture<F> {
+    /// The request's context, with what the services below the worker have set in it so far.
+    ///
+    /// # Panics
+    /// Once the future has completed: its context is gone with it.
+    #[must_use]
+    pub fn context(&self) -> &Context {
+        self.inner
+            .as_ref()
+            .expect("the context of a completed future")
+            .context()
     }
 }
 
