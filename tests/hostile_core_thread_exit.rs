@@ -26,7 +26,6 @@ static SECOND: Arc<Panics>;
 /// values are still dropped one by one"): a plain thread that exits with two values whose
 /// `Drop` panics in its own context. Run it alone: where it fails, the process aborts.
 #[test]
-#[ignore = "bug: two panicking Drops in a plain thread's own context at thread exit abort the process"]
 fn two_panicking_drops_at_plain_thread_exit_do_not_abort_the_process() {
     static DROPS: AtomicUsize = AtomicUsize::new(0);
     let joined = std::thread::spawn(|| {

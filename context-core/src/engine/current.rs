@@ -207,7 +207,7 @@ impl Drop for Teardown {
         // them any more. (No `reading` check: a panic here would abort, and no read is under
         // way while thread-locals are destroyed.)
         fast(Fast::forget_stamp);
-        let frame = current(|current| {
+        let mut frame = current(|current| {
             std::mem::replace(
                 &mut current
                     .try_borrow_mut()
@@ -218,7 +218,15 @@ impl Drop for Teardown {
         });
         // Dropped with nothing borrowed: a value's `Drop` may read (it finds nothing) and
         // try to set (it is refused). A panic in it would abort the process here, inside a
-        // thread-local's destructor: the panic hook prints it, and it goes no further.
+        // thread-local's destructor: the panic hook prints it, and it goes no further. One
+        // value at a time, each caught on its own: a second panic while a first unwinds
+        // would abort the process too.
+        let mut owned = Vec::new();
+        frame.map.owned_keys(&mut owned);
+        for key in owned {
+            let value = frame.map.remove(key);
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(value)));
+        }
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(frame)));
     }
 }
