@@ -177,32 +177,6 @@ async fn values_set_in_each_helper_drop_inside_the_span_it_ran_in() {
     assert_eq!(outside, Vec::<&str>::new(), "dropped outside the span");
 }
 
-/// A request through the tower layer, its future instrumented with the request's span (as a
-/// `TraceLayer` does): what the handler sets drops at the request's end inside that span.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_set_by_a_handler_drops_inside_the_request_span() {
-    use tower::{Layer, ServiceExt, service_fn};
-    carry();
-    let service = contextvars::tower::ContextLayer::new().layer(service_fn(|(): ()| async {
-        let _ = GUARD.set(LogOnDrop("values: handler"));
-        info!("values: handler ran");
-        Ok::<_, std::convert::Infallible>(())
-    }));
-    let span = info_span!("values", test = "request");
-    let response = span.in_scope(|| service.oneshot(()));
-    tracing::Instrument::instrument(response, span)
-        .await
-        .unwrap();
-    assert_eq!(
-        parent("values: handler ran").as_deref(),
-        Some("values{test=\"request\"}")
-    );
-    assert_eq!(
-        parent("values: handler tenant").as_deref(),
-        Some("values{test=\"request\"}")
-    );
-}
-
 #[cfg(all(feature = "hooks", tokio_unstable))]
 mod hooks {
     use super::*;
