@@ -313,3 +313,32 @@ fn a_malformed_entry_is_refused_even_when_a_later_entry_repeats_its_key() {
         );
     }
 }
+
+/// A value its variable's type does not parse is a bad entry like a malformed one: the header
+/// is refused as with that entry alone, even where a later good entry repeats the key (a
+/// `u64` of "abc" before one of "80" must not pass as 80), and whichever order they come in.
+#[test]
+fn a_value_its_type_does_not_parse_is_refused_even_when_a_later_entry_repeats_its_key() {
+    for header in [
+        "user_id=abc,user_id=80",
+        "user_id=80,user_id=abc",
+        "tenant=a,user_id=abc,tenant=b,user_id=80",
+    ] {
+        assert_eq!(
+            extract(&with_baggage("user_id=abc")).unwrap_err().key(),
+            Some("user_id"),
+        );
+        let refused = extract(&with_baggage(header)).map(|mut c| c.run(|| USER_ID.get()));
+        assert_eq!(
+            refused.as_ref().map_err(BaggageError::key),
+            Err(Some("user_id")),
+            "{header}"
+        );
+    }
+    // A key repeated with good values only is valid: the last wins.
+    let mut accepted = extract(&with_baggage("user_id=7,tenant=a,user_id=80")).unwrap();
+    assert_eq!(
+        accepted.run(|| (USER_ID.get(), TENANT.get())),
+        (Some(80), Some("a".to_string()))
+    );
+}

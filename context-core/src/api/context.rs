@@ -688,6 +688,14 @@ impl fmt::Debug for ValueRef<'_> {
 // thread by `current::enter_owned`/`exit_owned`, which need its frame.
 // ---------------------------------------------------------------------------------------------
 
+#[cfg(test)]
+impl Context {
+    /// This context's bindings, taken out whole: the context is left empty.
+    pub(crate) fn take_map(&mut self) -> map::Map {
+        std::mem::take(&mut self.frame.map)
+    }
+}
+
 #[cfg(feature = "hooks")]
 impl Context {
     /// The bindings this context holds while it is not entered.

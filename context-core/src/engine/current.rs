@@ -1087,6 +1087,22 @@ pub(crate) fn drop_values_inside(frame: &mut Frame) {
     }
 }
 
+/// Whether this thread can enter a context now: its state is not in use (a write or a read
+/// under way, whose code let go of a node) and its locals are not being destroyed.
+#[cold]
+pub(crate) fn can_enter() -> bool {
+    may_write() && CURRENT.try_with(|current| current.try_borrow_mut().is_ok()) == Ok(true)
+}
+
+/// Drops the bindings of `map`, whose root nobody else holds, inside a context of their own
+/// ([`drop_values_inside`]); the caller has checked [`can_enter`].
+#[cold]
+#[inline(never)]
+pub(crate) fn drop_orphaned(map: Map) {
+    let mut frame = Frame::carrying(map);
+    drop_values_inside(&mut frame);
+}
+
 /// The span `frame` carries, entered for [`drop_values_inside`] (see
 /// `Carried::enter_span_for_drop`), or the subscriber's panic, to raise once the values are
 /// dropped.
@@ -1858,5 +1874,47 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(first, Some(7));
+    }
+
+    /// A root let go of with its values still in it (what the last of two threads letting go
+    /// of one context at once does) drops them inside a context that holds their bindings,
+    /// not in the thread's: a `Drop` reads the dropped context's values.
+    #[test]
+    fn a_root_let_go_of_full_drops_its_values_inside_a_context_of_their_own() {
+        thread_local! {
+            static SAW: std::cell::RefCell<Vec<Option<String>>> = const {
+                std::cell::RefCell::new(Vec::new())
+            };
+        }
+        struct ReadsName;
+
+        impl Drop for ReadsName {
+            fn drop(&mut self) {
+                SAW.with(|saw| saw.borrow_mut().push(NAME.get()));
+            }
+        }
+
+        enum ReadsKey {}
+
+        impl Key for ReadsKey {
+            type Value = std::sync::Arc<ReadsName>;
+            type Default = NoDefault;
+        }
+
+        static READS: ContextVar<ReadsKey> = ContextVar::new("reads");
+
+        Context::new().run(|| {
+            let _ = NAME.set("thread's".to_string());
+            let mut ctx = Context::new()
+                .with_value(&NAME, "dropped context's".to_string())
+                .with_value(&READS, std::sync::Arc::new(ReadsName));
+            // The map, its root held by nobody else, let go of whole: no `Context` drop.
+            let map = ctx.take_map();
+            drop(ctx);
+            drop(map);
+            assert_eq!(NAME.get().as_deref(), Some("thread's"));
+        });
+        let saw = SAW.with(std::cell::RefCell::take);
+        assert_eq!(saw, [Some("dropped context's".to_string())]);
     }
 }

@@ -15,9 +15,11 @@
 //! Values are never cloned: a binding holds either an `Arc` of the value, which copies of a
 //! node share, or, for a small `Copy` value, the value itself (see [`Value`]).
 //!
-//! Nothing here drops a value: every write hands the replaced value back to the caller, so
+//! No write here drops a value: every write hands the replaced value back to the caller, so
 //! that the caller can drop it after releasing the thread's state. A value's `Drop` may then
-//! read or set context variables freely.
+//! read or set context variables freely. The one drop here is that of a root let go of with
+//! its values still in it (two threads letting go of it at once), which hands them to a
+//! context of their own (`Branch::drop_orphaned`).
 
 use std::any::Any;
 use std::cell::Cell;
@@ -250,6 +252,19 @@ struct Branch {
     /// so that a snapshot stays one pointer copy: snapshots taken where the same span is
     /// current share the root, and only a snapshot that must carry something else copies it.
     carried: Carried,
+}
+
+impl Drop for Branch {
+    /// A root is emptied before it is let go of (its context's values dropped inside the
+    /// context, or released where none runs code), except where two threads let go of it
+    /// at once: see [`Branch::drop_orphaned`]. A node below the root (which keeps no count)
+    /// drops as it is: its values go with the root that held it.
+    #[inline]
+    fn drop(&mut self) {
+        if self.len != 0 || self.carried.is_some() {
+            self.drop_orphaned();
+        }
+    }
 }
 
 /// Keeps `root`, emptied, as the thread's spare root.
@@ -498,6 +513,48 @@ impl Branch {
             Slot::Leaf(leaf) => leaf.value,
             Slot::Branch(_) => unreachable!("matched as a leaf just above"),
         }
+    }
+
+    /// Whether dropping this node, held by nobody else, would run code of a value's own
+    /// `Drop`: a value it alone keeps alive, in it or in a node below that only it holds, is
+    /// of a type whose drop is not known to be quiet.
+    fn drops_code(&self) -> bool {
+        self.slots.iter().any(|slot| match slot {
+            Slot::Leaf(leaf) => leaf.value.may_drop() && !leaf.drops_quietly(),
+            Slot::Branch(child) => Arc::strong_count(child) == 1 && child.drops_code(),
+        })
+    }
+
+    /// [`Drop`] for a root dropped with bindings (or a span) in it. Where two holders of a
+    /// context's root let go of it at the same moment on two threads, each may see the other
+    /// still holding it, so that neither drops the values inside the context (as `Context`'s
+    /// `Drop` does for a root it holds alone), and the second to let go is here. (So is a map
+    /// dropped whole by code of this crate that did not empty it first: none does.)
+    /// Where a value would run code as it goes, the root's bindings are handed, in a root of
+    /// their own, to a context of their own and dropped inside it, one value at a time, as
+    /// any context's values are: a `Drop` sees the context's bindings, not the thread's, and
+    /// a second panicking `Drop` does not abort the process. Where this thread cannot enter a
+    /// context (its state is in use, or its locals are being destroyed), they are dropped
+    /// here, as before, where two panicking `Drop`s still abort.
+    #[cold]
+    #[inline(never)]
+    fn drop_orphaned(&mut self) {
+        if !self.carried.is_some() && !self.drops_code() {
+            return;
+        }
+        if !crate::engine::current::can_enter() {
+            return;
+        }
+        let node = Branch {
+            bitmap: self.bitmap,
+            len: self.len,
+            rank: self.rank,
+            slots: std::mem::take(&mut self.slots),
+            carried: std::mem::take(&mut self.carried),
+        };
+        crate::engine::current::drop_orphaned(Map {
+            root: Some(Arc::new(node)),
+        });
     }
 
     const EMPTY: Branch = Branch {
@@ -851,12 +908,12 @@ impl Map {
         match &mut self.root {
             None if !carried.is_some() => {}
             None => {
-                self.root = Some(Arc::new(Branch {
-                    carried,
-                    ..Branch::EMPTY
-                }));
+                let mut root = Branch::EMPTY;
+                root.carried = carried;
+                self.root = Some(Arc::new(root));
             }
-            Some(root) if root.len == 0 && !carried.is_some() => self.root = None,
+            // What the root carried goes here, as below, not inside a context.
+            Some(root) if root.len == 0 && !carried.is_some() => std::mem::take(self).release(),
             Some(root) => {
                 let root = Arc::make_mut(root);
                 drop(std::mem::replace(&mut root.carried, carried));
@@ -897,15 +954,9 @@ impl Map {
     /// apart from `owned_keys`, which every drop of a context's values runs, since one walk
     /// for both measured 72 instructions more on those drops.
     pub(crate) fn drops_code(&self) -> bool {
-        fn walk(branch: &Branch) -> bool {
-            branch.slots.iter().any(|slot| match slot {
-                Slot::Leaf(leaf) => leaf.value.may_drop() && !leaf.drops_quietly(),
-                Slot::Branch(child) => Arc::strong_count(child) == 1 && walk(child),
-            })
-        }
         self.root
             .as_ref()
-            .is_some_and(|root| Arc::strong_count(root) == 1 && walk(root))
+            .is_some_and(|root| Arc::strong_count(root) == 1 && root.drops_code())
     }
 
     pub(crate) fn iter(&self) -> Iter<'_> {

@@ -497,10 +497,12 @@ fn parse_member_in_full(text: &str, entry: usize) -> Result<Member<'_>, BaggageE
 /// Parses a whole header value (several `baggage` headers joined with `,`).
 ///
 /// A header over the limits is one error, `Err`; otherwise each member is parsed on its own,
-/// `Ok` or its error. A key given more than once is valid input: the last good entry with it
-/// wins (as OpenTelemetry reads it), and the earlier good ones are left out. A bad entry is
-/// never left out, whatever comes after it: it makes the header malformed, as it would alone,
-/// and the caller refuses the header or skips the entry as the application configured.
+/// `Ok` or its error, every one of them in the header's order: a key given more than once is
+/// valid input, and the caller keeps the last good entry of each key ([`keep_last_of_each`])
+/// once it has read the values, so that an entry that is bad (malformed here, or a value its
+/// variable's type does not parse) is never hidden by a later entry with its key: it makes
+/// the header malformed, as it would alone, and the caller refuses the header or skips the
+/// entry as the application configured.
 pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>>, BaggageError> {
     if header.len() > MAX_BYTES {
         return Err(BaggageError::TooLong {
@@ -519,22 +521,24 @@ pub(crate) fn parse(header: &str) -> Result<Vec<Result<Member<'_>, BaggageError>
     for (entry, text) in split_at_byte(header, b',').enumerate() {
         members.push(parse_member(text, entry));
     }
-    // A good entry is left out where a later good one has its key. Headers are small (at
-    // most 180 entries, most a handful): comparing keys pairwise costs less than hashing
-    // them, and nothing is allocated unless a key is repeated.
-    let repeated = |i: usize| {
-        members[i].as_ref().is_ok_and(|member| {
-            members[i + 1..]
-                .iter()
-                .any(|later| later.as_ref().is_ok_and(|later| later.key == member.key))
-        })
-    };
-    if (0..members.len()).any(repeated) {
-        let keep: Vec<bool> = (0..members.len()).map(|i| !repeated(i)).collect();
-        let mut keep = keep.into_iter();
-        members.retain(|_| keep.next().unwrap_or(true));
-    }
     Ok(members)
+}
+
+/// Leaves out of `items` every item whose key a later item has: a key given more than once
+/// is read with its last value (as OpenTelemetry reads it). The items are good entries only,
+/// read and checked: a bad entry never reaches here, so none is hidden. Headers are small (at
+/// most 180 entries, most a handful): comparing keys pairwise costs less than hashing them,
+/// and nothing is allocated unless a key is repeated.
+pub(crate) fn keep_last_of_each<T, K: PartialEq>(items: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    let repeated = |items: &[T], i: usize| {
+        let mine = key(&items[i]);
+        items[i + 1..].iter().any(|later| key(later) == mine)
+    };
+    if (0..items.len()).any(|i| repeated(items, i)) {
+        let keep: Vec<bool> = (0..items.len()).map(|i| !repeated(items, i)).collect();
+        let mut keep = keep.into_iter();
+        items.retain(|_| keep.next().unwrap_or(true));
+    }
 }
 
 /// Appends `key=value` (the value percent-encoded) and its properties to `out`.
@@ -648,8 +652,11 @@ mod tests {
 
     #[test]
     fn a_repeated_key_is_read_once_with_its_last_value() {
+        let mut members = ok("a=1,b=2,a=3;p");
+        assert_eq!(members.len(), 3, "every entry is parsed and kept");
+        keep_last_of_each(&mut members, |(key, _, _)| key.clone());
         assert_eq!(
-            ok("a=1,b=2,a=3;p"),
+            members,
             [
                 ("b".into(), "2".into(), None),
                 ("a".into(), "3".into(), Some("p".into())),

@@ -556,6 +556,10 @@ fn accept_in_full(joined: &str, settings: &Accept) -> Result<(), BaggageError> {
             None => unclaimed.push(member),
         }
     }
+    // Every entry has been read and checked: of a key given more than once, the last good
+    // entry is kept (a bad one, refused above or skipped and reported, hides nothing).
+    header::keep_last_of_each(&mut staged, |(leaf, _)| leaf.key);
+    header::keep_last_of_each(&mut unclaimed, |member| member.key);
     let mut records = Vec::new();
     if !staged.is_empty() {
         let replaced = current::write(|frame| {
