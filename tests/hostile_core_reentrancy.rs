@@ -46,7 +46,6 @@ static FRESH: RunsFresh;
 /// a brand-new context and sets in it writes nothing of the context being read, so the set
 /// should work there as anywhere else.
 #[test]
-#[ignore = "bug: a set inside a fresh Context::run from a value's Clone panics (reading flag is thread-wide)"]
 fn a_clone_that_sets_inside_a_fresh_context_of_its_own_works() {
     let mut ctx = Context::new().with_value(&FRESH, RunsFresh);
     let got = catch_unwind(AssertUnwindSafe(|| ctx.run(|| FRESH.get().is_some())));
@@ -343,7 +342,6 @@ static DROPPER: DropsUnrelated;
 /// by `get` (an unrelated context, holding a value whose `Drop` sets) should drop that value
 /// inside itself without a panic, as anywhere else.
 #[test]
-#[ignore = "bug: a Context dropped inside a value's Clone panics when one of its values' Drop sets a variable"]
 fn a_clone_that_drops_an_unrelated_context_whose_value_sets_in_drop() {
     *UNRELATED.lock().unwrap() = Some(Context::new().with_value(&SETTER, SetsInDrop));
     let mut ctx = Context::new().with_value(&DROPPER, DropsUnrelated);

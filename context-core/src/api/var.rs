@@ -248,6 +248,11 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// The value in the current context, or `None` where it is not set. A value of a `Copy`
     /// type declared with `#[context_var]` is copied, without calling its `Clone`.
     ///
+    /// The value's `Clone` runs inside the context: it may read variables, and set them in a
+    /// context it enters (`Context::new().run(…)`); a `set` or `reset` in the context the
+    /// value is being read from panics, since it could free that value. Read such a value with
+    /// [`with`](Self::with), whose closure may read and set variables.
+    ///
     /// ```
     /// # use context_core as contextvars;
     /// # use contextvars::{Context, ContextVar, Key, NoDefault};

@@ -449,9 +449,9 @@ struct Fast {
     /// polled by a runtime driven inside `Context::run`, or by a `LocalSet` inside a
     /// context's future) sees an empty context and cannot write.
     owner: Cell<Task>,
-    /// Whether a `get` is cloning a value out of the current frame right now: the frame must
-    /// not be written meanwhile (`Fast::refuse_while_reading`).
-    reading: Cell<bool>,
+    /// The value a `get` is cloning out of the current frame right now (null when none is):
+    /// the frame that holds it must not be written meanwhile (`refuse_while_reading`).
+    reading: Cell<*const ()>,
     entries: [Cell<Entry>; CACHE_SLOTS],
     /// For each entry, whether the value it points to is held in an `Arc` (a value stored
     /// shared), not in place in a node: what [`lend`] needs to hold it. Written with the entry
@@ -477,7 +477,7 @@ thread_local! {
             stamp: Cell::new(NO_STAMP),
             fresh: Cell::new((RAN_OUT - STAMP_STEP) | NO_EPOCH as u64),
             owner: Cell::new(NO_TASK),
-            reading: Cell::new(false),
+            reading: Cell::new(std::ptr::null()),
             entries: [const {
                 Cell::new(Entry { tag: NO_ENTRY, value: std::ptr::null() })
             }; CACHE_SLOTS],
@@ -512,17 +512,6 @@ impl Fast {
         #[cfg(feature = "hooks")]
         if let Some(pending) = self.pending.take() {
             (pending.enter)(pending.task);
-        }
-    }
-
-    /// Called before a binding of the thread's current frame is added, replaced or removed:
-    /// panics, changing nothing, while `get` clones a value (the `Clone` impl sets a variable).
-    /// It may have entered a context of its own first, which would be safe to write to; that
-    /// is refused too, since nothing here tracks which frame the read is in.
-    #[inline]
-    fn refuse_while_reading(&self) {
-        if self.reading.get() {
-            reentered();
         }
     }
 
@@ -614,7 +603,7 @@ impl Fast {
 /// The one way to write to the frame while it is being read: `get` clones the value out of the
 /// frame without a reference count, and that `Clone` impl sets or resets a variable.
 const REENTERED: &str = "contextvars: a context variable was set or reset from a `Clone` impl \
-     while `get` was cloning that value out of the context; read such a value with `with` \
+     while `get` was cloning a value out of that same context; read such a value with `with` \
      instead, which releases the context before calling you";
 
 #[cold]
@@ -642,7 +631,7 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         let value = found::<T>(fast, key, assign_key)?;
         // A `Copy` value is copied bit for bit, which runs no code: nothing can write
         // meanwhile, so there is no `reading` to set.
-        let _reading = copy.is_none().then(|| Reading::begin(fast));
+        let _reading = copy.is_none().then(|| Reading::begin(fast, value));
         // SAFETY: `value` points to a live `T`, and stays valid while it is copied or `clone`
         // runs:
         // - It was taken, with the stamp the entry's tag carries, from the value of a leaf of
@@ -681,12 +670,16 @@ pub(crate) fn get_cloned<T: Clone + Send + Sync + 'static>(
         //   node moves) or in an `Arc`. Nodes shared with other maps are never written (writes
         //   go through `Arc::make_mut`, which copies a shared node), and this frame's own nodes
         //   are written only through `write`. So the value is alive and unmoved.
-        // - While `clone` runs, `reading` is set, and a write (`write`, which calls
-        //   `Fast::refuse_while_reading`) panics before it changes anything: a `Clone` impl
-        //   that sets or resets a variable cannot free the value it is being cloned from.
-        //   Entering a context from it is allowed: the swap moves this frame, unchanged, into
-        //   the entered context's storage, which stays borrowed until the swap back; and
-        //   `drop_bindings` only ever empties a context just entered, never this frame.
+        // - While `clone` runs, `reading` holds `value`, and a write (`write_with`, which calls
+        //   `refuse_while_reading`) to a frame that holds it panics before it changes
+        //   anything: a `Clone` impl that sets or resets a variable of this frame cannot free
+        //   the value it is being cloned from. Entering a context from it is allowed: the swap
+        //   moves this frame, unchanged, into the entered context's storage, which stays
+        //   borrowed until the swap back; writes to the entered frame (which holds `value`
+        //   only through nodes or values it shares, or not at all) are allowed where it does
+        //   not hold `value`, and cannot free it: this frame still holds it, and a write
+        //   copies a shared node before changing it. `drop_bindings` only ever empties a
+        //   context just entered, never this frame.
         let value = unsafe { &*value.cast::<T>() };
         Some(match copy {
             Some(proof) => proof.copy(value),
@@ -865,17 +858,17 @@ fn prime_reads() {
     });
 }
 
-/// Sets `reading` for as long as it lives, then puts back what it was (a `Clone` impl may
-/// read too), also when `clone` panics.
+/// Sets `reading` to the value being cloned for as long as it lives, then puts back what it
+/// was (a `Clone` impl may read too), also when `clone` panics.
 struct Reading<'a> {
     fast: &'a Fast,
-    outer: bool,
+    outer: *const (),
 }
 
 impl<'a> Reading<'a> {
     #[inline]
-    fn begin(fast: &'a Fast) -> Self {
-        let outer = fast.reading.replace(true);
+    fn begin(fast: &'a Fast, value: *const ()) -> Self {
+        let outer = fast.reading.replace(value);
         Reading { fast, outer }
     }
 }
@@ -884,6 +877,28 @@ impl Drop for Reading<'_> {
     #[inline]
     fn drop(&mut self) {
         self.fast.reading.set(self.outer);
+    }
+}
+
+/// Called before a binding of the thread's current frame is added, replaced or removed while
+/// `get` clones a value (`reading`: the `Clone` impl sets a variable, or a `Drop` it runs
+/// does): panics, changing nothing, where the frame current now holds that value, whose
+/// binding the write could replace or remove and so free it. A frame that does not hold it is another context's,
+/// entered from the `Clone` impl (a fresh one, or one being dropped): the frame the value is
+/// read from waits, unchanged, while another is current, and keeps the value alive; a write
+/// elsewhere copies any node it shares with that frame before changing it. Only the innermost
+/// `get` is checked: the frames of the outer ones wait too, while the innermost's is current.
+#[cold]
+#[inline(never)]
+fn refuse_while_reading() {
+    let value = fast(|fast| fast.reading.get());
+    let holds = CURRENT.try_with(|current| {
+        current
+            .try_borrow()
+            .map_or(true, |current| current.frame.map.holds_value(value))
+    });
+    if holds != Ok(false) {
+        reentered();
     }
 }
 
@@ -1032,7 +1047,9 @@ pub(crate) fn write_with<A, R>(
     }
     current(|current| {
         // Before the borrow: should it panic, `owned` is dropped with nothing borrowed.
-        fast(Fast::refuse_while_reading);
+        if fast(|fast| !fast.reading.get().is_null()) {
+            refuse_while_reading();
+        }
         let mut current = current.try_borrow_mut().unwrap_or_else(|_| reentered());
         fast(|fast| {
             if !fast.visible() {
@@ -1916,5 +1933,47 @@ mod tests {
         });
         let saw = SAW.with(std::cell::RefCell::take);
         assert_eq!(saw, [Some("dropped context's".to_string())]);
+    }
+
+    /// A value's `Clone` (run by `get`) may set variables in a context it enters, one that does
+    /// not hold the value; a set in the context the value is read from is refused, changing
+    /// nothing. (Under Miri: the value being cloned stays valid throughout.)
+    #[test]
+    fn a_clone_sets_in_a_context_it_enters_but_not_in_the_one_it_is_read_from() {
+        struct SetsWhenCloned(String);
+
+        impl Clone for SetsWhenCloned {
+            fn clone(&self) -> Self {
+                // A fresh context: allowed, and what it sets stays there.
+                let mut fresh = Context::new();
+                fresh.run(|| drop(NAME.set("inside the clone".to_string())));
+                assert_eq!(
+                    fresh.run(|| NAME.get()).as_deref(),
+                    Some("inside the clone")
+                );
+                // The context the value is read from: refused.
+                let refused = std::panic::catch_unwind(|| drop(NAME.set("refused".to_string())));
+                assert!(refused.is_err());
+                SetsWhenCloned(self.0.clone())
+            }
+        }
+
+        enum SetsKey {}
+
+        impl Key for SetsKey {
+            type Value = SetsWhenCloned;
+            type Default = NoDefault;
+        }
+
+        static SETS: ContextVar<SetsKey> = ContextVar::new("sets");
+
+        let mut ctx = Context::new()
+            .with_value(&NAME, "read from".to_string())
+            .with_value(&SETS, SetsWhenCloned("value".to_string()));
+        let got = ctx.run(|| (SETS.get().map(|v| v.0), NAME.get()));
+        assert_eq!(
+            got,
+            (Some("value".to_string()), Some("read from".to_string()))
+        );
     }
 }

@@ -959,6 +959,13 @@ impl Map {
             .is_some_and(|root| Arc::strong_count(root) == 1 && root.drops_code())
     }
 
+    /// Whether one of the bindings is the value at `value` (a value's own place, as
+    /// [`Value::as_ptr`] gives it).
+    pub(crate) fn holds_value(&self, value: *const ()) -> bool {
+        self.iter()
+            .any(|leaf| std::ptr::eq(leaf.value.as_ptr(), value))
+    }
+
     pub(crate) fn iter(&self) -> Iter<'_> {
         let mut iter = Iter {
             stack: [(&EMPTY_BRANCH, 0); LEVELS],
