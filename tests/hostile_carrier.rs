@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::http;
-use contextvars::baggage::{BaggageError, MAX_BYTES, MAX_ENTRIES, extract, inject_into};
+use contextvars::baggage::{BaggageError, Extractor, MAX_BYTES, MAX_ENTRIES, extract, inject_into};
 use contextvars::metadata::{MetadataFlags, get_all_metadata, get_metadata, set_metadata_with};
 use contextvars::{Context, FutureExt, context_var};
 
@@ -341,4 +341,82 @@ fn a_value_its_type_does_not_parse_is_refused_even_when_a_later_entry_repeats_it
         accepted.run(|| (USER_ID.get(), TENANT.get())),
         (Some(80), Some("a".to_string()))
     );
+}
+
+/// `Extractor::only_keys`: a consumer reads only the keys it lists; the others are not set,
+/// not kept, not forwarded, and a bad value under an unlisted key is no error.
+#[test]
+fn an_extractor_limited_to_keys_reads_only_those() {
+    let extractor = Extractor::new().only_keys(["tenant"]);
+    let mut context = extractor
+        .extract(&with_baggage("tenant=acme,user_id=7,note=x,bad=%zz"))
+        .unwrap();
+    let (tenant, user, note) = context.run(|| (TENANT.get(), USER_ID.get(), get_metadata("note")));
+    assert_eq!(tenant.as_deref(), Some("acme"));
+    assert_eq!((user, note), (None, None));
+    let mut out = Message::new();
+    context.run(|| inject_into(&mut out));
+    assert_eq!(out["baggage"], "tenant=acme");
+    // A bad value under a listed key is still the header's error.
+    assert_eq!(
+        extractor
+            .extract(&with_baggage("tenant=%zz"))
+            .unwrap_err()
+            .key(),
+        Some("tenant")
+    );
+}
+
+/// `Extractor::forward_unclaimed(false)`: the entries no variable claims are readable in the
+/// returned context but not sent on by `inject_into`; with the default they are.
+#[test]
+fn an_extractor_that_does_not_forward_unclaimed_entries_keeps_them_readable_only() {
+    let message = with_baggage("tenant=acme,campaign=spring");
+    let mut kept = Extractor::new()
+        .forward_unclaimed(false)
+        .extract(&message)
+        .unwrap();
+    let mut out = Message::new();
+    let campaign = kept.run(|| {
+        inject_into(&mut out);
+        get_metadata("campaign")
+    });
+    assert_eq!(campaign.as_deref(), Some("spring"));
+    assert_eq!(out["baggage"], "tenant=acme");
+    let mut forwarded = Extractor::new().extract(&message).unwrap();
+    let mut out = Message::new();
+    forwarded.run(|| inject_into(&mut out));
+    assert_eq!(out["baggage"], "tenant=acme,campaign=spring");
+}
+
+/// `Extractor::ignore_bad_entries`: a bad entry (malformed, or a value its type does not
+/// parse) is skipped and reported, the good ones are read, and `extract` gives `Ok`; a header
+/// over the limits is skipped whole and reported.
+#[test]
+fn an_extractor_that_ignores_bad_entries_reads_the_good_ones_and_reports_the_rest() {
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&reported);
+    let extractor = Extractor::new().ignore_bad_entries(move |err: &BaggageError| {
+        sink.lock().unwrap().push(err.key().map(str::to_string));
+    });
+    let mut context = extractor
+        .extract(&with_baggage(
+            "tenant=%zz,user_id=abc,campaign=spring,tenant=ok",
+        ))
+        .unwrap();
+    let (tenant, user, campaign) =
+        context.run(|| (TENANT.get(), USER_ID.get(), get_metadata("campaign")));
+    assert_eq!(tenant.as_deref(), Some("ok"));
+    assert_eq!(user, None);
+    assert_eq!(campaign.as_deref(), Some("spring"));
+    assert_eq!(
+        std::mem::take(&mut *reported.lock().unwrap()),
+        [Some("tenant".to_string()), Some("user_id".to_string())]
+    );
+    let too_long = format!("tenant={}", "x".repeat(MAX_BYTES));
+    let mut context = extractor.extract(&with_baggage(&too_long)).unwrap();
+    assert_eq!(context.run(|| TENANT.get()), None);
+    assert_eq!(reported.lock().unwrap().len(), 1);
+    // Without the option, the same headers are errors.
+    assert!(Extractor::new().extract(&with_baggage(&too_long)).is_err());
 }

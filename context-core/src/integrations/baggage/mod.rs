@@ -151,20 +151,133 @@ pub fn inject_into<C: Carrier + ?Sized>(carrier: &mut C) -> usize {
 /// ```
 #[track_caller]
 pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Result<Context, BaggageError> {
-    let (context, accepted) = extract_into(Context::current(), carrier);
-    accepted.map(|()| context)
+    Extractor::new().extract(carrier)
 }
 
-/// The carrier's entries read into `context` (the current context, or a copy of it): what
-/// `extract` and OpenTelemetry's propagator share. `accept` returns its error before it sets
-/// anything, so after an error `context` comes back as it went in.
+/// [`extract`] with options: the keys read, whether entries no variable claims are
+/// forwarded, and what to do with a bad entry, as
+/// [`accept_baggage`](crate::tower::ContextLayer::accept_baggage)'s options say for a server.
+/// Made once (it is `Clone`, `Send` and `Sync`) and used for every message of a consumer.
+///
+/// ```
+/// # use context_core as contextvars;
+/// use std::collections::BTreeMap;
+///
+/// use contextvars::baggage::Extractor;
+/// use contextvars::metadata::get_metadata;
+///
+/// let extractor = Extractor::new()
+///     .only_keys(["campaign"])
+///     .forward_unclaimed(false)
+///     .ignore_bad_entries(|err| eprintln!("baggage entry ignored: {err}"));
+/// let message = BTreeMap::from([(
+///     "baggage".to_string(),
+///     "campaign=spring,region=eu,bad=50%off".to_string(),
+/// )]);
+/// let mut context = extractor.extract(&message).unwrap();
+/// let (campaign, region) = context.run(|| (get_metadata("campaign"), get_metadata("region")));
+/// assert_eq!(campaign.as_deref(), Some("spring"));
+/// assert_eq!(region, None, "not listed: not read");
+/// ```
+#[derive(Clone)]
+pub struct Extractor {
+    settings: Accept,
+}
+
+impl Extractor {
+    /// What [`extract`] does: every key read, unclaimed entries forwarded, a bad header an
+    /// error.
+    #[must_use]
+    pub fn new() -> Self {
+        Extractor {
+            settings: Accept::new(),
+        }
+    }
+
+    /// Reads only the entries with these keys from a carrier; the others are left out
+    /// whole: not set, not kept, not forwarded, and not checked beyond the header's syntax
+    /// and limits (a bad value under another key is no error). Calling it again replaces
+    /// the list. Baggage is untrusted input: list what the consumer needs from its
+    /// producers, and nothing it would trust for a decision.
+    #[must_use]
+    pub fn only_keys<K: Into<String>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        let keys: Vec<Box<str>> = keys
+            .into_iter()
+            .map(|k| k.into().into_boxed_str())
+            .collect();
+        self.settings.keys = Some(keys.into());
+        self
+    }
+
+    /// Whether the entries no variable claims are forwarded (the default: `true`). With
+    /// `false` they are still kept in the returned context's
+    /// [metadata map](crate::metadata), where
+    /// [`get_metadata`](crate::metadata::get_metadata) reads them, but [`inject`] and
+    /// [`inject_into`] do not send them on.
+    #[must_use]
+    pub fn forward_unclaimed(mut self, forward: bool) -> Self {
+        self.settings.forward = forward;
+        self
+    }
+
+    /// Skips what is bad instead of failing: a bad entry (malformed, a bad `%` escape, a
+    /// value its variable's type does not parse) is left out and the good ones are read; a
+    /// bad header as a whole (over the limits, not text) is left out whole. Each error is
+    /// passed to `report`, the place to log it, and [`extract`](Self::extract) returns `Ok`.
+    #[must_use]
+    pub fn ignore_bad_entries(
+        mut self,
+        report: impl Fn(&BaggageError) + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.policy = Policy::Ignore(std::sync::Arc::new(report));
+        self
+    }
+
+    /// The carrier's entries read into a copy of the current context, as [`extract`] reads
+    /// them, with these options.
+    ///
+    /// # Errors
+    /// As [`extract`]'s, unless bad entries are ignored.
+    ///
+    /// # Panics
+    /// If two variables in the program claim the same baggage key, as `extract` does.
+    #[track_caller]
+    pub fn extract<C: Carrier + ?Sized>(&self, carrier: &C) -> Result<Context, BaggageError> {
+        let (context, accepted) = extract_into(Context::current(), carrier, &self.settings);
+        accepted.map(|()| context)
+    }
+}
+
+impl Default for Extractor {
+    fn default() -> Self {
+        Extractor::new()
+    }
+}
+
+impl std::fmt::Debug for Extractor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extractor")
+            .field("only_keys", &self.settings.keys)
+            .field("forward_unclaimed", &self.settings.forward)
+            .field(
+                "ignore_bad_entries",
+                &matches!(self.settings.policy, Policy::Ignore(_)),
+            )
+            .finish()
+    }
+}
+
+/// The carrier's entries read into `context` (the current context, or a copy of it) as
+/// `settings` say: what `extract` and OpenTelemetry's propagator share. `accept` returns its
+/// error before it sets anything, so after an error `context` comes back as it went in.
 #[track_caller]
 fn extract_into<C: Carrier + ?Sized>(
     mut context: Context,
     carrier: &C,
+    settings: &Accept,
 ) -> (Context, Result<(), BaggageError>) {
     registry::assert_no_conflict();
-    let accepted = context.run(|| accept(carrier.get_all(BAGGAGE_KEY), &Accept::new()));
+    let accepted = context.run(|| accept(carrier.get_all(BAGGAGE_KEY), settings));
     (context, accepted)
 }
 
@@ -177,7 +290,11 @@ fn extract_into<C: Carrier + ?Sized>(
 pub(crate) fn extract_detached<C: Carrier + ?Sized>(
     carrier: &C,
 ) -> (Context, Result<(), BaggageError>) {
-    extract_into(Context::current().without_carried(), carrier)
+    extract_into(
+        Context::current().without_carried(),
+        carrier,
+        &Accept::new(),
+    )
 }
 
 /// [`inject`] from `context` instead of the current one.
