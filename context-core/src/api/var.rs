@@ -249,8 +249,9 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// type declared with `#[context_var]` is copied, without calling its `Clone`.
     ///
     /// The value's `Clone` runs inside the context: it may read variables, and set them in a
-    /// context it enters (`Context::new().run(…)`); a `set` or `reset` in the context the
-    /// value is being read from panics, since it could free that value. Read such a value with
+    /// context it enters that does not hold that very value (`Context::new().run(…)`); a `set`
+    /// or `reset` in a context that holds it (the one it is being read from, or a snapshot or
+    /// scope of that one) panics, since it could free the value. Read such a value with
     /// [`with`](Self::with), whose closure may read and set variables.
     ///
     /// ```

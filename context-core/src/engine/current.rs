@@ -602,8 +602,8 @@ impl Fast {
 
 /// The one way to write to the frame while it is being read: `get` clones the value out of the
 /// frame without a reference count, and that `Clone` impl sets or resets a variable.
-const REENTERED: &str = "contextvars: a context variable was set or reset from a `Clone` impl \
-     while `get` was cloning a value out of that same context; read such a value with `with` \
+const REENTERED: &str = "contextvars: a context variable was set or reset from a `Clone` impl, \
+     in a context holding the value that `get` was cloning; read such a value with `with` \
      instead, which releases the context before calling you";
 
 #[cold]
