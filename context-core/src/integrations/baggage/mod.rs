@@ -201,11 +201,7 @@ impl Extractor {
     /// producers, and nothing it would trust for a decision.
     #[must_use]
     pub fn only_keys<K: Into<String>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
-        let keys: Vec<Box<str>> = keys
-            .into_iter()
-            .map(|k| k.into().into_boxed_str())
-            .collect();
-        self.settings.keys = Some(keys.into());
+        self.settings.only_keys(keys);
         self
     }
 
@@ -413,6 +409,15 @@ impl Accept {
             keys: None,
             forward: true,
         }
+    }
+
+    /// Limits what is read to `keys` (`only_keys` of the layer and of `Extractor`).
+    pub(crate) fn only_keys<K: Into<String>>(&mut self, keys: impl IntoIterator<Item = K>) {
+        let keys: Vec<Box<str>> = keys
+            .into_iter()
+            .map(|k| k.into().into_boxed_str())
+            .collect();
+        self.keys = Some(keys.into());
     }
 
     fn takes(&self, key: &str) -> bool {

@@ -137,11 +137,7 @@ impl<L, R> AcceptBaggageLayer<L, R> {
     /// ```
     #[must_use]
     pub fn only_keys<K: Into<String>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
-        let keys: Vec<Box<str>> = keys
-            .into_iter()
-            .map(|k| k.into().into_boxed_str())
-            .collect();
-        self.acceptor.settings.keys = Some(keys.into());
+        self.acceptor.settings.only_keys(keys);
         self
     }
 
