@@ -295,3 +295,43 @@ async fn raw_header(addr: std::net::SocketAddr, path: &str, name: &str) -> (u16,
         .unwrap_or_default();
     (status, value)
 }
+
+/// Records what a `try_set` made from its `Clone` returned.
+struct TriesToSetWhenCloned;
+
+static CLONE_TRIED: std::sync::Mutex<Vec<Result<(), SetError>>> = std::sync::Mutex::new(Vec::new());
+
+impl Clone for TriesToSetWhenCloned {
+    fn clone(&self) -> Self {
+        let tried = USER.try_set("from a clone").map(drop);
+        CLONE_TRIED.lock().unwrap().push(tried);
+        TriesToSetWhenCloned
+    }
+}
+
+#[context_var]
+static CLONED: TriesToSetWhenCloned;
+
+/// A value's `Clone` (run by `get`) that calls `try_set` in a plain task under the hooks,
+/// whose context it only inherited, gets the same error as any other code there
+/// (`SetError::Inherited`, naming the fix), not a panic about the `Clone`.
+#[test]
+fn a_try_set_from_a_clone_in_an_inherited_context_is_the_inherited_error() {
+    let runtime = runtime(false, false);
+    runtime.block_on(async {
+        contextvars::spawn(async {
+            let _ = CLONED.set(TriesToSetWhenCloned);
+            let read = tokio::spawn(async { CLONED.get().is_some() })
+                .await
+                .unwrap();
+            assert!(read, "the plain task inherits the value");
+        })
+        .await
+        .unwrap();
+    });
+    let tried = std::mem::take(&mut *CLONE_TRIED.lock().unwrap());
+    assert!(
+        matches!(tried.as_slice(), [Err(SetError::Inherited { .. })]),
+        "{tried:?}"
+    );
+}

@@ -883,19 +883,23 @@ impl Drop for Reading<'_> {
 /// Called before a binding of the thread's current frame is added, replaced or removed while
 /// `get` clones a value (`reading`: the `Clone` impl sets a variable, or a `Drop` it runs
 /// does): panics, changing nothing, where the frame current now holds that value, whose
-/// binding the write could replace or remove and so free it. A frame that does not hold it is another context's,
-/// entered from the `Clone` impl (a fresh one, or one being dropped): the frame the value is
-/// read from waits, unchanged, while another is current, and keeps the value alive; a write
-/// elsewhere copies any node it shares with that frame before changing it. Only the innermost
-/// `get` is checked: the frames of the outer ones wait too, while the innermost's is current.
+/// binding the write could replace or remove and so free it. A frame that does not hold it
+/// is another context's, entered from the `Clone` impl (a fresh one, or one being dropped):
+/// the frame the value is read from waits, unchanged, while another is current, and keeps the
+/// value alive; a write elsewhere copies any node it shares with that frame before changing
+/// it. Only the innermost `get` is checked: the frames of the outer ones wait too, while the
+/// innermost's is current. A write that would be refused anyway (no context visible to this
+/// task, or one it only inherited) is left to fail with its own error.
 #[cold]
 #[inline(never)]
 fn refuse_while_reading() {
     let value = fast(|fast| fast.reading.get());
     let holds = CURRENT.try_with(|current| {
-        current
-            .try_borrow()
-            .map_or(true, |current| current.frame.map.holds_value(value))
+        current.try_borrow().map_or(true, |current| {
+            fast(Fast::visible)
+                && current.frame.id & READ_ONLY == 0
+                && current.frame.map.holds_value(value)
+        })
     });
     if holds != Ok(false) {
         reentered();
