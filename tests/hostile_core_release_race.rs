@@ -13,7 +13,8 @@ static DROPS: AtomicUsize = AtomicUsize::new(0);
 
 /// Two threads meet here, round after round, and leave it within a few instructions of each
 /// other: a spinning barrier, so that both drops land as close together as two cores allow
-/// (`std::sync::Barrier` wakes its sleeper microseconds after the other leaves).
+/// (`std::sync::Barrier` wakes its sleeper microseconds after the other leaves). It yields
+/// the core now and then, so that on a loaded machine the other thread gets to arrive.
 struct SpinBarrier {
     arrived: AtomicUsize,
 }
@@ -28,8 +29,14 @@ impl SpinBarrier {
     /// Waits for the other thread's call of round `round` (0, 1, 2, ...).
     fn wait(&self, round: usize) {
         self.arrived.fetch_add(1, Ordering::SeqCst);
+        let mut spins = 0_u32;
         while self.arrived.load(Ordering::SeqCst) < 2 * (round + 1) {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins % 1_000 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 }

@@ -67,8 +67,10 @@ async fn set_panics() -> String {
 /// ever reads a value set by another. Current-thread and multi-thread runtimes.
 #[test]
 fn without_the_layer_streams_on_one_http2_connection_cannot_write_and_share_nothing() {
+    let _serial = h2::serial();
     for multi_thread in [false, true] {
         hooked_runtime(multi_thread, false).block_on(async {
+            app::start_counting();
             let router = app::router(false).route("/set", get(set_panics));
             let (addr, accepted) = h2::serve(router).await;
             let client = h2::Client::connect(addr).await;
@@ -100,8 +102,10 @@ fn without_the_layer_streams_on_one_http2_connection_cannot_write_and_share_noth
 /// succeed, and what one sets is read by no other. Current-thread and multi-thread runtimes.
 #[test]
 fn with_the_layer_each_stream_on_one_http2_connection_has_its_own_values() {
+    let _serial = h2::serial();
     for multi_thread in [false, true] {
         hooked_runtime(multi_thread, false).block_on(async {
+            app::start_counting();
             let (addr, accepted) = h2::serve(app::router(true)).await;
             let client = h2::Client::connect(addr).await;
             let prefix = format!("layer-{multi_thread}");
@@ -130,8 +134,10 @@ fn with_the_layer_each_stream_on_one_http2_connection_has_its_own_values() {
 /// serving new ones.
 #[test]
 fn with_the_layer_a_cancelled_stream_drops_its_values_in_its_own_context() {
+    let _serial = h2::serial();
     for multi_thread in [false, true] {
         hooked_runtime(multi_thread, false).block_on(async {
+            app::start_counting();
             let (addr, accepted) = h2::serve(app::router(true)).await;
             let client = h2::Client::connect(addr).await;
             let prefix = format!("cancel-{multi_thread}");
@@ -201,7 +207,11 @@ async fn cancel_some_while_others_run(client: &h2::Client, prefix: &str) {
     for (id, read) in &dropped {
         assert_eq!(read.as_deref(), Some(id.as_str()), "{dropped:?}");
     }
-    assert_eq!(dropped.len(), HELD, "each value dropped once: {dropped:?}");
+    assert_eq!(
+        dropped.len(),
+        HELD,
+        "one drop for each value held: {dropped:?}"
+    );
     for (_, id, body) in echoes.await.unwrap() {
         assert_eq!(body, app::echoed_alone(&id));
     }

@@ -65,7 +65,9 @@ async fn echo_all(
 /// would be unset and this fails.
 #[test]
 fn with_the_layer_each_stream_on_one_http2_connection_has_its_own_values() {
+    let _serial = h2::serial();
     runtime().block_on(async {
+        app::start_counting();
         let (addr, accepted) = h2::serve(app::router(true)).await;
         let client = h2::Client::connect(addr).await;
         for round in 0..2 {
@@ -86,7 +88,9 @@ fn with_the_layer_each_stream_on_one_http2_connection_has_its_own_values() {
 /// happened, and the connection keeps serving new ones.
 #[test]
 fn with_the_layer_a_cancelled_stream_drops_its_values_in_its_own_context() {
+    let _serial = h2::serial();
     runtime().block_on(async {
+        app::start_counting();
         let (addr, accepted) = h2::serve(app::router(true)).await;
         let client = h2::Client::connect(addr).await;
         cancel_some_while_others_run(&client, "cancel").await;
@@ -153,7 +157,11 @@ async fn cancel_some_while_others_run(client: &h2::Client, prefix: &str) {
     for (id, read) in &dropped {
         assert_eq!(read.as_deref(), Some(id.as_str()), "{dropped:?}");
     }
-    assert_eq!(dropped.len(), HELD, "each value dropped once: {dropped:?}");
+    assert_eq!(
+        dropped.len(),
+        HELD,
+        "one drop for each value held: {dropped:?}"
+    );
     for (id, body) in echoes.await.unwrap() {
         assert_eq!(body, app::echoed_alone(&id));
     }

@@ -17,6 +17,16 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Holds the tests of one binary to one at a time, for as long as it lives: they share the
+/// app's records and counters. Taken first by every test of these files; a test that failed
+/// holding it does not stop the others.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One response: status, the protocol it came in, and body.
 pub(crate) struct Answer {
     pub(crate) status: u16,
@@ -122,10 +132,15 @@ pub(crate) mod app {
     /// How many `/hold` handlers have bound their value.
     pub(crate) static HOLDING: AtomicUsize = AtomicUsize::new(0);
 
-    /// `/echo` handlers running now, and the most that ever ran at once: the streams
-    /// interleave only if many do.
+    /// `/echo` handlers running now, and the most that ran at once since the last
+    /// [`start_counting`]: the streams interleave only if many do.
     pub(crate) static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
     pub(crate) static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+    /// Starts counting the `/echo` handlers in flight at once afresh, for one run.
+    pub(crate) fn start_counting() {
+        MAX_IN_FLIGHT.store(IN_FLIGHT.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
 
     /// A value that records, when dropped, the request id it reads then.
     pub(crate) struct Recorder(pub(crate) String);

@@ -251,8 +251,9 @@ impl<K: Key<Default = NoDefault>> ContextVar<K, NoDefault> {
     /// The value's `Clone` runs inside the context: it may read variables, and set them in a
     /// context it enters that does not hold that very value (`Context::new().run(…)`); a `set`
     /// or `reset` in a context that holds it (the one it is being read from, or a snapshot or
-    /// scope of that one) panics, since it could free the value. Read such a value with
-    /// [`with`](Self::with), whose closure may read and set variables.
+    /// scope of that one) panics, since it could free the value (`try_set` there returns the
+    /// error it would return anyway, such as [`SetError::Inherited`], where there is one).
+    /// Read such a value with [`with`](Self::with), whose closure may read and set variables.
     ///
     /// ```
     /// # use context_core as contextvars;

@@ -258,10 +258,11 @@ impl Drop for Branch {
     /// A root is emptied before it is let go of (its context's values dropped inside the
     /// context, or released where none runs code), except where two threads let go of it
     /// at once: see [`Branch::drop_orphaned`]. A node below the root (which keeps no count)
-    /// drops as it is: its values go with the root that held it.
+    /// drops as it is: its values go with the root that held it. (A released root, kept as
+    /// the thread's spare, keeps its old count with no slots: it has nothing to drop.)
     #[inline]
     fn drop(&mut self) {
-        if self.len != 0 || self.carried.is_some() {
+        if (self.len != 0 && !self.slots.is_empty()) || self.carried.is_some() {
             self.drop_orphaned();
         }
     }
