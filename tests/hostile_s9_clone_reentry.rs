@@ -389,3 +389,41 @@ mod hooks {
         );
     }
 }
+
+#[context_var]
+static STASHER: Stasher;
+
+static STASHED: Mutex<Vec<Context>> = Mutex::new(Vec::new());
+
+/// Its `Clone` takes a snapshot of the context being read and keeps it.
+#[derive(Debug)]
+struct Stasher;
+
+impl Clone for Stasher {
+    fn clone(&self) -> Self {
+        STASHED.lock().unwrap().push(Context::current());
+        Stasher
+    }
+}
+
+/// A snapshot taken by a `Clone` is a snapshot like any other: what the reader sets or
+/// resets after the read (in place, in a context that nobody else seemed to hold) never
+/// reaches it.
+#[test]
+fn a_snapshot_taken_by_a_clone_does_not_see_later_writes() {
+    Context::new().run(|| {
+        let _tenant = TENANT.scoped(7);
+        let _stasher = STASHER.scoped(Stasher);
+        let token = OTHER.set(1);
+        assert!(STASHER.get().is_some());
+        let _ = OTHER.set(2);
+        let _ = TENANT.set(8);
+        OTHER.reset(token).unwrap();
+        assert_eq!(OTHER.get(), None);
+    });
+    let mut stashed = STASHED.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        stashed.run(|| (TENANT.get(), OTHER.get())),
+        (Some(7), Some(1))
+    );
+}

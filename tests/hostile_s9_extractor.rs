@@ -347,3 +347,30 @@ fn one_extractor_shared_by_many_threads_keeps_each_message_its_own() {
     }
     assert_eq!(REPORTED.load(Ordering::SeqCst), 8 * per_thread);
 }
+
+/// A report callback runs while the copy is being filled: a snapshot it takes there
+/// (`Context::current()`) is a context of its own, which the entries written after it (the
+/// good `tenant` and `campaign`) must not reach, while the returned context has them.
+#[test]
+fn a_snapshot_taken_by_a_report_callback_is_not_written_by_the_rest_of_the_extraction() {
+    static STASHED: Mutex<Vec<contextvars::Context>> = Mutex::new(Vec::new());
+    let extractor = Extractor::new().ignore_bad_entries(|_: &BaggageError| {
+        STASHED
+            .lock()
+            .unwrap()
+            .push(contextvars::Context::current());
+    });
+    let mut context = extractor
+        .extract(&Lines::text(["port=70000,tenant=acme,campaign=spring"]))
+        .unwrap();
+    assert_eq!(
+        context.run(|| (TENANT.get(), get_metadata("campaign"))),
+        (Some("acme".to_string()), Some("spring".to_string()))
+    );
+    let mut stashed = STASHED.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        stashed.run(|| (TENANT.get(), get_metadata("campaign"))),
+        (None, None)
+    );
+    assert_eq!(stashed.len(), 0);
+}

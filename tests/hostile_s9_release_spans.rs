@@ -317,14 +317,9 @@ static SECOND: Panics;
 /// What the child process prints once it has run every round.
 const DONE: &str = "s9: every round released";
 
-/// Four handles of one span-carrying context (the context, a clone, a snapshot taken in it
-/// and a future made in it), holding two values whose `Drop` panics and one that reads its
-/// `TENANT`, released at the same moment on four threads, each drop inside `catch_unwind`:
-/// the process is never aborted, each panicking value is dropped exactly once, the span
-/// closes once and the reading value drops inside its context. Run in a child process, so
-/// that an abort is this test's failure and not the whole binary's.
-#[test]
-fn four_handles_with_panicking_values_released_at_once_never_abort() {
+/// Runs [`four_handles_scenario`] (`scenario`: which one) in a child process (so that an abort is this test's failure,
+/// not the whole binary's): it must exit successfully, having run every round.
+fn run_four_handles(scenario: &str) {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "four_handles_scenario",
@@ -333,6 +328,7 @@ fn four_handles_with_panicking_values_released_at_once_never_abort() {
             "--nocapture",
             "--test-threads=1",
         ])
+        .env("S9_SCENARIO", scenario)
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
@@ -340,15 +336,35 @@ fn four_handles_with_panicking_values_released_at_once_never_abort() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "the child process failed ({}):\n{stdout}\n{}",
+        "{scenario}: the child process failed ({}):\n{stdout}\n{}",
         output.status,
         &stderr[stderr.len().saturating_sub(3_000)..]
     );
-    assert!(stdout.contains(DONE), "{stdout}");
+    assert!(stdout.contains(DONE), "{scenario}: {stdout}");
+}
+
+/// Four handles of one span-carrying context (the context, a clone, a snapshot taken in it
+/// and a future made in it), holding two values whose `Drop` panics and one that reads its
+/// `TENANT`, released at the same moment on four threads, each drop inside `catch_unwind`:
+/// the process is never aborted, each panicking value is dropped exactly once, the span
+/// closes once and the reading value drops inside its context.
+#[test]
+fn four_handles_with_panicking_values_released_at_once_never_abort() {
+    run_four_handles("shared root");
+}
+
+/// The same with handles that have roots of their own sharing the values (a clone, a
+/// snapshot taken in another span, a copy written to): the process is never aborted, each
+/// panicking value is dropped exactly once and the span closes once (where the reading value
+/// drops is the ignored bug above, not checked here).
+#[test]
+#[ignore = "bug: the child aborts (\"panic in a destructor during cleanup\") in most runs (4 of 5): see the pair tests below"]
+fn four_handles_with_own_roots_and_panicking_values_released_at_once_never_abort() {
+    run_four_handles("own roots");
 }
 
 #[test]
-#[ignore = "run in a child process by four_handles_with_panicking_values_released_at_once_never_abort"]
+#[ignore = "run in a child process by the four_handles_* tests"]
 fn four_handles_scenario() {
     carry();
     let printing = std::panic::take_hook();
@@ -357,6 +373,12 @@ fn four_handles_scenario() {
             printing(info);
         }
     }));
+    let scenario = std::env::var("S9_SCENARIO").expect("run by its parent test");
+    if let Some(kind) = scenario.strip_prefix("pair: ") {
+        pair_scenario(kind);
+        return;
+    }
+    let own_roots = scenario == "own roots";
     let test = "four";
     let barrier = Arc::new(SpinBarrier::new(4));
     let mut senders = Vec::new();
@@ -383,11 +405,21 @@ fn four_handles_scenario() {
             let _ = FIRST.set(Panics);
             let _ = SECOND.set(Panics);
         });
-        let holders: [Holder; 3] = [
-            Box::new(ctx.clone()),
-            Box::new(ctx.run(Context::current)),
-            Box::new(ctx.run(|| async { TENANT.get() }.in_current_context())),
-        ];
+        let holders: [Holder; 3] = if own_roots {
+            let mut copy = ctx.clone();
+            copy.run(|| drop(OTHER.set(1)));
+            [
+                Box::new(ctx.clone()),
+                Box::new(ctx.run(|| tracing::info_span!("inner").in_scope(Context::current))),
+                Box::new(copy),
+            ]
+        } else {
+            [
+                Box::new(ctx.clone()),
+                Box::new(ctx.run(Context::current)),
+                Box::new(ctx.run(|| async { TENANT.get() }.in_current_context())),
+            ]
+        };
         for (send, held) in senders.iter().zip(holders) {
             send.send(Some(held)).unwrap();
         }
@@ -401,7 +433,257 @@ fn four_handles_scenario() {
     for peer in peers {
         peer.join().unwrap();
     }
+    // The peers' drops have all returned (joined): every value has been dropped.
     assert_eq!(PANICS.load(Ordering::SeqCst), 2 * round, "panicking drops");
-    check(test, round);
+    if own_roots {
+        let seen = std::mem::take(&mut *seen(test).lock().unwrap());
+        let mut closes = vec![0_usize; round];
+        for (closed, _) in &seen.closes {
+            closes[usize::try_from(*closed).unwrap()] += 1;
+        }
+        assert!(closes.iter().all(|n| *n == 1), "spans not closed once");
+        assert_eq!(seen.drops.len(), round, "reading values dropped");
+    } else {
+        check(test, round);
+    }
     println!("{DONE} ({round} rounds)");
+}
+
+/// Round after round: a span-carrying context and a twin with a root of its own released at
+/// the same moment on two threads; checks only the span (closed exactly once per round, its
+/// closing code reading no thread's `TENANT`), not where the values drop.
+fn race_span_only(test: &'static str, twin: fn(&mut Context) -> Holder) {
+    carry();
+    let barrier = Arc::new(SpinBarrier::new(2));
+    let (send, receive) = std::sync::mpsc::channel::<Option<Holder>>();
+    let peer_barrier = Arc::clone(&barrier);
+    let peer = std::thread::spawn(move || {
+        let _ = TENANT.set(1_000_002);
+        for (round, held) in receive.into_iter().enumerate() {
+            let Some(held) = held else { break };
+            peer_barrier.wait(round);
+            drop(held);
+        }
+    });
+    let _ = TENANT.set(1_000_001);
+    let deadline = Instant::now() + Duration::from_millis(1_500);
+    let mut round = 0;
+    while Instant::now() < deadline {
+        let mut ctx = carrying(test, round as u64);
+        send.send(Some(twin(&mut ctx))).unwrap();
+        barrier.wait(round);
+        drop(ctx);
+        round += 1;
+    }
+    send.send(None).unwrap();
+    peer.join().unwrap();
+    let seen = std::mem::take(&mut *seen(test).lock().unwrap());
+    let mut closes = vec![0_usize; round];
+    for (closed, read) in &seen.closes {
+        closes[usize::try_from(*closed).unwrap()] += 1;
+        assert!(
+            read.is_none_or(|read| read == *closed),
+            "{test}: a span's closing code read {read:?} in round {closed}"
+        );
+    }
+    let not_once: Vec<_> = closes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 1)
+        .take(5)
+        .collect();
+    assert!(
+        not_once.is_empty(),
+        "{test}: (round, closes) {not_once:?} of {round}"
+    );
+    assert!(round > 50, "{test}: only {round} rounds");
+}
+
+/// A span-carrying context and a copy of it that was written to (a root of its own that
+/// carries the same span), released at once: the span closes exactly once.
+#[test]
+fn a_span_carrying_context_and_a_written_copy_released_at_once_close_the_span_once() {
+    race_span_only("written copy", |ctx| {
+        let mut copy = ctx.clone();
+        copy.run(|| drop(OTHER.set(1)));
+        Box::new(copy)
+    });
+}
+
+/// A span-carrying context and a snapshot taken inside it while another span is entered
+/// (which must carry that other span, so it gets a root of its own), released at once: each
+/// span closes exactly once.
+#[test]
+fn a_span_carrying_context_and_a_snapshot_in_another_span_released_at_once() {
+    race_span_only("other span", |ctx| {
+        Box::new(ctx.run(|| tracing::info_span!("inner").in_scope(Context::current)))
+    });
+}
+
+#[context_var]
+static OTHER: u32;
+
+/// Its `Clone` sets `OTHER` in a snapshot of the context being read, and records whether
+/// that panicked.
+#[derive(Debug)]
+struct SetsInSnapshot;
+
+static SNAPSHOT_SET_PANICKED: Mutex<Vec<bool>> = Mutex::new(Vec::new());
+
+impl Clone for SetsInSnapshot {
+    fn clone(&self) -> Self {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            Context::current().run(|| drop(OTHER.set(1)));
+        }));
+        SNAPSHOT_SET_PANICKED.lock().unwrap().push(outcome.is_err());
+        SetsInSnapshot
+    }
+}
+
+#[context_var]
+static SETS_IN_SNAPSHOT: SetsInSnapshot;
+
+/// `get`'s docs: a `set` made by a value's `Clone` in a snapshot of the context being read
+/// panics, since that snapshot holds the value. Also where the snapshot must carry a span
+/// other than the context's (the `Clone` runs inside another span entered by the reader),
+/// and the read leaves the context whole.
+#[test]
+fn a_clone_that_sets_in_a_snapshot_carrying_another_span_panics() {
+    carry();
+    let mut ctx = tracing::info_span!("s9", test = "clone snapshot", round = 0_u64)
+        .in_scope(Context::current);
+    let read = ctx.run(|| {
+        let _value = SETS_IN_SNAPSHOT.scoped(SetsInSnapshot);
+        let same_span = SETS_IN_SNAPSHOT.get().is_some();
+        let other_span = tracing::info_span!("entered by the reader")
+            .in_scope(|| SETS_IN_SNAPSHOT.get().is_some());
+        (same_span, other_span, OTHER.get())
+    });
+    assert_eq!(read, (true, true, None));
+    assert_eq!(*SNAPSHOT_SET_PANICKED.lock().unwrap(), [true, true]);
+    drop(ctx);
+    let _ = std::mem::take(&mut *seen("clone snapshot").lock().unwrap());
+}
+
+/// B24 ("every value a context holds is dropped inside that context") for a snapshot taken
+/// in the context while another span is entered (no write: only the span differs, so the
+/// snapshot gets a root of its own sharing the values), the two released at once on two
+/// threads: the value must drop once, reading its own context's `TENANT`. Fails in most runs
+/// (7 of 8 here): some rounds' values read no `TENANT` at all, dropped after both contexts
+/// were emptied, as in `hostile_core_release_race.rs`'s ignored written-copy test, but here
+/// with no write at all, only a span entered where the snapshot is taken.
+#[test]
+#[ignore = "bug: a snapshot taken in another span (its own root, sharing the values) and its context, dropped at once on two threads: some values drop outside any context holding their bindings (TENANT reads None)"]
+fn a_value_of_a_span_carrying_context_and_a_snapshot_in_another_span_drops_inside() {
+    race("other span values", |ctx| {
+        Box::new(ctx.run(|| tracing::info_span!("inner").in_scope(Context::current)))
+    });
+}
+
+/// The same two handles (a span-carrying context and a snapshot of it taken in another
+/// span) dropped one after the other on one thread, in both orders, and on two threads one
+/// after the other: the value drops once, inside its context.
+#[test]
+fn a_value_of_a_context_and_a_snapshot_in_another_span_dropped_in_turn_drops_inside() {
+    carry();
+    let test = "other span in turn";
+    let _ = TENANT.set(1_000_001);
+    for round in 0..300_u64 {
+        let mut ctx = carrying(test, round);
+        let snapshot = ctx.run(|| tracing::info_span!("inner").in_scope(Context::current));
+        match round % 3 {
+            0 => {
+                drop(ctx);
+                drop(snapshot);
+            }
+            1 => {
+                drop(snapshot);
+                drop(ctx);
+            }
+            _ => {
+                std::thread::spawn(move || drop(snapshot)).join().unwrap();
+                drop(ctx);
+            }
+        }
+    }
+    check(test, 300);
+}
+
+/// A context holding two values whose `Drop` panics and `twin(&mut it)`, dropped at the same
+/// moment on two threads, round after round for 2 s, each drop inside `catch_unwind`, in the
+/// child process: prints [`DONE`] if every round's two values were dropped exactly once.
+fn pair_scenario(kind: &str) {
+    let twin: fn(&mut Context) -> Context = match kind {
+        "written copy" => |ctx| {
+            let mut copy = ctx.clone();
+            copy.run(|| drop(OTHER.set(1)));
+            copy
+        },
+        "snapshot in another span" => {
+            |ctx| ctx.run(|| tracing::info_span!("inner").in_scope(Context::current))
+        }
+        other => panic!("no scenario {other}"),
+    };
+    let in_span = kind != "written copy";
+    carry();
+    let printing = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&"an s9 value's Drop panics") {
+            printing(info);
+        }
+    }));
+    let barrier = Arc::new(SpinBarrier::new(2));
+    let (send, receive) = std::sync::mpsc::channel::<Option<Context>>();
+    let peer_barrier = Arc::clone(&barrier);
+    let peer = std::thread::spawn(move || {
+        for (round, ctx) in receive.into_iter().enumerate() {
+            let Some(ctx) = ctx else { break };
+            peer_barrier.wait(round);
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(ctx)));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut round = 0;
+    while Instant::now() < deadline {
+        let values = Context::new()
+            .with_value(&FIRST, Panics)
+            .with_value(&SECOND, Panics);
+        // A span only where the twin is taken in another one.
+        let mut ctx = if in_span {
+            let ctx = tracing::info_span!("s9 pair").in_scope(values.wrap(Context::current));
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(values)));
+            ctx
+        } else {
+            values
+        };
+        send.send(Some(twin(&mut ctx))).unwrap();
+        barrier.wait(round);
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(ctx)));
+        round += 1;
+    }
+    send.send(None).unwrap();
+    peer.join().unwrap();
+    assert_eq!(PANICS.load(Ordering::SeqCst), 2 * round, "panicking drops");
+    println!("{DONE} ({round} rounds)");
+}
+
+/// B39 ("a context's values go one at a time, so a `Drop` that panics never aborts the
+/// process") for a context and a copy of it that was written to (the copy's root is its own,
+/// the two values shared by both roots), dropped at the same moment on two threads: the
+/// process must not abort. No span is needed: this is the panicking twin of
+/// `hostile_core_release_race.rs`'s ignored written-copy test, whose clone-only version
+/// (`a_context_and_its_clone_dropped_at_once_on_two_threads_never_abort`) holds.
+#[test]
+#[ignore = "bug: a context and a written copy of it, holding two values whose Drop panics, dropped at once on two threads: the process aborts (panic in a destructor during cleanup) in every run"]
+fn a_context_and_a_written_copy_with_panicking_values_dropped_at_once_never_abort() {
+    run_four_handles("pair: written copy");
+}
+
+/// The same for a snapshot taken in the context while another span is entered (after
+/// `carry_spans()`): no write at all, only a span, gives the snapshot a root of its own, and
+/// the two dropped at once must not abort the process.
+#[test]
+#[ignore = "bug: a span-carrying context and a snapshot of it taken in another span, holding two values whose Drop panics, dropped at once on two threads: the process aborts (panic in a destructor during cleanup) in most runs"]
+fn a_context_and_a_snapshot_in_another_span_with_panicking_values_dropped_at_once_never_abort() {
+    run_four_handles("pair: snapshot in another span");
 }
