@@ -374,3 +374,27 @@ fn a_snapshot_taken_by_a_report_callback_is_not_written_by_the_rest_of_the_extra
     );
     assert_eq!(stashed.len(), 0);
 }
+
+/// `only_keys` leaves other keys unread but not unchecked against the header's limits: 181
+/// entries of an unlisted key are still too many, while 180 entries of it are no error and
+/// set nothing.
+#[test]
+fn only_keys_does_not_lift_the_entry_limit_for_unlisted_keys() {
+    let extractor = Extractor::new().only_keys(["tenant"]);
+    let unlisted = |n: usize| {
+        let mut entries: Vec<String> = (0..n).map(|i| format!("secret=s{i}")).collect();
+        entries[0] = "tenant=acme".to_string();
+        Lines::text([entries.join(",")])
+    };
+    let mut context = extractor.extract(&unlisted(MAX_ENTRIES)).unwrap();
+    assert_eq!(
+        context.run(|| (TENANT.get(), get_metadata("secret"))),
+        (Some("acme".to_string()), None)
+    );
+    assert_eq!(
+        extractor.extract(&unlisted(MAX_ENTRIES + 1)).unwrap_err(),
+        BaggageError::TooManyEntries {
+            entries: MAX_ENTRIES + 1
+        }
+    );
+}

@@ -687,3 +687,106 @@ fn a_context_and_a_written_copy_with_panicking_values_dropped_at_once_never_abor
 fn a_context_and_a_snapshot_in_another_span_with_panicking_values_dropped_at_once_never_abort() {
     run_four_handles("pair: snapshot in another span");
 }
+
+/// Runs `rounds` parent tasks (`contextvars::spawn`), each binding `TENANT` and a value that
+/// reads it when dropped, and inside a span of its own (entered after the context was made)
+/// starting a child with `start`; parent and child meet at a barrier and end at about the
+/// same moment on two workers. Checks that each value was dropped once, inside its context.
+fn parent_and_child_in_another_span(
+    test: &'static str,
+    runtime: &tokio::runtime::Runtime,
+    start: fn(Arc<tokio::sync::Barrier>),
+) {
+    carry();
+    let rounds = 3_000_usize;
+    runtime.block_on(async {
+        let parents: Vec<_> = (0..rounds)
+            .map(|round| {
+                let round = round as u64;
+                contextvars::spawn(async move {
+                    let _ = TENANT.set(round);
+                    let _ = READS.set(ReadsTenant(test, round));
+                    let meet = Arc::new(tokio::sync::Barrier::new(2));
+                    let child_meet = Arc::clone(&meet);
+                    tracing::info_span!("child's span").in_scope(|| start(child_meet));
+                    meet.wait().await;
+                })
+            })
+            .collect();
+        for parent in parents {
+            parent.await.unwrap();
+        }
+        for _ in 0..1_000 {
+            if seen(test).lock().unwrap().drops.len() == rounds {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let seen = std::mem::take(&mut *seen(test).lock().unwrap());
+    assert_eq!(seen.drops.len(), rounds, "{test}: values dropped");
+    let outside: Vec<_> = seen
+        .drops
+        .iter()
+        .filter(|(round, read)| *read != Some(*round))
+        .take(5)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{test}: values dropped outside their context (round, read): {outside:?}"
+    );
+}
+
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// B24 in everyday use: a task binds a value, enters a span, and spawns a child there with
+/// `contextvars::spawn`; the two end together on two workers: the value is dropped once,
+/// inside the context (reading the task's `TENANT`).
+#[test]
+fn a_value_shared_with_a_child_spawned_in_another_span_drops_inside_the_context() {
+    parent_and_child_in_another_span("spawn in span", &two_workers(), |meet| {
+        drop(contextvars::spawn(async move {
+            meet.wait().await;
+        }));
+    });
+}
+
+/// The same with the child a future made `in_current_context` in the span, given to a
+/// plain `tokio::spawn`.
+#[test]
+fn a_value_shared_with_a_future_made_in_another_span_drops_inside_the_context() {
+    parent_and_child_in_another_span("future in span", &two_workers(), |meet| {
+        drop(tokio::spawn(
+            async move {
+                meet.wait().await;
+            }
+            .in_current_context(),
+        ));
+    });
+}
+
+#[cfg(all(tokio_unstable, feature = "hooks"))]
+mod hooks {
+    use super::*;
+
+    /// Under the hooks: the child a plain `tokio::spawn` made in the span, inheriting the
+    /// task's context.
+    #[test]
+    fn a_value_inherited_by_a_plain_task_spawned_in_another_span_drops_inside_the_context() {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let runtime = contextvars::hooks::install(builder.worker_threads(2).enable_all())
+            .build()
+            .unwrap();
+        parent_and_child_in_another_span("plain spawn in span", &runtime, |meet| {
+            drop(tokio::spawn(async move {
+                meet.wait().await;
+            }));
+        });
+    }
+}
