@@ -26,6 +26,7 @@ enum Does {
     /// `HOSTILE` is bound (with `with`, which does not clone), and sets `TENANT` itself.
     Spawn,
     /// Under the hooks: the same through plain `tokio::spawn`, which reads only.
+    #[cfg_attr(not(all(tokio_unstable, feature = "hooks")), allow(dead_code))]
     PlainSpawn,
     /// `Context::current().run(|| OTHER.set(..))`, the panic caught inside the `Clone`.
     SetInSnapshot,

@@ -358,7 +358,6 @@ fn four_handles_with_panicking_values_released_at_once_never_abort() {
 /// panicking value is dropped exactly once and the span closes once (where the reading value
 /// drops is the ignored bug above, not checked here).
 #[test]
-#[ignore = "bug: the child aborts (\"panic in a destructor during cleanup\") in most runs (4 of 5): see the pair tests below"]
 fn four_handles_with_own_roots_and_panicking_values_released_at_once_never_abort() {
     run_four_handles("own roots");
 }
@@ -674,7 +673,6 @@ fn pair_scenario(kind: &str) {
 /// `hostile_core_release_race.rs`'s ignored written-copy test, whose clone-only version
 /// (`a_context_and_its_clone_dropped_at_once_on_two_threads_never_abort`) holds.
 #[test]
-#[ignore = "bug: a context and a written copy of it, holding two values whose Drop panics, dropped at once on two threads: the process aborts (panic in a destructor during cleanup) in every run"]
 fn a_context_and_a_written_copy_with_panicking_values_dropped_at_once_never_abort() {
     run_four_handles("pair: written copy");
 }
@@ -683,7 +681,6 @@ fn a_context_and_a_written_copy_with_panicking_values_dropped_at_once_never_abor
 /// `carry_spans()`): no write at all, only a span, gives the snapshot a root of its own, and
 /// the two dropped at once must not abort the process.
 #[test]
-#[ignore = "bug: a span-carrying context and a snapshot of it taken in another span, holding two values whose Drop panics, dropped at once on two threads: the process aborts (panic in a destructor during cleanup) in most runs"]
 fn a_context_and_a_snapshot_in_another_span_with_panicking_values_dropped_at_once_never_abort() {
     run_four_handles("pair: snapshot in another span");
 }

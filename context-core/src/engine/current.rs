@@ -1169,7 +1169,11 @@ pub(crate) fn drop_bindings() -> Option<Box<dyn std::any::Any + Send>> {
         });
         if let Some(shared) = shared {
             // Released with the thread state released; its root is kept for the next context.
-            catch_drop_panic(move || shared.release(), &mut first_panic);
+            // Each value's panic caught on its own: a value another context shares may be
+            // dropped here after all, where that context let go of it at the same moment.
+            if let Some(payload) = shared.release_caught() {
+                first_panic.get_or_insert(payload);
+            }
             // Should that release have dropped a value after all (its other owner let go at
             // the same moment) and its `Drop` have set something, that goes in another round.
             if change_entered(|frame, _| frame.map.len() == 0) {
