@@ -9,37 +9,12 @@ use std::time::{Duration, Instant};
 
 use contextvars::{Context, context_var};
 
+#[path = "support/spin.rs"]
+mod spin;
+
+use spin::SpinBarrier;
+
 static DROPS: AtomicUsize = AtomicUsize::new(0);
-
-/// Two threads meet here, round after round, and leave it within a few instructions of each
-/// other: a spinning barrier, so that both drops land as close together as two cores allow
-/// (`std::sync::Barrier` wakes its sleeper microseconds after the other leaves). It yields
-/// the core now and then, so that on a loaded machine the other thread gets to arrive.
-struct SpinBarrier {
-    arrived: AtomicUsize,
-}
-
-impl SpinBarrier {
-    fn new() -> Self {
-        SpinBarrier {
-            arrived: AtomicUsize::new(0),
-        }
-    }
-
-    /// Waits for the other thread's call of round `round` (0, 1, 2, ...).
-    fn wait(&self, round: usize) {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        let mut spins = 0_u32;
-        while self.arrived.load(Ordering::SeqCst) < 2 * (round + 1) {
-            spins += 1;
-            if spins % 1_000 == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
-}
 
 /// Its `Drop` counts, then panics.
 struct Panics;
@@ -72,7 +47,7 @@ fn a_context_and_its_clone_dropped_at_once_on_two_threads_never_abort() {
             printing(info);
         }
     }));
-    let barrier = Arc::new(SpinBarrier::new());
+    let barrier = Arc::new(SpinBarrier::new(2));
     let (send, receive) = std::sync::mpsc::channel::<Option<Context>>();
     let peer_barrier = Arc::clone(&barrier);
     let peer = std::thread::spawn(move || {
@@ -127,7 +102,7 @@ static OTHER: u32;
 /// of its own: the value, dropped once, must read its context's `TENANT` (5), never a
 /// thread's (1 or 2).
 fn dropped_at_once_on_two_threads(seen: &'static Seen, twin: fn(&Context) -> Context) {
-    let barrier = Arc::new(SpinBarrier::new());
+    let barrier = Arc::new(SpinBarrier::new(2));
     let (send, receive) = std::sync::mpsc::channel::<Option<Context>>();
     let peer_barrier = Arc::clone(&barrier);
     let peer = std::thread::spawn(move || {

@@ -20,35 +20,10 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-/// `n` threads meet here, round after round, and leave within a few instructions of each
-/// other (see `tests/hostile_core_release_race.rs`); it yields now and then, so that on a
-/// loaded machine the others get to arrive.
-struct SpinBarrier {
-    parties: usize,
-    arrived: AtomicUsize,
-}
+#[path = "support/spin.rs"]
+mod spin;
 
-impl SpinBarrier {
-    fn new(parties: usize) -> Self {
-        SpinBarrier {
-            parties,
-            arrived: AtomicUsize::new(0),
-        }
-    }
-
-    fn wait(&self, round: usize) {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        let mut spins = 0_u32;
-        while self.arrived.load(Ordering::SeqCst) < self.parties * (round + 1) {
-            spins += 1;
-            if spins % 1_000 == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
-}
+use spin::SpinBarrier;
 
 #[context_var]
 static TENANT: u64;

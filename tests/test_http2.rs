@@ -10,9 +10,8 @@ mod h2;
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use h2::app::{self, DROPS, HOLDING};
+use h2::app;
 use support::Rng;
 
 /// Requests in flight at once on the one connection.
@@ -103,66 +102,16 @@ fn with_the_layer_a_cancelled_stream_drops_its_values_in_its_own_context() {
     });
 }
 
-/// Sends `HELD` requests to `/hold` and `REQUESTS` to `/echo` at once; cancels the held ones
-/// once all their handlers have bound their value; checks that every held value is dropped
-/// reading its own id, and every echo answered alone.
+/// Sends held requests and `REQUESTS` to `/echo` at once, cancels the held ones
+/// (`h2::cancel_held_while`), and checks that every echo was answered alone.
 async fn cancel_some_while_others_run(client: &h2::Client, prefix: &str) {
-    const HELD: usize = 32;
-    let holding_before = HOLDING.load(Ordering::SeqCst);
-    let mut held = Vec::new();
-    for n in 0..HELD {
-        let client = client.clone();
-        let id = format!("{prefix}-held-{n}");
-        held.push(tokio::spawn(async move {
-            client.get("/hold", &[("x-id", id.as_str())]).await;
-            panic!("{id} was answered");
-        }));
-    }
-    let echoes = {
+    let echoes = h2::cancel_held_while(client, prefix, || {
         let client = client.clone();
         let prefix = format!("{prefix}-echo");
         tokio::spawn(async move { echo_all(&client, &prefix, REQUESTS, 99).await })
-    };
-    // Every held handler has bound its value (a guard against a hang, not a time limit).
-    let give_up = std::time::Instant::now() + Duration::from_secs(30);
-    while HOLDING.load(Ordering::SeqCst) < holding_before + HELD {
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the held requests never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    // Dropping the response futures resets their streams.
-    for task in &held {
-        task.abort();
-    }
-    for task in held {
-        assert!(task.await.unwrap_err().is_cancelled());
-    }
-    let mut dropped = Vec::new();
-    while dropped.len() < HELD {
-        assert!(
-            std::time::Instant::now() < give_up,
-            "dropped only {dropped:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        dropped = DROPS
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(id, _)| id.starts_with(&format!("{prefix}-held-")))
-            .cloned()
-            .collect();
-    }
-    for (id, read) in &dropped {
-        assert_eq!(read.as_deref(), Some(id.as_str()), "{dropped:?}");
-    }
-    assert_eq!(
-        dropped.len(),
-        HELD,
-        "one drop for each value held: {dropped:?}"
-    );
-    for (id, body) in echoes.await.unwrap() {
+    })
+    .await;
+    for (id, body) in echoes {
         assert_eq!(body, app::echoed_alone(&id));
     }
 }

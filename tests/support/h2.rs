@@ -255,3 +255,65 @@ pub(crate) mod app {
         format!("HTTP/2.0 start=(Some({id:?}), None) set=ok end=(Some({id:?}), Some({id:?}))")
     }
 }
+
+/// Sends `/hold` requests for ids `{prefix}-held-0..32` on `client`, then starts `others`
+/// (requests that must be answered meanwhile); once every held handler has bound its value,
+/// resets the held streams (drops their response futures), checks that each held value was
+/// dropped reading its own request's id, and returns what `others` gave.
+pub(crate) async fn cancel_held_while<T: Send + 'static>(
+    client: &Client,
+    prefix: &str,
+    others: impl FnOnce() -> tokio::task::JoinHandle<T>,
+) -> T {
+    use std::time::{Duration, Instant};
+
+    use app::{DROPS, HOLDING};
+
+    const HELD: usize = 32;
+    let holding_before = HOLDING.load(Ordering::SeqCst);
+    let mut held = Vec::new();
+    for n in 0..HELD {
+        let client = client.clone();
+        let id = format!("{prefix}-held-{n}");
+        held.push(tokio::spawn(async move {
+            client.get("/hold", &[("x-id", id.as_str())]).await;
+            panic!("{id} was answered");
+        }));
+    }
+    let others = others();
+    // Every held handler has bound its value (a guard against a hang, not a time limit).
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while HOLDING.load(Ordering::SeqCst) < holding_before + HELD {
+        assert!(Instant::now() < give_up, "the held requests never ran");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Dropping the response futures resets their streams.
+    for task in &held {
+        task.abort();
+    }
+    for task in held {
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    let mine = format!("{prefix}-held-");
+    let mut dropped = Vec::new();
+    while dropped.len() < HELD {
+        assert!(Instant::now() < give_up, "dropped only {dropped:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        dropped = DROPS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| id.starts_with(&mine))
+            .cloned()
+            .collect();
+    }
+    for (id, read) in &dropped {
+        assert_eq!(read.as_deref(), Some(id.as_str()), "{dropped:?}");
+    }
+    assert_eq!(
+        dropped.len(),
+        HELD,
+        "one drop for each value held: {dropped:?}"
+    );
+    others.await.expect("the other requests")
+}

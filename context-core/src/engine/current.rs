@@ -1171,9 +1171,7 @@ pub(crate) fn drop_bindings() -> Option<Box<dyn std::any::Any + Send>> {
             // Released with the thread state released; its root is kept for the next context.
             // Each value's panic caught on its own: a value another context shares may be
             // dropped here after all, where that context let go of it at the same moment.
-            if let Some(payload) = shared.release_caught() {
-                first_panic.get_or_insert(payload);
-            }
+            shared.release_caught(&mut first_panic);
             // Should that release have dropped a value after all (its other owner let go at
             // the same moment) and its `Drop` have set something, that goes in another round.
             if change_entered(|frame, _| frame.map.len() == 0) {
@@ -1230,10 +1228,19 @@ impl Keys {
     }
 }
 
-/// Runs `drop` (which drops values), keeping the first panic of a `Drop` in `first_panic`.
-fn catch_drop_panic(drop: impl FnOnce(), first_panic: &mut Option<Box<dyn std::any::Any + Send>>) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop)) {
-        first_panic.get_or_insert(payload);
+/// Runs `drop` (which drops values), keeping the first panic of a `Drop` in `first_panic`;
+/// says whether it panicked.
+#[inline]
+pub(crate) fn catch_drop_panic(
+    drop: impl FnOnce(),
+    first_panic: &mut Option<Box<dyn std::any::Any + Send>>,
+) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop)) {
+        Ok(()) => false,
+        Err(payload) => {
+            first_panic.get_or_insert(payload);
+            true
+        }
     }
 }
 
